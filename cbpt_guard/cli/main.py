@@ -1,0 +1,83 @@
+"""The ``cbpt-guard`` entry point: a lazily loaded click group and the error-to-exit-code mapping."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from cbpt_guard import __version__
+from cbpt_guard.errors import CbptError, ExitCode
+
+# name -> "module:attribute"; a module is imported only when its command runs
+# (or when `--help` of that very command is asked for).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "inspect": ("cbpt_guard.cli.inspect_cmd:inspect_command", "Load a checkpoint safely and describe it."),
+}
+
+
+class GuardGroup(click.Group):
+    """The top-level group: lazy subcommands, and every outcome mapped to a documented exit code.
+
+    Subcommands are imported on first use, so ``--help`` stays free of torch.
+    Typed errors print one line and exit with their own code; click's usage
+    errors exit 4 (click's own default, 2, is ours for internal errors); anything
+    unexpected is an internal error (2), never a pass.
+    """
+
+    def main(self, args=None, prog_name=None, **extra):  # type: ignore[override]
+        extra.pop("standalone_mode", None)
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except CbptError as error:
+            click.echo(f"cbpt-guard: error: {error}", err=True)
+            sys.exit(int(error.exit_code))
+        except click.exceptions.Exit as done:
+            sys.exit(done.exit_code)
+        except click.Abort:
+            click.echo("cbpt-guard: aborted", err=True)
+            sys.exit(int(ExitCode.TOOL_ERROR))
+        except click.ClickException as error:
+            error.show()
+            sys.exit(int(ExitCode.USAGE))
+        except Exception as error:  # noqa: BLE001 - the gate fails closed on anything unforeseen
+            click.echo(f"cbpt-guard: internal error: {type(error).__name__}: {error}", err=True)
+            sys.exit(int(ExitCode.TOOL_ERROR))
+        sys.exit(int(code) if isinstance(code, int) else int(ExitCode.PASS))
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        target, _ = COMMANDS[name]
+        module_name, attribute = target.split(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help text comes from COMMANDS so that listing commands imports none of them.
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=GuardGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="cbpt-guard")
+def cli() -> None:
+    """cbpt-guard: a gate for CLIP-style checkpoints.
+
+    \b
+    Exit codes:
+      0  pass
+      1  blocked (by the policy, or unsafe input)
+      2  the tool failed (internal error)
+      3  inconclusive (nothing scannable, unsupported, a required step skipped)
+      4  usage or policy error
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="cbpt-guard")

@@ -1,0 +1,84 @@
+"""Exit codes and the typed errors that carry them.
+
+Every failure the tool knows how to name is a :class:`CbptError` subclass whose
+``exit_code`` says how a pipeline should read it. The CLI is the only place that
+turns these into a process exit; library code just raises.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """The process exit codes, as documented in the README (one row each)."""
+
+    PASS = 0
+    """No evidence of a backdoor, or purified and verified, per the policy."""
+    BLOCKED = 1
+    """Blocked: by the policy, or because the input is unsafe to load."""
+    TOOL_ERROR = 2
+    """The tool itself failed (an internal error)."""
+    INCONCLUSIVE = 3
+    """Nothing scannable, an unsupported architecture, a required step skipped."""
+    USAGE = 4
+    """A bad flag, a missing path, an invalid policy or class list."""
+
+
+class CbptError(Exception):
+    """Base of every error the tool raises on purpose.
+
+    ``str(error)`` is a complete one-line message fit for a terminal or a CI log.
+    """
+
+    exit_code: ExitCode = ExitCode.TOOL_ERROR
+
+
+class UsageError(CbptError):
+    """The caller asked for something that cannot work: a missing path, a bad flag value."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ClassListError(UsageError):
+    """The deployment's class names are missing, empty or malformed."""
+
+
+class ManifestError(UsageError):
+    """The model manifest (class names, templates) is not valid."""
+
+
+class UnsafeCheckpointError(CbptError):
+    """A file would run code, or import something no checkpoint needs, if it were loaded.
+
+    ``findings`` lists what was found (for a pickle: the offending globals), so
+    the report can name them.
+    """
+
+    exit_code = ExitCode.BLOCKED
+
+    def __init__(self, message: str, findings: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.findings = tuple(findings)
+
+
+class MalformedCheckpointError(CbptError):
+    """A file is truncated, inconsistent or not what it claims to be; nothing could be scanned."""
+
+    exit_code = ExitCode.INCONCLUSIVE
+
+
+class UnsupportedArchitectureError(CbptError):
+    """The architecture is unknown, or cannot be built without downloading or running code."""
+
+    exit_code = ExitCode.INCONCLUSIVE
+
+
+class NothingScannableError(CbptError):
+    """A path held nothing the tool could scan; ``skipped`` says what was passed over and why."""
+
+    exit_code = ExitCode.INCONCLUSIVE
+
+    def __init__(self, message: str, skipped: tuple[tuple[str, str], ...] = ()):
+        super().__init__(message)
+        self.skipped = tuple(skipped)
