@@ -1,0 +1,281 @@
+"""Resolve a checkpoint path, read every file once, refuse what is unsafe, and load the model.
+
+Each file is read into memory exactly once; its SHA-256 and its kind are taken
+from those bytes, and the same bytes are what gets parsed and loaded, so there
+is no window in which a file could be swapped between the check and the load.
+Every pickle or torch archive in a model directory is scanned, not only the one
+that will be loaded: a consumer downstream may pick a different file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cbpt_guard.errors import (
+    MalformedCheckpointError,
+    NothingScannableError,
+    UnsupportedArchitectureError,
+    UsageError,
+)
+from cbpt_guard.intake import architecture, hf_clip
+from cbpt_guard.intake.filetype import FileKind, sniff
+from cbpt_guard.intake.manifest import (
+    DEFAULT_TEMPLATES,
+    MANIFEST_NAME,
+    Manifest,
+    parse_classes_text,
+    parse_manifest_text,
+    read_text_file,
+)
+from cbpt_guard.intake.report import CheckpointReport, FileRecord, SkippedItem
+from cbpt_guard.intake.safetensors_reader import read_safetensors
+from cbpt_guard.intake.torch_reader import read_torch_state_dict, scan_torch_bytes
+
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+HF_CONFIG = "config.json"
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_DIRECTORY_FILES = 256
+CHECKPOINT_KINDS = (FileKind.SAFETENSORS, FileKind.TORCH_ZIP, FileKind.PICKLE)
+
+
+@dataclass(frozen=True)
+class ReadFile:
+    """A file's bytes as read once, with the digest and kind taken from those bytes."""
+
+    path: Path
+    data: bytes
+    sha256: str
+    kind: FileKind
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A safely loaded model, ready for detection, with the report that describes it."""
+
+    report: CheckpointReport
+    model: torch.nn.Module
+    model_cfg: dict = field(repr=False)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids for ``texts`` with the model's own context length. Returns (n, context_length)."""
+        from open_clip.tokenizer import SimpleTokenizer
+
+        return SimpleTokenizer(context_length=self.report.context_length)(texts)
+
+
+def read_file(path: Path) -> ReadFile:
+    """Read ``path`` once and identify it by its bytes."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"{path}: cannot be read ({error.strerror})") from None
+    return ReadFile(path, data, hashlib.sha256(data).hexdigest(), sniff(data))
+
+
+def load_checkpoint(path: str | Path, *, arch: str | None = None, classes_file: str | Path | None = None
+                    ) -> LoadedCheckpoint:
+    """Load a checkpoint without executing anything in it, and describe it.
+
+    ``path`` is an open_clip model directory, a transformers CLIP directory, or
+    a single weights file (which then needs ``arch``, a built-in open_clip
+    architecture name). Raises the typed errors of :mod:`cbpt_guard.errors`.
+    """
+    target = Path(path)
+    if not target.exists():
+        raise UsageError(f"{target}: no such file or directory")
+    if target.is_dir():
+        plan = _plan_directory(target, arch)
+    else:
+        plan = _plan_single_file(target, arch)
+    for read in plan.files:
+        if read is not plan.weights and read.kind in (FileKind.TORCH_ZIP, FileKind.PICKLE):
+            scan_torch_bytes(read.data, str(read.path))
+    state_dict, dtypes = _read_weights(plan.weights)
+    if plan.layout == "hf-clip-dir":
+        state_dict = hf_clip.convert_hf_state_dict(state_dict, plan.model_cfg)
+    model = architecture.fill_model(architecture.build_model(plan.model_cfg), state_dict, str(plan.weights.path))
+    _set_preprocess(model, plan.preprocess_cfg)
+    manifest = _resolve_manifest(plan, classes_file)
+    report = _describe(target, plan, model, dtypes, manifest, len(state_dict))
+    return LoadedCheckpoint(report, model, plan.model_cfg)
+
+
+@dataclass
+class _Plan:
+    """What intake decided to load, before loading it."""
+
+    layout: str
+    architecture: str
+    model_cfg: dict
+    preprocess_cfg: dict
+    weights: ReadFile
+    files: list[ReadFile]
+    roles: dict[Path, str]
+    manifest: ReadFile | None = None
+    skipped: list[SkippedItem] = field(default_factory=list)
+
+
+def _plan_single_file(target: Path, arch: str | None) -> _Plan:
+    if arch is None:
+        raise UsageError(f"{target}: a single weights file needs --arch NAME (an open_clip architecture)")
+    read = read_file(target)
+    model_cfg = architecture.config_for_name(arch)
+    return _Plan("weights-file", arch, model_cfg, model_cfg.get("preprocess_cfg", {}), read, [read],
+                 {read.path: "weights"})
+
+
+def _plan_directory(target: Path, arch: str | None) -> _Plan:
+    files, skipped = _read_directory(target)
+    by_name = {read.path.name: read for read in files}
+    roles: dict[Path, str] = {}
+    manifest = by_name.get(MANIFEST_NAME)
+    if manifest is not None:
+        roles[manifest.path] = "manifest"
+    if OPEN_CLIP_CONFIG in by_name:
+        if arch is not None:
+            raise UsageError(f"{target}: --arch conflicts with the directory's {OPEN_CLIP_CONFIG}")
+        config = _parse_json(by_name[OPEN_CLIP_CONFIG])
+        if not isinstance(config.get("model_cfg"), dict):
+            raise MalformedCheckpointError(f"{target / OPEN_CLIP_CONFIG}: has no 'model_cfg' object")
+        model_cfg, preprocess_cfg = config["model_cfg"], config.get("preprocess_cfg") or {}
+        layout, name, candidates, config_read = "open_clip-dir", "open_clip config", OPEN_CLIP_WEIGHTS, \
+            by_name[OPEN_CLIP_CONFIG]
+    elif HF_CONFIG in by_name and hf_clip.is_hf_clip_config(_parse_json(by_name[HF_CONFIG])):
+        model_cfg, preprocess_cfg = hf_clip.open_clip_config_from_hf(_parse_json(by_name[HF_CONFIG]))
+        layout, name, candidates, config_read = "hf-clip-dir", "transformers CLIPModel", HF_WEIGHTS, \
+            by_name[HF_CONFIG]
+    else:
+        skipped += [SkippedItem(path=str(r.path), reason=f"{r.kind.value} file; no model config beside it")
+                    for r in files]
+        raise NothingScannableError(
+            f"{target}: nothing scannable: no {OPEN_CLIP_CONFIG} or transformers CLIP {HF_CONFIG} "
+            f"({_skipped_summary(skipped)})", tuple((s.path, s.reason) for s in skipped))
+    roles[config_read.path] = "config"
+    weights = next((by_name[c] for c in candidates if c in by_name), None)
+    if weights is None:
+        raise NothingScannableError(
+            f"{target}: {config_read.path.name} found but no weights file ({' or '.join(candidates)})",
+            tuple((s.path, s.reason) for s in skipped))
+    roles[weights.path] = "weights"
+    return _Plan(layout, name, model_cfg, preprocess_cfg, weights, files, roles, manifest, skipped)
+
+
+def _read_directory(target: Path) -> tuple[list[ReadFile], list[SkippedItem]]:
+    files, skipped = [], []
+    entries = sorted(target.iterdir())
+    if len(entries) > MAX_DIRECTORY_FILES:
+        raise UsageError(f"{target}: {len(entries)} entries is more than the {MAX_DIRECTORY_FILES} a model holds")
+    for entry in entries:
+        if entry.is_symlink():
+            skipped.append(SkippedItem(path=str(entry), reason="symbolic link, not followed"))
+        elif entry.is_dir():
+            skipped.append(SkippedItem(path=str(entry), reason="subdirectory, not part of a model layout"))
+        elif entry.is_file():
+            files.append(read_file(entry))
+        else:
+            skipped.append(SkippedItem(path=str(entry), reason="not a regular file"))
+    if not files:
+        raise NothingScannableError(f"{target}: nothing scannable: no files ({_skipped_summary(skipped)})",
+                                    tuple((s.path, s.reason) for s in skipped))
+    return files, skipped
+
+
+def _skipped_summary(skipped: list[SkippedItem]) -> str:
+    if not skipped:
+        return "the directory is empty"
+    shown = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in skipped[:3])
+    more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return f"skipped {shown}{more}"
+
+
+def _parse_json(read: ReadFile) -> dict:
+    if len(read.data) > MAX_CONFIG_BYTES:
+        raise MalformedCheckpointError(f"{read.path}: {len(read.data)} bytes is too large for a model config")
+    try:
+        document = json.loads(read.data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise MalformedCheckpointError(f"{read.path}: not valid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise MalformedCheckpointError(f"{read.path}: must be a JSON object")
+    return document
+
+
+def _read_weights(read: ReadFile) -> tuple[dict, dict[str, int]]:
+    origin = str(read.path)
+    if read.kind == FileKind.SAFETENSORS:
+        state_dict, header = read_safetensors(read.data, origin)
+        dtypes = [entry.dtype for entry in header.tensors]
+    elif read.kind in (FileKind.TORCH_ZIP, FileKind.PICKLE):
+        state_dict = read_torch_state_dict(read.data, origin)
+        dtypes = [str(tensor.dtype).removeprefix("torch.") for tensor in state_dict.values()]
+    else:
+        raise MalformedCheckpointError(f"{origin}: not a safetensors, torch archive or pickle checkpoint")
+    return state_dict, {dtype: dtypes.count(dtype) for dtype in sorted(set(dtypes))}
+
+
+def _set_preprocess(model: torch.nn.Module, preprocess_cfg: dict) -> None:
+    from open_clip.model import set_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    merged = merge_preprocess_dict(PreprocessCfg(), preprocess_cfg if isinstance(preprocess_cfg, dict) else {})
+    merged["size"] = model.visual.image_size
+    set_model_preprocess_cfg(model, merged)
+
+
+def _resolve_manifest(plan: _Plan, classes_file: str | Path | None) -> Manifest | None:
+    manifest = None
+    if plan.manifest is not None:
+        try:
+            text = plan.manifest.data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedCheckpointError(f"{plan.manifest.path}: not UTF-8 text") from None
+        manifest = parse_manifest_text(text, str(plan.manifest.path))
+    if classes_file is not None:
+        path = Path(classes_file)
+        classes = parse_classes_text(read_text_file(path), str(path))
+        templates = manifest.templates if manifest else DEFAULT_TEMPLATES
+        manifest = Manifest(classes, templates, manifest.description if manifest else "", str(path))
+    return manifest
+
+
+def _describe(target: Path, plan: _Plan, model: torch.nn.Module, dtypes: dict[str, int],
+              manifest: Manifest | None, tensor_count: int) -> CheckpointReport:
+    visual = model.visual
+    size = visual.image_size if isinstance(visual.image_size, (tuple, list)) else (visual.image_size,) * 2
+    text = getattr(model, "text", model)
+    preprocess = dict(visual.preprocess_cfg)
+    files = tuple(
+        FileRecord(path=str(r.path), size=len(r.data), sha256=r.sha256, kind=r.kind.value,
+                   role=plan.roles.get(r.path, "other"), note=_file_note(r, plan))
+        for r in plan.files
+    )
+    return CheckpointReport(
+        source=str(target), layout=plan.layout, architecture=plan.architecture,
+        model_class=type(model).__name__, checkpoint_sha256=plan.weights.sha256,
+        parameter_count=sum(p.numel() for p in model.parameters()), tensor_count=tensor_count, dtypes=dtypes,
+        image_size=tuple(int(s) for s in size), context_length=int(text.context_length),
+        embed_dim=int(plan.model_cfg["embed_dim"]), vision_tower=type(visual).__name__,
+        preprocess={k: (list(v) if isinstance(v, tuple) else v) for k, v in preprocess.items()},
+        classes=manifest.classes if manifest else None,
+        class_count=len(manifest.classes) if manifest else None,
+        classes_source=manifest.source if manifest else None,
+        templates=manifest.templates if manifest else DEFAULT_TEMPLATES,
+        files=files, skipped=tuple(plan.skipped),
+    )
+
+
+def _file_note(read: ReadFile, plan: _Plan) -> str:
+    if read is plan.weights:
+        return "loaded"
+    if read.kind in (FileKind.TORCH_ZIP, FileKind.PICKLE):
+        return "scanned for unsafe imports; not loaded"
+    if read.kind == FileKind.SAFETENSORS:
+        return "safetensors (holds no code); not loaded"
+    return ""
