@@ -313,3 +313,19 @@ def test_legacy_position_ids_buffers_are_ignored_and_input_is_left_intact(saved_
     assert set(with_buffers) == keys_before
     expected = set(open_clip.model.CLIP(**model_cfg).state_dict())
     assert set(converted) == expected
+
+
+def test_loader_accepts_a_transformers_directory_end_to_end(tmp_path):
+    from cbpt_guard.intake import load_checkpoint
+
+    hf_model = _save_hf_clip(tmp_path, _tiny_hf_config())
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]})
+    )
+
+    loaded = load_checkpoint(tmp_path)
+
+    assert loaded.report.layout == "hf-clip-dir"
+    assert loaded.report.preprocess["mean"] == [0.5, 0.5, 0.5]
+    assert {f.path.rsplit("/", 1)[-1]: f.role for f in loaded.report.files}["model.safetensors"] == "weights"
+    _assert_same_features(hf_model, loaded.model)

@@ -48,7 +48,7 @@ def test_open_clip_directory_loads_with_identical_features(tmp_path, family, ser
     assert report.classes == tuple(CLASSES) and report.class_count == 3
     weights = [f for f in report.files if f.role == "weights"]
     assert len(weights) == 1
-    assert weights[0].kind == ("safetensors" if serialization == "safetensors" else "torch-zip")
+    assert weights[0].kind == ("safetensors" if serialization == "safetensors" else "torch_zip")
     assert report.checkpoint_sha256 == weights[0].sha256
     for got, want in zip(_features(loaded.model), _features(model)):
         torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -26,8 +26,11 @@ def config_for_name(name: str) -> dict:
     return copy.deepcopy(config)
 
 
-def build_model(model_cfg: dict) -> torch.nn.Module:
+def build_model(model_cfg: dict, preprocess_cfg: dict | None = None) -> torch.nn.Module:
     """Instantiate the (randomly initialised) open_clip model that ``model_cfg`` describes.
+
+    ``preprocess_cfg`` (mean, std, interpolation, ...) is merged over open_clip's
+    defaults and attached to the model, where open_clip's own tools look for it.
 
     Architectures that would need a download (a Hugging Face text tower, a
     pretrained timm tower) or that are not contrastive classifiers (CoCa) are
@@ -55,7 +58,17 @@ def build_model(model_cfg: dict) -> torch.nn.Module:
             model = model_class(**cfg)
     except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as error:
         raise UnsupportedArchitectureError(f"open_clip cannot build this configuration ({error})") from None
+    _attach_preprocess(model, preprocess_cfg or {})
     return model.eval()
+
+
+def _attach_preprocess(model: torch.nn.Module, preprocess_cfg: dict) -> None:
+    from open_clip.model import set_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    merged = merge_preprocess_dict(PreprocessCfg(), preprocess_cfg if isinstance(preprocess_cfg, dict) else {})
+    merged["size"] = model.visual.image_size
+    set_model_preprocess_cfg(model, merged)
 
 
 def check_state_dict(model: torch.nn.Module, state_dict: dict, origin: str) -> None:

@@ -19,11 +19,11 @@ import torch
 from cbpt_guard.errors import (
     MalformedCheckpointError,
     NothingScannableError,
-    UnsupportedArchitectureError,
+    UnsafeCheckpointError,
     UsageError,
 )
 from cbpt_guard.intake import architecture, hf_clip
-from cbpt_guard.intake.filetype import FileKind, sniff
+from cbpt_guard.intake.filetype import FileKind, is_polyglot, sniff
 from cbpt_guard.intake.manifest import (
     DEFAULT_TEMPLATES,
     MANIFEST_NAME,
@@ -34,10 +34,12 @@ from cbpt_guard.intake.manifest import (
 )
 from cbpt_guard.intake.report import CheckpointReport, FileRecord, SkippedItem
 from cbpt_guard.intake.safetensors_reader import read_safetensors
-from cbpt_guard.intake.torch_reader import read_torch_state_dict, scan_torch_bytes
+from cbpt_guard.intake.pickle_scan import scan_pickle, scan_torch_zip
+from cbpt_guard.intake.torch_reader import read_torch_state_dict
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 HF_CONFIG = "config.json"
+HF_PREPROCESSOR = "preprocessor_config.json"  # its image mean and std override the defaults
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -95,13 +97,13 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, classes_file: 
     else:
         plan = _plan_single_file(target, arch)
     for read in plan.files:
-        if read is not plan.weights and read.kind in (FileKind.TORCH_ZIP, FileKind.PICKLE):
-            scan_torch_bytes(read.data, str(read.path))
+        if read is not plan.weights:
+            _scan_unloaded(read)
     state_dict, dtypes = _read_weights(plan.weights)
     if plan.layout == "hf-clip-dir":
         state_dict = hf_clip.convert_hf_state_dict(state_dict, plan.model_cfg)
-    model = architecture.fill_model(architecture.build_model(plan.model_cfg), state_dict, str(plan.weights.path))
-    _set_preprocess(model, plan.preprocess_cfg)
+    model = architecture.build_model(plan.model_cfg, plan.preprocess_cfg)
+    architecture.fill_model(model, state_dict, str(plan.weights.path))
     manifest = _resolve_manifest(plan, classes_file)
     report = _describe(target, plan, model, dtypes, manifest, len(state_dict))
     return LoadedCheckpoint(report, model, plan.model_cfg)
@@ -148,7 +150,11 @@ def _plan_directory(target: Path, arch: str | None) -> _Plan:
         layout, name, candidates, config_read = "open_clip-dir", "open_clip config", OPEN_CLIP_WEIGHTS, \
             by_name[OPEN_CLIP_CONFIG]
     elif HF_CONFIG in by_name and hf_clip.is_hf_clip_config(_parse_json(by_name[HF_CONFIG])):
-        model_cfg, preprocess_cfg = hf_clip.open_clip_config_from_hf(_parse_json(by_name[HF_CONFIG]))
+        processor = by_name.get(HF_PREPROCESSOR)
+        if processor is not None:
+            roles[processor.path] = "config"
+        model_cfg, preprocess_cfg = hf_clip.open_clip_config_from_hf(
+            _parse_json(by_name[HF_CONFIG]), _parse_json(processor) if processor else None)
         layout, name, candidates, config_read = "hf-clip-dir", "transformers CLIPModel", HF_WEIGHTS, \
             by_name[HF_CONFIG]
     else:
@@ -187,6 +193,18 @@ def _read_directory(target: Path) -> tuple[list[ReadFile], list[SkippedItem]]:
     return files, skipped
 
 
+def _scan_unloaded(read: ReadFile) -> None:
+    """Refuse a side file that would run code if some other consumer loaded it."""
+    origin = str(read.path)
+    if is_polyglot(read.data):
+        finding = "polyglot: a zip archive hidden in a file that does not start as one"
+        raise UnsafeCheckpointError(f"{origin}: refusing the directory: {finding}", findings=(finding,))
+    if read.kind is FileKind.TORCH_ZIP:
+        scan_torch_zip(read.data, origin)
+    elif read.kind is FileKind.PICKLE:
+        scan_pickle(read.data, origin)
+
+
 def _skipped_summary(skipped: list[SkippedItem]) -> str:
     if not skipped:
         return "the directory is empty"
@@ -218,15 +236,6 @@ def _read_weights(read: ReadFile) -> tuple[dict, dict[str, int]]:
     else:
         raise MalformedCheckpointError(f"{origin}: not a safetensors, torch archive or pickle checkpoint")
     return state_dict, {dtype: dtypes.count(dtype) for dtype in sorted(set(dtypes))}
-
-
-def _set_preprocess(model: torch.nn.Module, preprocess_cfg: dict) -> None:
-    from open_clip.model import set_model_preprocess_cfg
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-
-    merged = merge_preprocess_dict(PreprocessCfg(), preprocess_cfg if isinstance(preprocess_cfg, dict) else {})
-    merged["size"] = model.visual.image_size
-    set_model_preprocess_cfg(model, merged)
 
 
 def _resolve_manifest(plan: _Plan, classes_file: str | Path | None) -> Manifest | None:
