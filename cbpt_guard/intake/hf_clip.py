@@ -388,8 +388,8 @@ def _convert_vision(remaining: dict, vision_cfg: Mapping, embed_dim: int) -> dic
         "visual.ln_pre.bias": _take(remaining, f"{hf}.pre_layrnorm.bias", (width,)),
         "visual.ln_post.weight": _take(remaining, f"{hf}.post_layernorm.weight", (width,)),
         "visual.ln_post.bias": _take(remaining, f"{hf}.post_layernorm.bias", (width,)),
-        # nn.Linear stores (out, in); open_clip multiplies x @ proj, so (in, out).
-        "visual.proj": _take(remaining, "visual_projection.weight", (embed_dim, width)).T.contiguous(),  # (width, embed_dim)
+        # nn.Linear stores (embed_dim, width); open_clip computes x @ proj with proj (width, embed_dim).
+        "visual.proj": _take(remaining, "visual_projection.weight", (embed_dim, width)).T.contiguous(),
     }
     mlp_width = int(width * vision_cfg["mlp_ratio"])
     out.update(_convert_encoder(remaining, hf, "visual.transformer", vision_cfg["layers"], width, mlp_width))
@@ -409,7 +409,8 @@ def _convert_text(remaining: dict, text_cfg: Mapping, embed_dim: int) -> dict:
         ),
         "ln_final.weight": _take(remaining, f"{hf}.final_layer_norm.weight", (width,)),
         "ln_final.bias": _take(remaining, f"{hf}.final_layer_norm.bias", (width,)),
-        "text_projection": _take(remaining, "text_projection.weight", (embed_dim, width)).T.contiguous(),  # (width, embed_dim)
+        # (embed_dim, width) -> (width, embed_dim), as for the visual projection
+        "text_projection": _take(remaining, "text_projection.weight", (embed_dim, width)).T.contiguous(),
     }
     mlp_width = int(width * text_cfg["mlp_ratio"])
     out.update(_convert_encoder(remaining, hf, "transformer", text_cfg["layers"], width, mlp_width))

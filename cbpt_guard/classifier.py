@@ -1,0 +1,92 @@
+"""The zero-shot classifier every stage looks through: pixels in [0, 1] -> class logits.
+
+Detection inverts triggers through it, purification replaces its class
+embeddings, the zoo measures CA and ASR with it, and export traces it. Images
+are always handled in pixel space [0, 1] and normalised here with the model's
+own mean and std, so triggers are stamped exactly where an attacker stamps them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+@functools.lru_cache(maxsize=4)
+def tokenizer(context_length: int):
+    """open_clip's CLIP BPE tokenizer for ``context_length`` (cached: building it reads the vocabulary)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=context_length)
+
+
+def context_length_of(model: torch.nn.Module) -> int:
+    """The text context length of an open_clip CLIP or CustomTextCLIP."""
+    return int(getattr(getattr(model, "text", model), "context_length"))
+
+
+def preprocess_of(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the model was trained with, as open_clip records them on the vision tower."""
+    visual = model.visual
+    return tuple(visual.image_mean), tuple(visual.image_std)
+
+
+@torch.no_grad()
+def class_embeddings(model: torch.nn.Module, classes: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """Unit class embeddings from hand-written prompts, averaged over templates. Returns (C, d)."""
+    tokenize = tokenizer(context_length_of(model))
+    rows = []
+    for name in classes:
+        tokens = tokenize([template.format(name) for template in templates])  # (T, ctx)
+        features = F.normalize(model.encode_text(tokens), dim=-1)  # (T, d)
+        rows.append(F.normalize(features.mean(dim=0), dim=-1))
+    return torch.stack(rows)  # (C, d)
+
+
+class ZeroShotClassifier(torch.nn.Module):
+    """image -> f_I -> normalise -> product with the class embeddings -> logit scale -> logits.
+
+    The model is frozen; gradients flow to the input pixels (for trigger
+    inversion) but never into a weight.
+    """
+
+    def __init__(self, model: torch.nn.Module, text_embeddings: torch.Tensor):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        mean, std = preprocess_of(model)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("text", F.normalize(text_embeddings.detach().float(), dim=-1), persistent=False)
+        self.register_buffer("scale", model.logit_scale.detach().exp().reshape(()), persistent=False)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square input the vision tower expects."""
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unit image features of pixels in [0, 1]. (N, 3, H, W) -> (N, d)."""
+        return F.normalize(self.model.encode_image((pixels - self.mean) / self.std), dim=-1)
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, d) unit features -> (N, C) logits."""
+        return self.scale * features @ self.text.T
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> (N, C) logits."""
+        return self.logits_from_features(self.features(pixels))
+
+    @torch.no_grad()
+    def predict(self, pixels: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Top-1 class index per image, in batches. (N, 3, H, W) -> (N,)."""
+        return torch.cat([self(pixels[i : i + batch_size]).argmax(dim=-1)
+                          for i in range(0, len(pixels), batch_size)])
+
+
+def build_classifier(model: torch.nn.Module, classes: Sequence[str], templates: Sequence[str]) -> ZeroShotClassifier:
+    """The hand-written-prompt zero-shot classifier of ``model`` over ``classes``."""
+    return ZeroShotClassifier(model, class_embeddings(model, classes, templates))
