@@ -411,9 +411,9 @@ def test_fuzz_random_documents_raise_only_policy_errors(document):
 @given(st.data())
 def test_fuzz_mutated_ready_policies_raise_only_policy_errors(data):
     document = full_document()
-    paths = list(leaf_paths(document)) + list(mapping_paths(document))
     for _ in range(data.draw(st.integers(1, 3))):
-        path = data.draw(st.sampled_from(paths))
+        # paths are listed afresh each time: an earlier mutation may have replaced a whole section
+        path = data.draw(st.sampled_from(list(leaf_paths(document)) + list(mapping_paths(document))))
         if path and data.draw(st.booleans()):
             at(document, path[:-1])[path[-1]] = data.draw(VALUES)
         elif isinstance(at(document, path), dict):

@@ -14,6 +14,7 @@ from cbpt_guard.errors import CbptError, ExitCode
 # (or when `--help` of that very command is asked for).
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("cbpt_guard.cli.inspect_cmd:inspect_command", "Load a checkpoint safely and describe it."),
+    "policy": ("cbpt_guard.cli.policy_cmd:policy_group", "Validate or show a policy file."),
 }
 
 

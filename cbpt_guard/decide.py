@@ -1,0 +1,299 @@
+"""The decision: a pure function from what the run found to what the policy says to do, with reasons.
+
+:func:`decide` does no I/O and reads no clock (``today`` is passed in), so the
+same evidence, policy and day always give the same decision. The pipeline calls
+it twice: after detection (the answer may be *purify*), and again after
+purification with its outcome (then *pass* if the purified model meets the
+policy's bars, else *block*).
+
+Two kinds of outcome are kept apart:
+
+- **evidence** (a backdoor finding, unsafe serialisation): acted on in ``enforce``
+  mode; in ``warn`` and ``dry-run`` modes recorded as what enforce would have done,
+  and the model passes (exit 0);
+- **fail-closed** (a required step skipped, a stage failed, detection
+  inconclusive, too weak a data tier): a run that could not look properly never
+  passes, in any mode. The policy chooses *inconclusive* (exit 3) or *block* (exit 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import math
+
+from cbpt_guard.errors import ExitCode
+from cbpt_guard.policy.schema import BackdoorAction, DataTier, Mode, Policy, Waiver
+
+
+class Action(str, enum.Enum):
+    """What the gate does with a checkpoint."""
+
+    PASS = "pass"
+    PURIFY = "purify"
+    INCONCLUSIVE = "inconclusive"
+    BLOCK = "block"
+
+
+# When causes disagree the most severe wins: a block is final, an incomplete run
+# is not worth purifying, and purification comes before any pass.
+_SEVERITY = {Action.PASS: 0, Action.PURIFY: 1, Action.INCONCLUSIVE: 2, Action.BLOCK: 3}
+
+# A model waiting for purification is not fit to ship as it is, so "purify" as a
+# final answer exits like a block; the pipeline turns it into pass or block.
+EXIT_CODES = {
+    Action.PASS: ExitCode.PASS,
+    Action.PURIFY: ExitCode.BLOCKED,
+    Action.INCONCLUSIVE: ExitCode.INCONCLUSIVE,
+    Action.BLOCK: ExitCode.BLOCKED,
+}
+
+_VERBS = {
+    Action.PASS: "pass the model",
+    Action.PURIFY: "purify the model",
+    Action.INCONCLUSIVE: "report the run inconclusive",
+    Action.BLOCK: "block the model",
+}
+
+
+class DetectionResult(str, enum.Enum):
+    """The detector's answer for the whole checkpoint."""
+
+    FOUND = "found"
+    NOT_FOUND = "not-found"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DetectionOutcome:
+    """What detection concluded, with the score and threshold it compared."""
+
+    result: DetectionResult
+    score: float | None = None
+    threshold: float | None = None
+    target_class: str | None = None
+    """The class triggered inputs drift to, when one stands out."""
+    note: str | None = None
+    """Why the result is inconclusive (a budget ran out, the evidence disagreed)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedStep:
+    """A step the run did not do, why, and whether the policy needed it."""
+
+    name: str
+    reason: str
+    required: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class StageFailure:
+    """A stage that raised or otherwise could not finish; always fails closed."""
+
+    stage: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PurificationOutcome:
+    """Verification of the purified model: ASR of the dummy triggers and the CA drop, as fractions.
+
+    ``ca_drop`` is original CA minus purified CA (negative when accuracy rose);
+    ``residual_evidence`` is whether re-running detection on the purified
+    classifier still finds a backdoor.
+    """
+
+    asr: float
+    ca_drop: float
+    residual_evidence: bool = False
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.asr) and 0.0 <= self.asr <= 1.0):
+            raise ValueError(f"asr must be a fraction in [0, 1], got {self.asr}")
+        if not (math.isfinite(self.ca_drop) and -1.0 <= self.ca_drop <= 1.0):
+            raise ValueError(f"ca_drop must be a fraction in [-1, 1], got {self.ca_drop}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecisionInput:
+    """Everything :func:`decide` looks at; the pipeline fills it from the stages' results.
+
+    ``detection`` is None when detection did not run at all. ``purification`` is
+    set only on the second call, after purification ran.
+    """
+
+    checkpoint_digest: str
+    """SHA-256 of the checkpoint's weights file, the scope waivers are matched against."""
+    data_tier: DataTier
+    detection: DetectionOutcome | None
+    unsafe_findings: tuple[str, ...] = ()
+    skipped: tuple[SkippedStep, ...] = ()
+    failures: tuple[StageFailure, ...] = ()
+    purification: PurificationOutcome | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """The gate's answer and why.
+
+    ``action`` is what happens in this run's mode; ``enforced`` what ``enforce``
+    mode would do with the same evidence (equal to ``action`` in enforce mode).
+    ``fail_closed`` says the run was incomplete, which no mode lets pass.
+    """
+
+    action: Action
+    enforced: Action
+    mode: Mode
+    reasons: tuple[str, ...]
+    waivers_applied: tuple[Waiver, ...]
+    waivers_expired: tuple[Waiver, ...]
+    fail_closed: bool
+    exit_code: ExitCode
+
+
+@dataclasses.dataclass
+class _Tally:
+    """The causes found so far, kept apart by kind (see the module docstring)."""
+
+    reasons: list[str] = dataclasses.field(default_factory=list)
+    evidence: list[Action] = dataclasses.field(default_factory=list)
+    fail_closed: list[Action] = dataclasses.field(default_factory=list)
+    applied: tuple[Waiver, ...] = ()
+    expired: tuple[Waiver, ...] = ()
+
+
+def decide(evidence: DecisionInput, policy: Policy, *, today: dt.date) -> Decision:
+    """Apply ``policy`` to ``evidence`` on the day ``today`` and return the decision with its reasons.
+
+    Pure: no I/O, no clock. Never returns a pass when a required step was skipped,
+    a stage failed or detection did not reach a result, whatever the mode.
+    """
+    tally = _Tally()
+    _weigh_unsafe_serialisation(evidence, policy, tally)
+    _weigh_completeness(evidence, policy, tally)
+    _weigh_detection(evidence, policy, today, tally)
+    enforced = _worst(tally.evidence + tally.fail_closed)
+    if policy.mode is Mode.ENFORCE:
+        action = enforced
+    else:
+        action = _worst(tally.fail_closed)
+        if enforced is not Action.PASS:
+            tally.reasons.append(f"{policy.mode.value} mode: enforce would {_VERBS[enforced]}")
+        if action is not Action.PASS:
+            tally.reasons.append(f"{policy.mode.value} mode does not let an incomplete run pass")
+    return Decision(
+        action=action,
+        enforced=enforced,
+        mode=policy.mode,
+        reasons=tuple(tally.reasons),
+        waivers_applied=tally.applied,
+        waivers_expired=tally.expired,
+        fail_closed=bool(tally.fail_closed),
+        exit_code=EXIT_CODES[action],
+    )
+
+
+def _worst(actions: list[Action]) -> Action:
+    return max(actions, key=_SEVERITY.__getitem__, default=Action.PASS)
+
+
+def _weigh_unsafe_serialisation(evidence: DecisionInput, policy: Policy, tally: _Tally) -> None:
+    if not evidence.unsafe_findings:
+        return
+    found = ", ".join(evidence.unsafe_findings)
+    if policy.evidence.unsafe_serialisation_blocks:
+        tally.evidence.append(Action.BLOCK)
+        tally.reasons.append(f"unsafe serialisation ({found}): the policy blocks unsafe files")
+    else:
+        tally.reasons.append(f"unsafe serialisation ({found}): reported only, the policy does not block on it")
+
+
+def _weigh_completeness(evidence: DecisionInput, policy: Policy, tally: _Tally) -> None:
+    """Everything that makes the run incomplete: each fails closed as the policy says."""
+    on_skip = Action(policy.evidence.on_required_skipped.value)
+    on_failure = Action(policy.evidence.on_stage_failure.value)
+    required_tier = policy.data.tier
+    if evidence.data_tier.rank < required_tier.rank:
+        tally.fail_closed.append(on_skip)
+        tally.reasons.append(f"the policy needs {required_tier.value} data, the run had "
+                             f"{evidence.data_tier.value}: {on_skip.value}")
+    for failure in evidence.failures:
+        tally.fail_closed.append(on_failure)
+        tally.reasons.append(f"stage {failure.stage} failed ({failure.message}): {on_failure.value}")
+    for step in evidence.skipped:
+        if step.required:
+            tally.fail_closed.append(on_skip)
+            tally.reasons.append(f"required step {step.name} was skipped ({step.reason}): {on_skip.value}")
+        else:
+            tally.reasons.append(f"step {step.name} was skipped, not required ({step.reason})")
+    if evidence.detection is None:
+        tally.fail_closed.append(on_skip)
+        tally.reasons.append(f"detection did not run: {on_skip.value}")
+    elif evidence.detection.result is DetectionResult.INCONCLUSIVE:
+        note = f" ({evidence.detection.note})" if evidence.detection.note else ""
+        tally.fail_closed.append(on_skip)
+        tally.reasons.append(f"detection was inconclusive{note}: {on_skip.value}")
+
+
+def _weigh_detection(evidence: DecisionInput, policy: Policy, today: dt.date, tally: _Tally) -> None:
+    """The backdoor finding, its waivers, and (on the second call) the purification outcome."""
+    digest = evidence.checkpoint_digest.strip().lower().removeprefix("sha256:")
+    scoped = [w for w in policy.waivers if w.scope == digest]
+    tally.expired = tuple(w for w in scoped if w.is_expired(today))
+    active = tuple(w for w in scoped if not w.is_expired(today))
+    detection = evidence.detection
+    found = detection is not None and detection.result is DetectionResult.FOUND
+    if detection is not None and detection.result is DetectionResult.NOT_FOUND:
+        tally.reasons.append(f"no evidence of a backdoor found{_score_text(detection, '<')}")
+    if found:
+        tally.reasons.append(f"backdoor evidence found{_score_text(detection, '>=')}")
+        for waiver in tally.expired:
+            tally.reasons.append(f"waiver {waiver.id} expired on {waiver.expires.isoformat()}: "
+                                 "its finding is active again")
+        if active:
+            tally.applied = active
+            for waiver in active:
+                tally.reasons.append(f"the finding is waived by {waiver.id} (owner {waiver.owner}, until "
+                                     f"{waiver.expires.isoformat()}): {waiver.reason}")
+        elif policy.evidence.on_backdoor is BackdoorAction.BLOCK:
+            tally.evidence.append(Action.BLOCK)
+            tally.reasons.append("the policy blocks a model with backdoor evidence")
+        else:
+            tally.evidence.append(_weigh_purification(evidence.purification, policy, tally))
+            return
+    if evidence.purification is not None:
+        tally.reasons.append("purification results were not used: the policy did not call for purification")
+
+
+def _weigh_purification(outcome: PurificationOutcome | None, policy: Policy, tally: _Tally) -> Action:
+    """Purify if not yet done; once done, pass only if every bar is met."""
+    if outcome is None:
+        tally.reasons.append("the policy calls for purification; the model passes only once purified and verified")
+        return Action.PURIFY
+    bars = policy.verification
+    misses = []
+    if outcome.asr > bars.max_asr:
+        misses.append(f"ASR {outcome.asr:.2%} > {bars.max_asr:.2%}")
+    if outcome.ca_drop > bars.max_ca_drop:
+        misses.append(f"CA drop {outcome.ca_drop * 100:.1f} points > {bars.max_ca_drop * 100:.1f}")
+    if outcome.residual_evidence:
+        misses.append("detection still finds backdoor evidence in the purified model")
+    if misses:
+        tally.reasons.append("the purified model misses the policy's bars: " + "; ".join(misses))
+        return Action.BLOCK
+    tally.reasons.append(f"purified and verified: ASR {outcome.asr:.2%} <= {bars.max_asr:.2%}, CA drop "
+                         f"{outcome.ca_drop * 100:.1f} points <= {bars.max_ca_drop * 100:.1f}")
+    return Action.PASS
+
+
+def _score_text(detection: DetectionOutcome, relation: str) -> str:
+    """`` (score 0.91 >= threshold 0.50; suspected target 'banana')`` from whatever is known."""
+    parts = []
+    if detection.score is not None and detection.threshold is not None:
+        parts.append(f"score {detection.score:.2f} {relation} threshold {detection.threshold:.2f}")
+    elif detection.score is not None:
+        parts.append(f"score {detection.score:.2f}")
+    if detection.target_class is not None and relation == ">=":
+        parts.append(f"suspected target class {detection.target_class!r}")
+    return f" ({'; '.join(parts)})" if parts else ""
