@@ -180,3 +180,21 @@ def test_hf_text_tower_that_needs_a_download_is_unsupported(tmp_path):
     (tmp_path / "open_clip_model.safetensors").write_bytes(b"\x02\0\0\0\0\0\0\0{}")
     with pytest.raises(UnsupportedArchitectureError, match="would need a download"):
         load_checkpoint(tmp_path)
+
+
+def test_protocol_0_pickle_beside_the_weights_is_still_scanned(tmp_path):
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'pwned'}",)
+
+    model, config = build_tiny("vit")
+    save_open_clip_dir(model, config, tmp_path / "m", "safetensors")
+    (tmp_path / "m" / "optimizer.pt").write_bytes(pickle.dumps(Payload(), protocol=0))
+    from cbpt_guard.errors import UnsafeCheckpointError
+
+    with pytest.raises(UnsafeCheckpointError, match="system"):
+        load_checkpoint(tmp_path / "m")
+    assert not (tmp_path / "pwned").exists()

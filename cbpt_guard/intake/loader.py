@@ -43,6 +43,7 @@ HF_PREPROCESSOR = "preprocessor_config.json"  # its image mean and std override 
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 MAX_CONFIG_BYTES = 1024 * 1024
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 MAX_DIRECTORY_FILES = 256
 CHECKPOINT_KINDS = (FileKind.SAFETENSORS, FileKind.TORCH_ZIP, FileKind.PICKLE)
 
@@ -203,6 +204,12 @@ def _scan_unloaded(read: ReadFile) -> None:
         scan_torch_zip(read.data, origin)
     elif read.kind is FileKind.PICKLE:
         scan_pickle(read.data, origin)
+    elif read.kind is FileKind.OTHER and read.path.suffix.lower() in PICKLE_SUFFIXES:
+        # A header-less (protocol 0/1) pickle sniffs as OTHER, yet other tools would unpickle it.
+        try:
+            scan_pickle(read.data, origin)
+        except MalformedCheckpointError:
+            pass  # not a pickle at all: nothing could execute it
 
 
 def _skipped_summary(skipped: list[SkippedItem]) -> str:
