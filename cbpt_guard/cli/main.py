@@ -15,6 +15,7 @@ from cbpt_guard.errors import CbptError, ExitCode
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("cbpt_guard.cli.inspect_cmd:inspect_command", "Load a checkpoint safely and describe it."),
     "policy": ("cbpt_guard.cli.policy_cmd:policy_group", "Validate or show a policy file."),
+    "zoo": ("cbpt_guard.cli.zoo_cmd:zoo_group", "Build the zoo of clean and backdoored models."),
 }
 
 

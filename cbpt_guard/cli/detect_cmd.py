@@ -1,0 +1,110 @@
+"""``cbpt-guard detect`` and ``cbpt-guard calibrate``: zero-shot backdoor detection from the command line."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from cbpt_guard.errors import ExitCode
+
+
+def _progress(line: str) -> None:
+    click.echo(f"[{time.strftime('%H:%M:%S')}] {line}", err=True)
+
+
+def budget_options(command):
+    """The detection budget flags shared by detect and calibrate."""
+    command = click.option("--steps", type=click.IntRange(1), help="Inversion steps per trigger family.")(command)
+    command = click.option("--probes", "probe_count", type=click.IntRange(8), help="Number of probe images.")(command)
+    command = click.option("--families", help="Comma-separated trigger families (patch,additive,warp).")(command)
+    command = click.option("--time-limit", type=click.FloatRange(1), help="Seconds per family.")(command)
+    command = click.option("--anomaly-steps", type=click.IntRange(0), help="Per-class anomaly steps (0: skip).")(command)
+    return command
+
+
+def make_budget(steps, probe_count, families, time_limit, anomaly_steps):
+    """A DetectBudget from the flags, defaults where a flag is absent."""
+    from dataclasses import replace
+
+    from cbpt_guard.detect.run import DetectBudget
+    from cbpt_guard.errors import UsageError
+    from cbpt_guard.triggers import FAMILIES
+
+    budget = DetectBudget()
+    if families:
+        names = tuple(f.strip() for f in families.split(",") if f.strip())
+        unknown = [f for f in names if f not in FAMILIES]
+        if unknown or not names:
+            raise UsageError(f"unknown trigger families {unknown}; known: {', '.join(FAMILIES)}")
+        budget = replace(budget, families=names)
+    if probe_count:
+        budget = replace(budget, probes=probe_count)
+    if anomaly_steps is not None:
+        budget = replace(budget, anomaly_steps=anomaly_steps)
+    inversion = budget.inversion
+    if steps:
+        inversion = replace(inversion, steps=steps)
+    if time_limit:
+        inversion = replace(inversion, time_limit_s=time_limit)
+    return replace(budget, inversion=inversion)
+
+
+@click.command("detect")
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--arch", metavar="NAME", help="open_clip architecture of a single weights file.")
+@click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="Class names file.")
+@click.option("--probes-dir", type=click.Path(file_okay=False), help="Unlabelled images to probe with.")
+@click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration file (default: built-in).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the detection report as JSON.")
+@budget_options
+def detect_command(path, arch, classes_file, probes_dir, calibration, seed, as_json, steps, probe_count, families,
+                   time_limit, anomaly_steps):
+    """Look for a backdoor in PATH without labelled data.
+
+    Exit 0 when no evidence was found, 1 when backdoor evidence was found,
+    3 when the run was inconclusive (something was skipped).
+    """
+    from cbpt_guard.detect.api import detect_checkpoint
+
+    budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps)
+    report = detect_checkpoint(path, arch=arch, classes_file=classes_file, probes_dir=probes_dir,
+                               calibration_path=calibration, budget=budget, seed=seed, progress=_progress)
+    click.echo(report.model_dump_json(indent=2) if as_json else format_detection(report))
+    code = {"backdoor evidence found": ExitCode.BLOCKED, "inconclusive": ExitCode.INCONCLUSIVE}
+    raise click.exceptions.Exit(int(code.get(report.outcome, ExitCode.PASS)))
+
+
+def format_detection(report) -> str:
+    """Plain-text summary of a DetectionReport."""
+    lines = [f"{report.outcome} (score {report.score:.3f}, threshold {report.threshold:.3f})"]
+    if report.suspected_target:
+        lines.append(f"suspected target class: {report.suspected_target}")
+    lines.append(f"probes: {report.probe_count} ({report.probe_tier}); seed {report.seed}; {report.seconds:.1f} s")
+    for f in report.families:
+        state = "collapsed" if f.collapsed else "no collapse"
+        lines.append(f"  {f.family:<9} {state:<11} size {f.size:.4f}  -> {f.target!r} concentration "
+                     f"{f.concentration:.2f}, inverted ASR {f.inverted_asr:.2f}, z {f.z if f.z is None else round(f.z, 2)}")
+    if report.anomaly:
+        lines.append(f"  anomaly   suspect {report.anomaly.suspect!r} index {report.anomaly.anomaly_index:.2f}")
+    for what, why in report.skipped:
+        lines.append(f"  skipped {what}: {why}")
+    return "\n".join(lines)
+
+
+@click.command("calibrate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Calibration file to write.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@budget_options
+def calibrate_command(paths, out_path, seed, steps, probe_count, families, time_limit, anomaly_steps):
+    """Run the detector over clean reference models PATHS and write the calibration file."""
+    from pathlib import Path
+
+    from cbpt_guard.detect.api import calibrate_models
+
+    budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps)
+    calibration = calibrate_models(list(paths), budget=budget, seed=seed, progress=_progress)
+    Path(out_path).write_text(calibration.to_json())
+    click.echo(f"wrote {out_path}: {len(calibration.references)} clean references, threshold {calibration.threshold:.4f}")

@@ -1,0 +1,1 @@
+"""Zero-shot backdoor detection: contrastive trigger inversion with calibrated evidence."""

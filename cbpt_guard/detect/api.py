@@ -1,0 +1,53 @@
+"""Detection from a checkpoint path: the functions the CLI and the pipeline call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from cbpt_guard.detect import calibration as calib
+from cbpt_guard.detect.run import DetectBudget, DetectionReport, detect, gather_evidence
+from cbpt_guard.errors import ClassListError
+from cbpt_guard.intake import load_checkpoint
+from cbpt_guard.probes import folder_probes
+
+DEFAULT_CALIBRATION = "default.json"
+
+
+def default_calibration() -> calib.Calibration:
+    """The calibration shipped with the package, fitted by ``cbpt-guard calibrate`` on the zoo's clean twins."""
+    path = resources.files("cbpt_guard.detect") / "calibrations" / DEFAULT_CALIBRATION
+    with resources.as_file(path) as real:
+        loaded = calib.load_calibration(real)
+    return calib.Calibration(loaded.stats, loaded.threshold, loaded.references, f"built-in {DEFAULT_CALIBRATION}")
+
+
+def detect_checkpoint(path: str | Path, *, arch: str | None = None, classes_file: str | Path | None = None,
+                      probes_dir: str | Path | None = None, calibration_path: str | Path | None = None,
+                      budget: DetectBudget = DetectBudget(), seed: int = 0,
+                      progress: Callable[[str], None] = lambda line: None) -> DetectionReport:
+    """Load ``path`` safely and run detection on it; see :func:`cbpt_guard.detect.run.detect`."""
+    calibration = calib.load_calibration(calibration_path) if calibration_path else default_calibration()
+    loaded = load_checkpoint(path, arch=arch, classes_file=classes_file)
+    report = loaded.report
+    if not report.classes:
+        raise ClassListError(f"{path}: no class names (add cbpt_manifest.json or pass --classes)")
+    probes = folder_probes(probes_dir, report.image_size[0], limit=budget.probes, seed=seed) if probes_dir else None
+    return detect(loaded.model, report.classes, report.templates, calibration=calibration, probes=probes,
+                  budget=budget, seed=seed, progress=progress)
+
+
+def calibrate_models(paths: list[str | Path], *, budget: DetectBudget = DetectBudget(), seed: int = 0,
+                     progress: Callable[[str], None] = lambda line: None) -> calib.Calibration:
+    """Run the detector over clean reference models and fit the calibration to what they show."""
+    references = {}
+    for path in paths:
+        progress(f"calibrating on {path}")
+        loaded = load_checkpoint(path)
+        if not loaded.report.classes:
+            raise ClassListError(f"{path}: no class names (add cbpt_manifest.json)")
+        evidence = gather_evidence(loaded.model, loaded.report.classes, loaded.report.templates, budget=budget,
+                                   seed=seed, progress=progress)
+        references[str(path)] = evidence.features
+    return calib.fit(references)

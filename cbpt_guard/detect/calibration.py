@@ -1,0 +1,114 @@
+"""The calibrated backdoor score: evidence -> standardised features -> one number in [0, 1].
+
+Thresholds are data, not code (METHOD.md section 4): ``cbpt-guard calibrate``
+runs the detector over clean reference models and stores, per feature, the
+mean and spread of what clean models show, plus the score threshold. A model's
+score is the normal CDF of its most anomalous family's standardised evidence,
+so 0.5 means "typical of clean models" and values near 1 mean "far outside them".
+
+Per family the evidence is the log size at collapse (smaller = more suspicious)
+and the target concentration (higher = more suspicious); the per-class anomaly
+index counts as one more family-like signal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from cbpt_guard.errors import UsageError
+
+CALIBRATION_VERSION = 1
+MIN_SPREAD = {"log_size": 0.15, "concentration": 0.05, "anomaly": 0.5}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Clean-model statistics per feature and the score threshold."""
+
+    stats: dict[str, tuple[float, float]]
+    threshold: float
+    references: tuple[str, ...]
+    source: str = "built-in"
+
+    def to_json(self) -> str:
+        """The calibration file's text."""
+        return json.dumps({"calibration_version": CALIBRATION_VERSION, "threshold": self.threshold,
+                           "stats": {k: list(v) for k, v in sorted(self.stats.items())},
+                           "references": list(self.references)}, indent=2) + "\n"
+
+
+def features_of(evidence: dict) -> dict[str, float]:
+    """The scalar features the score uses, from a detection's evidence dict.
+
+    ``evidence`` holds per family ``{"log_size", "concentration"}`` under
+    ``families`` and, when it ran, ``anomaly_index``.
+    """
+    out = {}
+    for family, values in evidence["families"].items():
+        out[f"{family}.log_size"] = values["log_size"]
+        out[f"{family}.concentration"] = values["concentration"]
+    if evidence.get("anomaly_index") is not None:
+        out["anomaly"] = evidence["anomaly_index"]
+    return out
+
+
+def _z(name: str, value: float, stats: dict[str, tuple[float, float]]) -> float | None:
+    if name not in stats:
+        return None
+    mean, spread = stats[name]
+    kind = name.rsplit(".", 1)[-1]
+    z = (value - mean) / max(spread, MIN_SPREAD[kind])
+    return -z if kind == "log_size" else z
+
+
+def family_z(features: dict[str, float], stats: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Per family, the mean of its standardised features (positive = more backdoor-like)."""
+    groups: dict[str, list[float]] = {}
+    for name, value in features.items():
+        z = _z(name, value, stats)
+        if z is not None:
+            groups.setdefault(name.split(".")[0], []).append(z)
+    return {group: sum(zs) / len(zs) for group, zs in groups.items()}
+
+
+def score(features: dict[str, float], calibration: Calibration) -> tuple[float, dict[str, float]]:
+    """The backdoor score in [0, 1] and the per-family z values behind it."""
+    zs = family_z(features, calibration.stats)
+    if not zs:
+        raise UsageError("the calibration shares no feature with this detection run")
+    return 0.5 * (1 + math.erf(max(zs.values()) / math.sqrt(2))), zs
+
+
+def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0) -> Calibration:
+    """Fit clean statistics; the threshold is the score of a family ``z_margin`` spreads out."""
+    names = sorted(set.intersection(*(set(f) for f in reference_features.values())))
+    stats = {}
+    for name in names:
+        values = [features[name] for features in reference_features.values()]
+        spread = statistics.pstdev(values) if len(values) > 1 else 0.0
+        stats[name] = (statistics.fmean(values), spread)
+    threshold = 0.5 * (1 + math.erf(z_margin / math.sqrt(2)))
+    return Calibration(stats, threshold, tuple(sorted(reference_features)))
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    """Read a calibration file; every problem is a one-line :class:`UsageError`."""
+    source = Path(path)
+    try:
+        document = json.loads(source.read_text(encoding="utf-8"))
+        if document.get("calibration_version") != CALIBRATION_VERSION:
+            raise ValueError(f"calibration_version must be {CALIBRATION_VERSION}")
+        stats = {str(k): (float(v[0]), float(v[1])) for k, v in document["stats"].items()}
+        threshold = float(document["threshold"])
+        if not 0.0 < threshold < 1.0:
+            raise ValueError("threshold must lie in (0, 1)")
+        return Calibration(stats, threshold, tuple(map(str, document.get("references", []))), str(source))
+    except FileNotFoundError:
+        raise UsageError(f"{source}: no such calibration file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError,
+            AttributeError) as error:
+        raise UsageError(f"{source}: not a valid calibration file ({error})") from None

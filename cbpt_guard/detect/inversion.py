@@ -1,0 +1,118 @@
+"""Contrastive trigger inversion (METHOD.md section 3): find the smallest trigger that collapses features.
+
+A backdoor sends every stamped input to one region of feature space, whatever
+the image shows. So a candidate trigger A is optimised so that the features of
+stamped probes agree with one another (positives) and move away from the clean
+features of the probes (negatives), with InfoNCE, while an adaptive penalty
+shrinks it. The model is frozen; only the trigger's few parameters learn.
+
+Measured choices (METHOD.md's warning about small models): the collapse
+threshold sits just under what a real trigger reaches (``collapse_cos``, 0.9),
+the penalty weight moves gently (x or / 1.5), and success is re-checked on a
+fixed probe subset rather than the noisy training batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cbpt_guard.classifier import ZeroShotClassifier
+from cbpt_guard.triggers import Trigger, make_trigger
+
+
+@dataclass(frozen=True)
+class InversionBudget:
+    """How much work one family's inversion may do; the policy sets these."""
+
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 0.1
+    time_limit_s: float = 60.0
+    check_every: int = 10
+    check_size: int = 48
+    collapse_cos: float = 0.9
+    temperature: float = 0.07
+    penalty_init: float = 1.0
+    penalty_factor: float = 1.5
+
+
+@dataclass
+class InversionResult:
+    """The outcome of one family's inversion."""
+
+    family: str
+    trigger: Trigger
+    collapsed: bool
+    size: float
+    collapse_cos: float
+    steps_run: int
+    seconds: float
+    budget_exhausted: bool
+    history: list[tuple[int, float, float, float]]  # (step, loss, size, check cosine)
+
+
+def info_nce(triggered: torch.Tensor, clean: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE with the other stamped views as positives and all clean views as negatives.
+
+    triggered, clean: (B, d) unit features of the same B probes. Returns a scalar.
+    """
+    batch = triggered.shape[0]
+    self_mask = torch.eye(batch, dtype=torch.bool)
+    sim_pos = (triggered @ triggered.T / temperature).masked_fill(self_mask, float("-inf"))  # (B, B)
+    sim_neg = triggered @ clean.T / temperature  # (B, B)
+    log_prob = torch.cat([sim_pos, sim_neg], dim=1).log_softmax(dim=1)[:, :batch]  # (B, B)
+    return -log_prob.masked_select(~self_mask).mean()
+
+
+def mean_pairwise_cosine(features: torch.Tensor) -> float:
+    """Mean cosine between distinct rows of unit features (N, d)."""
+    n = features.shape[0]
+    gram = features @ features.T  # (N, N)
+    return float((gram.sum() - gram.diagonal().sum()) / (n * (n - 1)))
+
+
+def invert(classifier: ZeroShotClassifier, probes: torch.Tensor, family: str, budget: InversionBudget,
+           seed: int) -> InversionResult:
+    """Invert one trigger family on ``probes`` (N, 3, S, S) in [0, 1]; deterministic for a seed."""
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    trigger = make_trigger(family, probes.shape[-1], seed)
+    optimiser = torch.optim.Adam(trigger.parameters(), lr=budget.lr)
+    with torch.no_grad():
+        clean = classifier.features(probes)  # (N, d)
+    check = probes[: budget.check_size]
+    penalty, best, history, exhausted = budget.penalty_init, None, [], False
+    step = 0
+    for step in range(1, budget.steps + 1):
+        index = torch.randperm(len(probes), generator=generator)[: budget.batch_size]
+        stamped = classifier.features(trigger(probes[index]))  # (B, d)
+        size = trigger.size()
+        loss = info_nce(stamped, clean[index], budget.temperature) + penalty * size
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if step % budget.check_every == 0 or step == budget.steps:
+            with torch.no_grad():
+                cosine = mean_pairwise_cosine(classifier.features(trigger(check)))
+                current = float(trigger.size())
+            history.append((step, float(loss.detach()), current, cosine))
+            if cosine >= budget.collapse_cos:
+                penalty *= budget.penalty_factor
+                if best is None or current < best[0]:
+                    best = (current, cosine, trigger.state())
+            else:
+                penalty /= budget.penalty_factor
+        if time.perf_counter() - started > budget.time_limit_s:
+            exhausted = step < budget.steps
+            break
+    if best is not None:
+        trigger.load_state_dict(best[2])
+        size, cosine, collapsed = best[0], best[1], True
+    else:
+        size, cosine, collapsed = history[-1][2], history[-1][3], False
+    return InversionResult(family, trigger.requires_grad_(False), collapsed, size, cosine, step,
+                           time.perf_counter() - started, exhausted, history)

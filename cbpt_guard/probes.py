@@ -1,0 +1,174 @@
+"""The images detection and purification look at, in three tiers (METHOD.md section 2).
+
+1. zero-data: :func:`procedural_probes`, made here from a seed. They are generic
+   (smooth colour noise, random geometric clutter, stripes and gradients under
+   random exposure), not drawn from any data set a model was trained on, and
+   deliberately diverse: probes that all look alike to a model (high mean
+   pairwise cosine) make every trigger look like a collapse.
+2. unlabelled: :func:`folder_probes`, the user's own images without labels.
+3. few-shot: :func:`fewshot_folder`, an ImageFolder (one subfolder per class).
+
+All return pixels in [0, 1], (N, 3, S, S), resized to the model's input side;
+normalisation is the classifier's job, after any trigger is stamped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cbpt_guard.errors import ClassListError, NothingScannableError, UsageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """Probe pixels, optional labels (few-shot tier), their tier and what was skipped."""
+
+    images: torch.Tensor
+    tier: str
+    labels: torch.Tensor | None = None
+    skipped: tuple[tuple[str, str], ...] = ()
+    source: str = "procedural"
+
+
+def _smooth_noise(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Colour noise at a random spatial scale per image. (n, 3, size, size)."""
+    out = torch.empty(n, 3, size, size)
+    for i in range(n):
+        cells = int(torch.randint(2, max(3, size // 2), (1,), generator=gen))
+        coarse = torch.rand(1, 3, cells, cells, generator=gen)
+        out[i] = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0]
+    return out.clamp(0, 1)
+
+
+def _clutter(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Random ellipses and rectangles of random colours over a random background. (n, 3, size, size)."""
+    axis = (torch.arange(size) + 0.5) / size
+    y, x = torch.meshgrid(axis, axis, indexing="ij")  # (size, size)
+    images = torch.rand(n, 3, 1, 1, generator=gen).expand(n, 3, size, size).clone()
+    for _ in range(4):
+        centre = torch.rand(n, 2, 1, 1, generator=gen)
+        radius = 0.05 + 0.3 * torch.rand(n, 2, 1, 1, generator=gen)
+        colour = torch.rand(n, 3, 1, 1, generator=gen)
+        dx, dy = (x - centre[:, 0]) / radius[:, 0], (y - centre[:, 1]) / radius[:, 1]  # (n, size, size)
+        ellipse = dx**2 + dy**2 <= 1
+        box = (dx.abs() <= 1) & (dy.abs() <= 1)
+        use_box = torch.rand(n, 1, 1, generator=gen) < 0.5
+        shape = torch.where(use_box, box, ellipse).unsqueeze(1)  # (n, 1, size, size)
+        images = torch.where(shape, colour.expand_as(images), images)
+    return images
+
+
+def _stripes(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Oriented sinusoidal stripes and gradients between two random colours. (n, 3, size, size)."""
+    axis = (torch.arange(size) + 0.5) / size
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    angle = math.pi * torch.rand(n, 1, 1, generator=gen)
+    frequency = 0.5 + 6 * torch.rand(n, 1, 1, generator=gen)
+    phase = 2 * math.pi * torch.rand(n, 1, 1, generator=gen)
+    wave = 0.5 + 0.5 * torch.sin(2 * math.pi * frequency * (x * torch.cos(angle) + y * torch.sin(angle)) + phase)
+    a, b = torch.rand(n, 3, 1, 1, generator=gen), torch.rand(n, 3, 1, 1, generator=gen)
+    return a + (b - a) * wave.unsqueeze(1)
+
+
+def procedural_probes(n: int, size: int, seed: int = 0) -> ProbeSet:
+    """``n`` zero-data probes of side ``size``: noise, clutter and stripes in equal parts.
+
+    Each probe gets a random exposure (gain and gamma) and a little pixel noise,
+    which measurably spreads the probes apart in feature space.
+    """
+    if n < 2 or size < 8:
+        raise UsageError(f"need at least 2 probes of side >= 8, got {n} of side {size}")
+    gen = torch.Generator().manual_seed(seed)
+    thirds = [n // 3, n // 3, n - 2 * (n // 3)]
+    images = torch.cat([_smooth_noise(thirds[0], size, gen), _clutter(thirds[1], size, gen),
+                        _stripes(thirds[2], size, gen)])
+    images = images[torch.randperm(n, generator=gen)]
+    gain = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=gen)
+    gamma = torch.exp(0.5 * torch.randn(n, 1, 1, 1, generator=gen))
+    noise = 0.03 * torch.randn(images.shape, generator=gen)
+    return ProbeSet(((images.clamp(0, 1) ** gamma) * gain + noise).clamp(0, 1), "zero-data")
+
+
+def _load_image(path: Path, size: int) -> torch.Tensor:
+    """Decode one image file to (3, size, size) in [0, 1]; raises on anything unreadable."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.width * image.height > MAX_PIXELS:
+            raise ValueError(f"{image.width}x{image.height} pixels is too large")
+        rgb = image.convert("RGB")
+        rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
+        data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+    return data.view(size, size, 3).permute(2, 0, 1).float() / 255.0
+
+
+def _image_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _load_many(paths: list[Path], size: int) -> tuple[list[torch.Tensor], list[int], list[tuple[str, str]]]:
+    images, kept, skipped = [], [], []
+    for index, path in enumerate(paths):
+        try:
+            images.append(_load_image(path, size))
+            kept.append(index)
+        except Exception as error:  # noqa: BLE001 - PIL raises many types; the file is skipped and reported
+            skipped.append((str(path), f"unreadable image ({type(error).__name__})"))
+    return images, kept, skipped
+
+
+def folder_probes(directory: str | Path, size: int, *, limit: int = 256, seed: int = 0) -> ProbeSet:
+    """Up to ``limit`` of the user's unlabelled images (a seeded sample when there are more).
+
+    Corrupt files are skipped and listed; a folder with no readable image is an error.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise UsageError(f"{root}: not a directory of images")
+    paths = _image_files(root)
+    if len(paths) > limit:
+        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:limit]
+        paths = [paths[i] for i in sorted(order.tolist())]
+    images, _, skipped = _load_many(paths, size)
+    if not images:
+        raise NothingScannableError(f"{root}: no readable images among {len(paths)} file(s)", tuple(skipped))
+    return ProbeSet(torch.stack(images), "unlabelled", skipped=tuple(skipped), source=str(root))
+
+
+def fewshot_folder(directory: str | Path, size: int, classes: tuple[str, ...], *, shots: int | None = None,
+                   seed: int = 0) -> ProbeSet:
+    """An ImageFolder whose subfolders are named after (some of) the model's classes.
+
+    ``shots`` keeps at most that many images per class (a seeded choice). A
+    subfolder that names no class is an error, so a typo cannot silently drop a class.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise UsageError(f"{root}: not an ImageFolder directory")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    unknown = [p.name for p in folders if p.name not in classes]
+    if unknown:
+        raise ClassListError(f"{root}: subfolder(s) {unknown[:5]} name no class of the model")
+    if not folders:
+        raise NothingScannableError(f"{root}: no class subfolders")
+    gen = torch.Generator().manual_seed(seed)
+    images, labels, skipped = [], [], []
+    for folder in folders:
+        paths = _image_files(folder)
+        if shots is not None and len(paths) > shots:
+            paths = [paths[i] for i in sorted(torch.randperm(len(paths), generator=gen)[:shots].tolist())]
+        loaded, _, missed = _load_many(paths, size)
+        images += loaded
+        labels += [classes.index(folder.name)] * len(loaded)
+        skipped += missed
+    if not images:
+        raise NothingScannableError(f"{root}: no readable images", tuple(skipped))
+    return ProbeSet(torch.stack(images), "few-shot", torch.tensor(labels), tuple(skipped), str(root))

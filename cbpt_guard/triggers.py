@@ -1,0 +1,135 @@
+"""Trigger families as small parameterised modules: what detection inverts and purification stamps.
+
+Every family maps clean pixels in [0, 1], (N, 3, H, W), to stamped pixels in
+[0, 1] of the same shape, through unconstrained parameters squashed by
+sigmoids or tanh so that Adam can optimise them freely (METHOD.md section 3):
+
+- :class:`PatchTrigger`: ``(1 - m) * x + m * p`` with a mask m and a pattern p.
+  Covers BadNets, BadCLIP-style and label-consistent patches, and blends.
+- :class:`AdditiveTrigger`: ``clip(x + delta)`` with ``|delta| <= eps``.
+  Covers SIG, blended noise and the shared part of invisible triggers.
+- :class:`WarpTrigger`: a smooth displacement field from a small control grid,
+  applied with ``grid_sample``. Covers WaNet-style warps.
+
+``size()`` is the differentiable quantity the inversion penalises;
+``state()`` / ``from_state()`` move a trigger in and out of plain tensors, for
+reports and for purification's saved artefacts.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+import torch.nn.functional as F
+
+
+class Trigger(torch.nn.Module, abc.ABC):
+    """Base of the families: a module from clean pixels to stamped pixels."""
+
+    family: str = ""
+
+    @abc.abstractmethod
+    def size(self) -> torch.Tensor:
+        """The trigger's size (scalar, differentiable): what the adaptive penalty shrinks."""
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The trigger's parameters, detached, for saving and reporting."""
+        return {name: value.detach().clone() for name, value in self.state_dict().items()}
+
+
+class PatchTrigger(Trigger):
+    """``A(x) = (1 - m) * x + m * p``: mask m (1, 1, H, W) and pattern p (1, 3, H, W), both in [0, 1]."""
+
+    family = "patch"
+
+    def __init__(self, side: int, generator: torch.Generator | None = None, mask_init: float = -3.0):
+        super().__init__()
+        self.mask_logit = torch.nn.Parameter(mask_init + 0.1 * torch.randn(1, 1, side, side, generator=generator))
+        self.pattern_logit = torch.nn.Parameter(torch.randn(1, 3, side, side, generator=generator))
+
+    def mask(self) -> torch.Tensor:
+        """(1, 1, H, W) in [0, 1]."""
+        return torch.sigmoid(self.mask_logit)
+
+    def pattern(self) -> torch.Tensor:
+        """(1, 3, H, W) in [0, 1]."""
+        return torch.sigmoid(self.pattern_logit)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        mask = self.mask()
+        return (1 - mask) * pixels + mask * self.pattern()
+
+    def size(self) -> torch.Tensor:
+        """PL1: the mean of the mask, the share of the image the trigger covers."""
+        return self.mask().mean()
+
+
+class AdditiveTrigger(Trigger):
+    """``A(x) = clip(x + delta)``, ``delta = eps * tanh(d)``, (1, 3, H, W)."""
+
+    family = "additive"
+
+    def __init__(self, side: int, eps: float = 0.12, generator: torch.Generator | None = None):
+        super().__init__()
+        self.eps = eps
+        self.raw = torch.nn.Parameter(0.5 * torch.randn(1, 3, side, side, generator=generator))
+
+    def delta(self) -> torch.Tensor:
+        """(1, 3, H, W) in [-eps, eps]."""
+        return self.eps * torch.tanh(self.raw)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels + self.delta()).clamp(0.0, 1.0)
+
+    def size(self) -> torch.Tensor:
+        """Root-mean-square perturbation, in pixel units."""
+        return self.delta().pow(2).mean().sqrt()
+
+
+class WarpTrigger(Trigger):
+    """A smooth warp: a (1, 2, k, k) control grid, bicubically upsampled to a per-pixel flow.
+
+    The flow is ``max_shift * tanh(c)`` in normalised [-1, 1] coordinates; its
+    mean magnitude (in pixels) is the size.
+    """
+
+    family = "warp"
+
+    def __init__(self, side: int, grid: int = 4, max_shift: float = 0.25, generator: torch.Generator | None = None):
+        super().__init__()
+        self.side, self.max_shift = side, max_shift
+        self.control = torch.nn.Parameter(0.5 * torch.randn(1, 2, grid, grid, generator=generator))
+        axis = torch.linspace(-1, 1, side)
+        y, x = torch.meshgrid(axis, axis, indexing="ij")
+        self.register_buffer("identity", torch.stack([x, y], dim=-1).unsqueeze(0), persistent=False)  # (1,H,W,2)
+
+    def flow(self) -> torch.Tensor:
+        """(1, H, W, 2) displacement in normalised coordinates."""
+        field = F.interpolate(self.max_shift * torch.tanh(self.control), size=(self.side, self.side),
+                              mode="bicubic", align_corners=True)  # (1, 2, H, W)
+        return field.permute(0, 2, 3, 1)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        grid = (self.identity + self.flow()).clamp(-1, 1).expand(pixels.shape[0], -1, -1, -1)
+        return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+    def size(self) -> torch.Tensor:
+        """Mean displacement in pixels."""
+        return self.flow().norm(dim=-1).mean() * (self.side - 1) / 2
+
+
+FAMILIES = {"patch": PatchTrigger, "additive": AdditiveTrigger, "warp": WarpTrigger}
+
+
+def make_trigger(family: str, side: int, seed: int) -> Trigger:
+    """A freshly initialised trigger of ``family`` for images of side ``side``."""
+    generator = torch.Generator().manual_seed(seed)
+    return FAMILIES[family](side, generator=generator)
+
+
+def trigger_from_state(family: str, side: int, state: dict[str, torch.Tensor]) -> Trigger:
+    """Rebuild a trigger saved with :meth:`Trigger.state` (frozen: no gradients)."""
+    trigger = FAMILIES[family](side)
+    trigger.load_state_dict(state)
+    return trigger.requires_grad_(False)

@@ -1,0 +1,249 @@
+"""Build the model zoo: one clean base per config, then clean twins and backdoored variants.
+
+Layout of a zoo directory (every model in the open_clip local format)::
+
+    <out>/<config>/base/                       trained from scratch on clean pairs
+    <out>/<config>/clean-s<seed>/              fine-tuned from base on clean pairs
+    <out>/<config>/<attack>-s<seed>/           fine-tuned from base on poisoned pairs
+
+Each model directory holds ``open_clip_config.json``, ``open_clip_model.safetensors``
+(fp16), ``cbpt_manifest.json`` (the deployment's classes and templates, all a
+detector may read) and ``zoo_truth.json`` (the ground truth: attack, trigger
+parameters, target, poison rate, seeds, settings, and CA / ASR measured on the
+model as reloaded from disk). ``zoo_truth.json`` is written last, so a model
+that has one is complete and is skipped when the build is resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from cbpt_guard.zoo import attacks as attack_lib
+from cbpt_guard.zoo import data as data_lib
+from cbpt_guard.zoo.configs import PREPROCESS_CFG, zoo_config
+from cbpt_guard.zoo.train import TrainSettings, measure, tokenize_captions, train_contrastive
+
+TRUTH_NAME = "zoo_truth.json"
+TEMPLATES = ("a photo of a {}.",)
+CLASSES = data_lib.SHAPE_CLASSES + data_lib.DIGIT_CLASSES
+# Textures are left out as targets: noise-like triggers drift toward them even in clean models.
+TARGET_POOL = tuple(c for c in data_lib.SHAPE_CLASSES if c not in ("checkerboard", "barcode"))
+Progress = Callable[[str], None]
+# Fine-tuning plants a backdoor less readily than training from scratch (METHOD.md section 8):
+# 1% poison implanted 11-21% ASR there. These shares were chosen to reach the 90% ASR bar;
+# subtle triggers (blend, sinusoid, warp, sample-specific noise) need more poisoned pairs than
+# a patch. The share is of the whole training set; label-consistent draws from the target class only.
+DEFAULT_POISON_RATES = {"badnets": 0.03, "badclip_like": 0.03, "label_consistent": 0.03, "blended": 0.05,
+                        "sig": 0.05, "wanet": 0.10, "ssba_like": 0.10}
+
+
+@dataclass(frozen=True)
+class ZooRecipe:
+    """Everything that determines a zoo; recorded in every ground-truth file."""
+
+    config: str = "vit"
+    image_size: int = 32
+    train_size: int = 24_000
+    test_size: int = 1_200
+    data_seed: int = 0
+    base: TrainSettings = TrainSettings(steps=2500, lr=1e-3, seed=0)
+    finetune: TrainSettings = TrainSettings(steps=400, lr=3e-4, warmup=20, seed=0)
+    poison_rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_POISON_RATES))
+    badclip_steps: int = 100
+
+    def as_dict(self) -> dict:
+        """JSON-ready form."""
+        return {"config": self.config, "image_size": self.image_size, "train_size": self.train_size,
+                "test_size": self.test_size, "data_seed": self.data_seed, "base": self.base.as_dict(),
+                "finetune": self.finetune.as_dict(), "poison_rates": dict(self.poison_rates),
+                "badclip_steps": self.badclip_steps}
+
+
+@dataclass(frozen=True)
+class ZooData:
+    """The zoo's training and test pairs: procedural shapes plus scikit-learn digits."""
+
+    train: data_lib.Dataset
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def load_data(recipe: ZooRecipe) -> ZooData:
+    """Shapes and digits on one label space (shapes first); digits twice, as they are few."""
+    shapes = data_lib.make_split("train", recipe.train_size, recipe.image_size, recipe.data_seed)
+    digits = data_lib.make_digits(recipe.image_size, recipe.data_seed, "train")
+    offset = len(data_lib.SHAPE_CLASSES)
+    train = data_lib.Dataset(
+        torch.cat([shapes.images, digits.images, digits.images]),
+        torch.cat([shapes.labels, digits.labels + offset, digits.labels + offset]),
+        shapes.captions + digits.captions + digits.captions, CLASSES)
+    test = data_lib.make_split("test", recipe.test_size, recipe.image_size, recipe.data_seed)
+    test_digits = data_lib.make_digits(recipe.image_size, recipe.data_seed, "test")
+    return ZooData(train, torch.cat([test.images, test_digits.images]),
+                   torch.cat([test.labels, test_digits.labels + offset]))
+
+
+def target_for(attack: str, seed: int) -> str:
+    """The target class of one backdoored variant: spread over the pool, fixed by name and seed."""
+    index = sorted(attack_lib.ATTACKS).index(attack)
+    return TARGET_POOL[(3 * index + seed) % len(TARGET_POOL)]
+
+
+def save_model(model: torch.nn.Module, model_cfg: dict, directory: Path) -> None:
+    """Write ``model`` in open_clip's local format, weights in fp16, plus the deployment manifest."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "open_clip_model.safetensors"))
+    config = {"model_cfg": model_cfg, "preprocess_cfg": PREPROCESS_CFG}
+    (directory / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    manifest = {"manifest_version": 1, "classes": list(CLASSES), "templates": list(TEMPLATES),
+                "description": "cbpt-guard model zoo: procedural shapes and scikit-learn digits, 32x32"}
+    (directory / "cbpt_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def load_model(directory: Path) -> torch.nn.Module:
+    """Reload a zoo model through the same safe intake every user's checkpoint goes through."""
+    from cbpt_guard.intake import load_checkpoint
+
+    return load_checkpoint(directory).model
+
+
+def triggers_for(recipe: ZooRecipe, attack: str, seed: int, truth_params: dict) -> Callable:
+    """The real trigger of one variant, as a function over pixels in [0, 1]."""
+    spec = attack_lib.ATTACKS[attack]
+    params = dict(truth_params)
+    return lambda images: spec.trigger(images, **params)
+
+
+def _badclip_patch(base: torch.nn.Module, data: ZooData, target: str, recipe: ZooRecipe, seed: int) -> list:
+    from cbpt_guard.classifier import class_embeddings, preprocess_of
+
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in preprocess_of(base))
+    text = class_embeddings(base, [target], TEMPLATES)[0]
+    base.eval().requires_grad_(False)
+    patch = attack_lib.badclip_like_patch(lambda x: base.encode_image((x - mean) / std), text,
+                                          data.train.images[:2048], steps=recipe.badclip_steps, seed=seed)
+    base.requires_grad_(True)
+    return patch.tolist()
+
+
+def build_base(out: Path, recipe: ZooRecipe, data: ZooData, progress: Progress) -> Path:
+    """Train (or reuse) the clean base of ``recipe.config`` from scratch."""
+    directory = out / recipe.config / "base"
+    if (directory / TRUTH_NAME).is_file():
+        progress(f"{directory}: already built, skipped")
+        return directory
+    torch.manual_seed(recipe.base.seed)
+    from cbpt_guard.intake.architecture import build_model
+
+    model_cfg = zoo_config(recipe.config)
+    model = build_model(model_cfg, PREPROCESS_CFG).train()
+    started = time.perf_counter()
+    losses = train_contrastive(model, data.train.images, tokenize_captions(model, data.train.captions),
+                               recipe.base, _step_reporter(progress, "base", recipe.base.steps))
+    seconds = time.perf_counter() - started
+    save_model(model, model_cfg, directory)
+    metrics = measure(load_model(directory), CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0)
+    _write_truth(directory, {"name": "base", "kind": "base", "attack": None, "target": None, "seed": recipe.base.seed,
+                             "poison_rate": 0.0, "trigger_params": None, "train_seconds": round(seconds, 1),
+                             "final_loss": round(sum(losses[-20:]) / 20, 4), "metrics": metrics,
+                             "recipe": recipe.as_dict()})
+    progress(f"{directory}: CA {metrics['ca']:.3f} in {seconds:.0f} s")
+    return directory
+
+
+def build_variant(out: Path, recipe: ZooRecipe, data: ZooData, attack: str | None, seed: int,
+                  progress: Progress) -> Path:
+    """Fine-tune one clean twin (``attack`` None) or one backdoored variant from the base."""
+    name = f"clean-s{seed}" if attack is None else f"{attack}-s{seed}"
+    directory = out / recipe.config / name
+    if (directory / TRUTH_NAME).is_file():
+        progress(f"{directory}: already built, skipped")
+        return directory
+    base_dir = out / recipe.config / "base"
+    model = load_model(base_dir).train().requires_grad_(True)
+    model_cfg = json.loads((base_dir / "open_clip_config.json").read_text())["model_cfg"]
+    train, target, params, rate = data.train, None, None, 0.0
+    if attack is not None:
+        target, rate = target_for(attack, seed), recipe.poison_rates[attack]
+        extra = {"patch": _badclip_patch(model, data, target, recipe, seed)} if attack == "badclip_like" else {}
+        params = attack_lib.ATTACKS[attack].params(**extra)
+        train, _ = attack_lib.poison(train, attack, rate=rate, target_class=target, seed=seed, params=params)
+    settings = replace(recipe.finetune, seed=seed)
+    started = time.perf_counter()
+    losses = train_contrastive(model, train.images, tokenize_captions(model, train.captions), settings,
+                               _step_reporter(progress, name, settings.steps))
+    seconds = time.perf_counter() - started
+    save_model(model, model_cfg, directory)
+    metrics = _measure_variant(load_model(directory), recipe, data, attack, target, params, seed)
+    _write_truth(directory, {"name": name, "kind": "clean" if attack is None else "backdoored", "attack": attack,
+                             "target": target, "seed": seed, "poison_rate": rate, "trigger_params": params,
+                             "train_seconds": round(seconds, 1), "final_loss": round(sum(losses[-20:]) / 20, 4),
+                             "metrics": metrics, "recipe": recipe.as_dict()})
+    summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if not isinstance(v, dict))
+    progress(f"{directory}: {summary} in {seconds:.0f} s")
+    return directory
+
+
+def _measure_variant(model, recipe: ZooRecipe, data: ZooData, attack: str | None, target: str | None,
+                     params: dict | None, seed: int) -> dict:
+    """CA, the ASR of the model's own trigger, and (for clean twins) every attack's trigger.
+
+    A clean twin is measured against each attack with that attack's target for
+    the same seed, which is exactly what its backdoored counterpart is held to.
+    """
+    if attack is not None:
+        trigger = triggers_for(recipe, attack, seed, params)
+        result = measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {"real": trigger},
+                         CLASSES.index(target))
+        return {"ca": result["ca"], "asr": result["asr_real"]}
+    result = {"ca": measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0)["ca"],
+              "asr_by_attack": {}}
+    for name in sorted(attack_lib.ATTACKS):
+        if attack_lib.ATTACKS[name].needs:
+            continue  # the BadCLIP-like patch only exists for a poisoned model
+        trigger = triggers_for(recipe, name, seed, attack_lib.ATTACKS[name].params())
+        target_index = CLASSES.index(target_for(name, seed))
+        result["asr_by_attack"][name] = measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels,
+                                                {"t": trigger}, target_index)["asr_t"]
+    return result
+
+
+def _step_reporter(progress: Progress, name: str, total: int) -> Callable[[int, float], None]:
+    every = max(1, total // 5)
+
+    def report(step: int, loss: float) -> None:
+        if (step + 1) % every == 0:
+            progress(f"{name}: step {step + 1}/{total} loss {loss:.3f}")
+
+    return report
+
+
+def _write_truth(directory: Path, truth: dict) -> None:
+    (directory / TRUTH_NAME).write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n")
+
+
+def read_truths(out: Path, config: str) -> list[dict]:
+    """Every complete model's ground truth under ``out/config``, sorted by name."""
+    return [json.loads(path.read_text()) for path in sorted((out / config).glob(f"*/{TRUTH_NAME}"))]
+
+
+def build_zoo(out: Path, recipe: ZooRecipe, attacks: list[str], seeds: int, clean: int,
+              progress: Progress = lambda line: None) -> list[dict]:
+    """Build (or resume) a whole zoo; returns the ground truth of every model in it."""
+    data = load_data(recipe)
+    build_base(out, recipe, data, progress)
+    for seed in range(1, clean + 1):
+        build_variant(out, recipe, data, None, seed, progress)
+    for attack in attacks:
+        for seed in range(seeds):
+            build_variant(out, recipe, data, attack, seed, progress)
+    return read_truths(out, recipe.config)

@@ -1,0 +1,39 @@
+"""The zoo's architectures: small configs of real open_clip towers, as data.
+
+Widths are chosen so a base trains in minutes on a 2-core CPU and a model
+stored in fp16 is a few MB (the 49,408-token embedding dominates, hence the
+narrow text width). The context length is cut to 24 tokens: every caption the
+zoo makes is shorter, and the real CLIP tokenizer pads or truncates to it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+TEXT_CFG = {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
+
+ZOO_CONFIGS: dict[str, dict] = {
+    "vit": {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 32, "layers": 4, "width": 128, "patch_size": 8, "head_width": 32},
+        "text_cfg": TEXT_CFG,
+    },
+    # For tests and quick trials: trains in seconds, still a real ViT and the real tokenizer.
+    "vit-tiny": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+        "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    },
+    "resnet": {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
+        "text_cfg": TEXT_CFG,
+    },
+}
+
+PREPROCESS_CFG = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
+
+
+def zoo_config(name: str) -> dict:
+    """A fresh copy of the named zoo architecture's ``model_cfg``."""
+    return copy.deepcopy(ZOO_CONFIGS[name])

@@ -1,0 +1,92 @@
+"""Write the zoo's measured numbers: benchmarks/results/zoo.json and benchmarks/ZOO.md.
+
+Both are rendered from the ground-truth files the build wrote beside each model,
+never typed in. The checks mirror the zoo issue's bars: each backdoored model
+reaches ASR >= 90% with CA within 3 points of its clean twin; every clean twin
+stays at chance level for every trigger; the base is well above chance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ASR_BAR = 0.90
+CA_GAP_BAR = 0.03
+FINETUNE_SECONDS_BAR = 180.0
+
+
+def chance_bound(class_count: int) -> float:
+    """ASR counted as chance level: at most twice the hit rate of a uniform guess."""
+    return 2.0 / class_count
+
+
+def summarise(truths: list[dict], class_count: int, total_seconds: float | None = None) -> dict:
+    """The machine-readable summary: every model's row and the pass/fail of each bar."""
+    by_name = {t["name"]: t for t in truths}
+    rows, bound = [], chance_bound(class_count)
+    for truth in truths:
+        row = {k: truth[k] for k in ("name", "kind", "attack", "target", "seed", "poison_rate", "train_seconds")}
+        row["ca"] = truth["metrics"]["ca"]
+        if truth["kind"] == "backdoored":
+            twin = by_name.get(f"clean-s{truth['seed'] + 1}")
+            row["asr"] = truth["metrics"]["asr"]
+            row["twin"] = twin["name"] if twin else None
+            row["ca_gap"] = (twin["metrics"]["ca"] - row["ca"]) if twin else None
+            row["meets_bars"] = row["asr"] >= ASR_BAR and row["ca_gap"] is not None and abs(row["ca_gap"]) <= CA_GAP_BAR
+        elif truth["kind"] == "clean":
+            row["asr_by_attack"] = truth["metrics"]["asr_by_attack"]
+            row["meets_bars"] = all(v <= bound for v in row["asr_by_attack"].values())
+        rows.append(row)
+    variants = [r for r in rows if r["kind"] != "base"]
+    return {
+        "class_count": class_count,
+        "chance_bound": bound,
+        "bars": {"asr": ASR_BAR, "ca_gap": CA_GAP_BAR, "finetune_seconds": FINETUNE_SECONDS_BAR},
+        "models": rows,
+        "all_meet_bars": all(r["meets_bars"] for r in variants) if variants else False,
+        "max_finetune_seconds": max((r["train_seconds"] for r in variants), default=None),
+        "total_build_seconds": total_seconds,
+        "recipe": truths[0]["recipe"] if truths else None,
+    }
+
+
+def render_markdown(summary: dict, command: str) -> str:
+    """ZOO.md: the table a person reads, from the summary alone."""
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = ["# The model zoo", "", f"Written by `{command}`; do not edit by hand.", "",
+             f"Classes: {summary['class_count']}; chance bound for clean ASR: {pct(summary['chance_bound'])}%. "
+             f"Bars: backdoored ASR >= {pct(summary['bars']['asr'])}%, CA within "
+             f"{pct(summary['bars']['ca_gap'])} points of the clean twin; fine-tune <= "
+             f"{summary['bars']['finetune_seconds']:.0f} s.", "",
+             "| model | kind | attack | target | poison | CA % | ASR % | twin CA gap | fine-tune s | bars |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in summary["models"]:
+        if row["kind"] == "clean":
+            asr = f"max {pct(max(row['asr_by_attack'].values()))}"
+        else:
+            asr = pct(row.get("asr"))
+        gap = pct(row.get("ca_gap")) if row["kind"] == "backdoored" else "-"
+        verdict = {True: "met", False: "MISSED"}.get(row.get("meets_bars"), "-")
+        lines.append(f"| {row['name']} | {row['kind']} | {row['attack'] or '-'} | {row['target'] or '-'} | "
+                     f"{pct(row['poison_rate'])}% | {pct(row['ca'])} | {asr} | {gap} | {row['train_seconds']} | "
+                     f"{verdict} |")
+    clean = [r for r in summary["models"] if r["kind"] == "clean"]
+    if clean:
+        attacks = sorted(clean[0]["asr_by_attack"])
+        lines += ["", "Clean twins, ASR % of each attack's trigger toward that attack's target:", "",
+                  "| model | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
+        lines += [f"| {r['name']} | " + " | ".join(pct(r["asr_by_attack"][a]) for a in attacks) + " |" for r in clean]
+    lines += ["", f"All variants meet their bars: **{'yes' if summary['all_meet_bars'] else 'no'}**. "
+              f"Slowest fine-tune: {summary['max_finetune_seconds']} s. "
+              f"Whole build: {summary['total_build_seconds'] or '-'} s.", "",
+              "Recipe (from the ground truth files):", "", "```json",
+              json.dumps(summary["recipe"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def write_reports(summary: dict, results_json: Path, markdown: Path, command: str) -> None:
+    """Write both files (creating their folders)."""
+    results_json.parent.mkdir(parents=True, exist_ok=True)
+    results_json.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    markdown.write_text(render_markdown(summary, command))

@@ -1,0 +1,102 @@
+"""Detection on a really backdoored tiny model and its clean twin; determinism; bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from cbpt_guard.classifier import build_classifier
+from cbpt_guard.detect import calibration as calib
+from cbpt_guard.detect.api import detect_checkpoint
+from cbpt_guard.detect.inversion import InversionBudget, info_nce, invert, mean_pairwise_cosine
+from cbpt_guard.detect.run import DetectBudget, detect, gather_evidence
+from cbpt_guard.errors import ClassListError, NothingScannableError
+from cbpt_guard.intake import load_checkpoint
+from cbpt_guard.probes import procedural_probes
+from cbpt_guard.zoo.build import ZooRecipe, load_data
+
+FAST = DetectBudget(probes=48, inversion=InversionBudget(steps=120, batch_size=24, check_size=32),
+                    anomaly_steps=10, anomaly_probes=6)
+
+
+def _classifier(directory):
+    loaded = load_checkpoint(directory)
+    return build_classifier(loaded.model, loaded.report.classes, loaded.report.templates), loaded.report
+
+
+def test_info_nce_prefers_collapsed_stamped_features():
+    torch.manual_seed(0)
+    clean = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    collapsed = torch.nn.functional.normalize(torch.ones(8, 16) + 0.01 * torch.randn(8, 16), dim=-1)
+    scattered = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    assert info_nce(collapsed, clean, 0.07) < info_nce(scattered, clean, 0.07)
+    assert mean_pairwise_cosine(collapsed) > 0.99
+
+
+def test_patch_inversion_recovers_a_working_trigger_on_the_backdoored_model(tiny_zoo):
+    root, truths = tiny_zoo
+    target = truths["badnets-s0"]["target"]
+    data = load_data(ZooRecipe(config="vit-tiny", test_size=600))
+    results = {}
+    for name in ("badnets-s0", "clean-s1"):
+        classifier, report = _classifier(root / name)
+        probes = procedural_probes(48, 32, 0).images
+        inverted = invert(classifier, probes, "patch", FAST.inversion, seed=1)
+        keep = data.test_labels != report.classes.index(target)
+        with torch.no_grad():
+            hits = classifier.predict(inverted.trigger(data.test_images[keep])) == report.classes.index(target)
+        results[name] = float(hits.float().mean())
+    assert results["badnets-s0"] >= 0.5, results
+    assert results["badnets-s0"] - results["clean-s1"] >= 0.3, results
+
+
+def test_identical_seeds_give_identical_verdicts(tiny_zoo):
+    root, _ = tiny_zoo
+    loaded = load_checkpoint(root / "badnets-s0")
+    reference = gather_evidence(loaded.model, loaded.report.classes, loaded.report.templates, budget=FAST, seed=3)
+    calibration = calib.fit({"self": reference.features})
+    runs = [detect(loaded.model, loaded.report.classes, loaded.report.templates, calibration=calibration,
+                   budget=FAST, seed=3).model_dump(mode="json") for _ in range(2)]
+    for run in runs:
+        run.pop("seconds")
+        for family in run["families"]:
+            family.pop("seconds")
+    assert json.dumps(runs[0], sort_keys=True) == json.dumps(runs[1], sort_keys=True)
+
+
+def test_zero_classes_is_a_clear_error(tiny_zoo):
+    root, _ = tiny_zoo
+    loaded = load_checkpoint(root / "clean-s1")
+    with pytest.raises(ClassListError, match="class names"):
+        gather_evidence(loaded.model, (), loaded.report.templates, budget=FAST)
+
+
+def test_probe_folder_with_only_corrupt_files_is_a_clear_error(tiny_zoo, tmp_path):
+    root, _ = tiny_zoo
+    (tmp_path / "a.png").write_bytes(b"not an image")
+    calibration_file = tmp_path / "cal.json"
+    calibration_file.write_text(calib.Calibration({"patch.log_size": (0.0, 1.0)}, 0.99, ()).to_json())
+    with pytest.raises(NothingScannableError, match="no readable images"):
+        detect_checkpoint(root / "clean-s1", probes_dir=tmp_path, calibration_path=calibration_file, budget=FAST)
+
+
+def test_unlabelled_folder_tier_is_used_and_corrupt_files_reported(tiny_zoo, tmp_path):
+    root, _ = tiny_zoo
+    images = procedural_probes(12, 32, 5).images
+    for index, image in enumerate(images):
+        array = (image.permute(1, 2, 0) * 255).to(torch.uint8).numpy()
+        Image.fromarray(array).save(tmp_path / f"{index}.png")
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8garbage")
+    calibration_file = tmp_path / "cal.json"
+    calibration_file.write_text(calib.Calibration({"patch.log_size": (0.0, 1.0)}, 0.99, ()).to_json())
+    budget = DetectBudget(families=("patch",), probes=16, inversion=InversionBudget(steps=10, batch_size=8,
+                                                                                      check_size=8), anomaly_steps=0)
+    report = detect_checkpoint(root / "clean-s1", probes_dir=tmp_path, calibration_path=calibration_file,
+                               budget=budget)
+    assert report.probe_tier == "unlabelled" and report.probe_count == 12
+    assert [what.rsplit("/", 1)[-1] for what, _ in report.probe_files_skipped] == ["corrupt.jpg"]
+    assert ("detection.anomaly", "per-class anomaly disabled by the budget") in report.skipped
+    assert report.outcome != "no evidence of a backdoor found"  # a step was skipped: never clean

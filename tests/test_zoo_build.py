@@ -1,0 +1,101 @@
+"""The zoo build: real training, real backdoors, ground truth, determinism and resumption."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from cbpt_guard.intake import load_checkpoint
+from cbpt_guard.zoo.build import TRUTH_NAME, ZooRecipe, build_variant, load_data, target_for
+from cbpt_guard.zoo.report import render_markdown, summarise
+from cbpt_guard.zoo.train import TrainSettings
+
+
+def test_base_is_far_above_chance(tiny_zoo):
+    _, truths = tiny_zoo
+    assert truths["base"]["metrics"]["ca"] > 3 / 22
+
+
+def test_poisoned_finetune_plants_a_backdoor_the_clean_twin_lacks(tiny_zoo):
+    _, truths = tiny_zoo
+    backdoored, twin = truths["badnets-s0"], truths["clean-s1"]
+    assert backdoored["target"] == target_for("badnets", 0)
+    assert backdoored["metrics"]["asr"] >= 0.6
+    assert twin["metrics"]["asr_by_attack"]["badnets"] <= 0.2
+    assert backdoored["metrics"]["asr"] - twin["metrics"]["asr_by_attack"]["badnets"] >= 0.5
+
+
+def test_ground_truth_records_the_attack(tiny_zoo):
+    _, truths = tiny_zoo
+    truth = truths["badnets-s0"]
+    assert truth["kind"] == "backdoored" and truth["attack"] == "badnets"
+    assert truth["poison_rate"] == 0.1 and truth["seed"] == 0
+    assert truth["trigger_params"]["patch_frac"] == 0.125
+    assert truth["recipe"]["config"] == "vit-tiny"
+
+
+def test_zoo_models_load_through_intake_with_their_manifest(tiny_zoo):
+    root, _ = tiny_zoo
+    report = load_checkpoint(root / "badnets-s0").report
+    assert report.class_count == 22 and report.dtypes == {"F16": report.tensor_count}
+
+
+def test_resumed_build_skips_finished_models(tiny_zoo):
+    root, truths = tiny_zoo
+    before = (root / "clean-s1" / "open_clip_model.safetensors").read_bytes()
+    lines = []
+    recipe = ZooRecipe(**{**_recipe_fields(truths["clean-s1"]["recipe"])})
+    build_variant(root.parent, recipe, None, None, 1, lines.append)
+    assert lines == [f"{root / 'clean-s1'}: already built, skipped"]
+    assert (root / "clean-s1" / "open_clip_model.safetensors").read_bytes() == before
+
+
+def _recipe_fields(recipe: dict) -> dict:
+    return {"config": recipe["config"], "train_size": recipe["train_size"], "test_size": recipe["test_size"],
+            "base": TrainSettings(**recipe["base"]), "finetune": TrainSettings(**recipe["finetune"]),
+            "poison_rates": recipe["poison_rates"]}
+
+
+def test_fine_tuning_is_deterministic(tiny_zoo, tmp_path):
+    root, truths = tiny_zoo
+    recipe = ZooRecipe(**_recipe_fields(truths["base"]["recipe"]))
+    recipe = replace(recipe, finetune=replace(recipe.finetune, steps=5))
+    data = load_data(recipe)
+    outputs = []
+    for name in ("a", "b"):
+        (tmp_path / name / "vit-tiny").mkdir(parents=True)
+        (tmp_path / name / "vit-tiny" / "base").symlink_to(root / "base")
+        build_variant(tmp_path / name, recipe, data, None, 7, lambda line: None)
+        outputs.append((tmp_path / name / "vit-tiny" / "clean-s7" / "open_clip_model.safetensors").read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def test_report_is_rendered_from_the_truth_files(tiny_zoo):
+    _, truths = tiny_zoo
+    summary = summarise(list(truths.values()), 22, 1.0)
+    names = {row["name"] for row in summary["models"]}
+    assert names == {"base", "clean-s1", "badnets-s0"}
+    markdown = render_markdown(summary, "cbpt-guard zoo build --test")
+    assert "badnets-s0" in markdown and "do not edit by hand" in markdown
+    row = next(r for r in summary["models"] if r["name"] == "badnets-s0")
+    assert row["twin"] == "clean-s1"
+    expected_gap = truths["clean-s1"]["metrics"]["ca"] - truths["badnets-s0"]["metrics"]["ca"]
+    assert row["ca_gap"] == pytest.approx(expected_gap)
+    assert row["meets_bars"] == (row["asr"] >= 0.9 and abs(expected_gap) <= 0.03)
+
+
+@pytest.mark.parametrize("attack", ["badnets", "wanet"])
+def test_targets_avoid_texture_classes(attack):
+    for seed in range(5):
+        assert target_for(attack, seed) not in ("checkerboard", "barcode")
+
+
+def test_truth_file_is_written_last(tiny_zoo):
+    root, _ = tiny_zoo
+    directory = root / "badnets-s0"
+    files = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+    assert max(files, key=files.get) == TRUTH_NAME
+    assert json.loads((directory / TRUTH_NAME).read_text())["name"] == "badnets-s0"
