@@ -13,6 +13,8 @@ from cbpt_guard.errors import CbptError, ExitCode
 # name -> "module:attribute"; a module is imported only when its command runs
 # (or when `--help` of that very command is asked for).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "calibrate": ("cbpt_guard.cli.detect_cmd:calibrate_command", "Fit detection thresholds on clean models."),
+    "detect": ("cbpt_guard.cli.detect_cmd:detect_command", "Look for a backdoor without labelled data."),
     "inspect": ("cbpt_guard.cli.inspect_cmd:inspect_command", "Load a checkpoint safely and describe it."),
     "policy": ("cbpt_guard.cli.policy_cmd:policy_group", "Validate or show a policy file."),
     "zoo": ("cbpt_guard.cli.zoo_cmd:zoo_group", "Build the zoo of clean and backdoored models."),
