@@ -1,10 +1,14 @@
 """The images detection and purification look at, in three tiers (METHOD.md section 2).
 
 1. zero-data: :func:`procedural_probes`, made here from a seed. They are generic
-   (smooth colour noise, random geometric clutter, stripes and gradients under
-   random exposure), not drawn from any data set a model was trained on, and
-   deliberately diverse: probes that all look alike to a model (high mean
-   pairwise cosine) make every trigger look like a collapse.
+   scenes (random objects on plain or shaded backgrounds, dead-leaves occlusion
+   patterns, smooth colour noise) under random exposure, not drawn from any data
+   set a model was trained on, and deliberately diverse: probes that all look
+   alike to a model (high mean pairwise cosine) make every trigger look like a
+   collapse. Measured on the zoo: a real BadNets trigger moved 73% of object-on-
+   background probes to its target but only 31-34% of noise or stripe probes, and
+   inversion on object scenes recovered the true target where a noise-heavy mix
+   found a universal texture patch instead; hence the mix is mostly scenes.
 2. unlabelled: :func:`folder_probes`, the user's own images without labels.
 3. few-shot: :func:`fewshot_folder`, an ImageFolder (one subfolder per class).
 
@@ -14,7 +18,6 @@ normalisation is the classifier's job, after any trigger is stamped.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,33 +69,34 @@ def _clutter(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
     return images
 
 
-def _stripes(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
-    """Oriented sinusoidal stripes and gradients between two random colours. (n, 3, size, size)."""
+def _dead_leaves(n: int, size: int, gen: torch.Generator, leaves: int = 30) -> torch.Tensor:
+    """Occluding discs with power-law radii, the classic model of natural-image statistics. (n, 3, size, size)."""
     axis = (torch.arange(size) + 0.5) / size
     y, x = torch.meshgrid(axis, axis, indexing="ij")
-    angle = math.pi * torch.rand(n, 1, 1, generator=gen)
-    frequency = 0.5 + 6 * torch.rand(n, 1, 1, generator=gen)
-    phase = 2 * math.pi * torch.rand(n, 1, 1, generator=gen)
-    wave = 0.5 + 0.5 * torch.sin(2 * math.pi * frequency * (x * torch.cos(angle) + y * torch.sin(angle)) + phase)
-    a, b = torch.rand(n, 3, 1, 1, generator=gen), torch.rand(n, 3, 1, 1, generator=gen)
-    return a + (b - a) * wave.unsqueeze(1)
+    images = torch.rand(n, 3, 1, 1, generator=gen).expand(n, 3, size, size).clone()
+    for _ in range(leaves):
+        centre = torch.rand(n, 2, 1, 1, generator=gen)
+        radius = 0.02 / (torch.rand(n, 1, 1, generator=gen) ** 0.7 + 0.05)
+        disc = ((x - centre[:, 0]) ** 2 + (y - centre[:, 1]) ** 2 <= radius**2).unsqueeze(1)
+        images = torch.where(disc, torch.rand(n, 3, 1, 1, generator=gen).expand_as(images), images)
+    return images
 
 
 def procedural_probes(n: int, size: int, seed: int = 0) -> ProbeSet:
-    """``n`` zero-data probes of side ``size``: noise, clutter and stripes in equal parts.
+    """``n`` zero-data probes of side ``size``: 5/6 object scenes, 1/12 dead leaves, 1/12 smooth noise.
 
     Each probe gets a random exposure (gain and gamma) and a little pixel noise,
-    which measurably spreads the probes apart in feature space.
+    which spreads the probes apart in feature space.
     """
     if n < 2 or size < 8:
         raise UsageError(f"need at least 2 probes of side >= 8, got {n} of side {size}")
     gen = torch.Generator().manual_seed(seed)
-    thirds = [n // 3, n // 3, n - 2 * (n // 3)]
-    images = torch.cat([_smooth_noise(thirds[0], size, gen), _clutter(thirds[1], size, gen),
-                        _stripes(thirds[2], size, gen)])
+    twelfth = n // 12
+    images = torch.cat([_clutter(n - 2 * twelfth, size, gen), _dead_leaves(twelfth, size, gen),
+                        _smooth_noise(twelfth, size, gen)])
     images = images[torch.randperm(n, generator=gen)]
-    gain = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=gen)
-    gamma = torch.exp(0.5 * torch.randn(n, 1, 1, 1, generator=gen))
+    gain = 0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=gen)
+    gamma = torch.exp(0.25 * torch.randn(n, 1, 1, 1, generator=gen))
     noise = 0.03 * torch.randn(images.shape, generator=gen)
     return ProbeSet(((images.clamp(0, 1) ** gamma) * gain + noise).clamp(0, 1), "zero-data")
 

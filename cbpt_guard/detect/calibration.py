@@ -6,9 +6,9 @@ mean and spread of what clean models show, plus the score threshold. A model's
 score is the normal CDF of its most anomalous family's standardised evidence,
 so 0.5 means "typical of clean models" and values near 1 mean "far outside them".
 
-Per family the evidence is the log size at collapse (smaller = more suspicious)
-and the target concentration (higher = more suspicious); the per-class anomaly
-index counts as one more family-like signal.
+Per family the evidence is the log size at collapse (smaller = more suspicious),
+the target concentration and the inverted trigger's ASR (higher = more
+suspicious); the per-class anomaly index counts as one more family-like signal.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from cbpt_guard.errors import UsageError
 
 CALIBRATION_VERSION = 1
-MIN_SPREAD = {"log_size": 0.15, "concentration": 0.05, "anomaly": 0.5}
+MIN_SPREAD = {"log_size": 0.15, "concentration": 0.05, "inverted_asr": 0.05, "anomaly": 0.5}
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,13 @@ class Calibration:
 def features_of(evidence: dict) -> dict[str, float]:
     """The scalar features the score uses, from a detection's evidence dict.
 
-    ``evidence`` holds per family ``{"log_size", "concentration"}`` under
-    ``families`` and, when it ran, ``anomaly_index``.
+    ``evidence`` holds per family ``{"log_size", "concentration", "inverted_asr"}``
+    under ``families`` and, when it ran, ``anomaly_index``.
     """
     out = {}
     for family, values in evidence["families"].items():
-        out[f"{family}.log_size"] = values["log_size"]
-        out[f"{family}.concentration"] = values["concentration"]
+        for name in ("log_size", "concentration", "inverted_asr"):
+            out[f"{family}.{name}"] = values[name]
     if evidence.get("anomaly_index") is not None:
         out["anomaly"] = evidence["anomaly_index"]
     return out

@@ -7,9 +7,12 @@ features of the probes (negatives), with InfoNCE, while an adaptive penalty
 shrinks it. The model is frozen; only the trigger's few parameters learn.
 
 Measured choices (METHOD.md's warning about small models): the collapse
-threshold sits just under what a real trigger reaches (``collapse_cos``, 0.9),
-the penalty weight moves gently (x or / 1.5), and success is re-checked on a
-fixed probe subset rather than the noisy training batch.
+threshold sits just under what a real trigger reaches on procedural probes
+(``collapse_cos`` 0.75: on a zoo BadNets model the real 4x4 patch took stamped
+object-scene probes from a mean pairwise cosine of 0.49 to 0.77, while clean
+probes of a clean model sit near 0.3-0.5), the penalty weight moves gently
+(x or / 1.5), and success is re-checked on a fixed probe subset rather than
+the noisy training batch.
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ from cbpt_guard.triggers import Trigger, make_trigger
 class InversionBudget:
     """How much work one family's inversion may do; the policy sets these."""
 
-    steps: int = 150
+    steps: int = 300
     batch_size: int = 32
     lr: float = 0.1
     time_limit_s: float = 60.0
     check_every: int = 10
     check_size: int = 48
-    collapse_cos: float = 0.9
+    collapse_cos: float = 0.75
     temperature: float = 0.07
     penalty_init: float = 1.0
     penalty_factor: float = 1.5

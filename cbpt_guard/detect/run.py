@@ -141,7 +141,8 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
         found = family_evidence(classifier, pixels, family, result.trigger, result.collapsed, result.size,
                                 result.collapse_cos)
         size = result.size if result.collapsed else result.size * NOT_COLLAPSED_FACTOR
-        evidence["families"][family] = {"log_size": math.log(max(size, 1e-6)), "concentration": found.concentration}
+        evidence["families"][family] = {"log_size": math.log(max(size, 1e-6)), "concentration": found.concentration,
+                                        "inverted_asr": found.inverted_asr}
         if result.budget_exhausted and not result.collapsed:
             skipped.append((f"detection.{family}", f"time budget exhausted after {result.steps_run} steps"))
         families.append(dict(family=family, collapsed=result.collapsed, size=result.size,
