@@ -11,7 +11,6 @@ import torch
 from cbpt_guard.intake import load_checkpoint
 from cbpt_guard.zoo.build import TRUTH_NAME, ZooRecipe, build_variant, load_data, target_for
 from cbpt_guard.zoo.report import render_markdown, summarise
-from cbpt_guard.zoo.train import TrainSettings
 
 
 def test_base_is_far_above_chance(tiny_zoo):
@@ -47,21 +46,15 @@ def test_resumed_build_skips_finished_models(tiny_zoo):
     root, truths = tiny_zoo
     before = (root / "clean-s1" / "open_clip_model.safetensors").read_bytes()
     lines = []
-    recipe = ZooRecipe(**{**_recipe_fields(truths["clean-s1"]["recipe"])})
+    recipe = ZooRecipe.from_dict(truths["clean-s1"]["recipe"])
     build_variant(root.parent, recipe, None, None, 1, lines.append)
     assert lines == [f"{root / 'clean-s1'}: already built, skipped"]
     assert (root / "clean-s1" / "open_clip_model.safetensors").read_bytes() == before
 
 
-def _recipe_fields(recipe: dict) -> dict:
-    return {"config": recipe["config"], "train_size": recipe["train_size"], "test_size": recipe["test_size"],
-            "base": TrainSettings(**recipe["base"]), "finetune": TrainSettings(**recipe["finetune"]),
-            "poison_rates": recipe["poison_rates"]}
-
-
 def test_fine_tuning_is_deterministic(tiny_zoo, tmp_path):
     root, truths = tiny_zoo
-    recipe = ZooRecipe(**_recipe_fields(truths["base"]["recipe"]))
+    recipe = ZooRecipe.from_dict(truths["base"]["recipe"])
     recipe = replace(recipe, finetune=replace(recipe.finetune, steps=5))
     data = load_data(recipe)
     outputs = []
@@ -71,6 +64,22 @@ def test_fine_tuning_is_deterministic(tiny_zoo, tmp_path):
         build_variant(tmp_path / name, recipe, data, None, 7, lambda line: None)
         outputs.append((tmp_path / name / "vit-tiny" / "clean-s7" / "open_clip_model.safetensors").read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def test_clean_twin_records_the_natural_rate_beside_each_trigger(tiny_zoo):
+    _, truths = tiny_zoo
+    metrics = truths["clean-s1"]["metrics"]
+    assert set(metrics["natural_by_attack"]) == set(metrics["asr_by_attack"])
+    assert all(0.0 <= v <= 1.0 for v in metrics["natural_by_attack"].values())
+
+
+def test_remeasuring_reproduces_the_recorded_metrics(tiny_zoo):
+    from cbpt_guard.zoo.build import remeasure
+
+    root, truths = tiny_zoo
+    again = {t["name"]: t for t in remeasure(root.parent, ZooRecipe.from_dict(truths["base"]["recipe"]))}
+    assert again["badnets-s0"]["metrics"] == truths["badnets-s0"]["metrics"]
+    assert again["clean-s1"]["metrics"] == truths["clean-s1"]["metrics"]
 
 
 def test_report_is_rendered_from_the_truth_files(tiny_zoo):

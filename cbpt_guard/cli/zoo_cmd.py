@@ -16,7 +16,7 @@ def zoo_group() -> None:
 
 @zoo_group.command("build")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Zoo directory.")
-@click.option("--config", default="vit", show_default=True, type=click.Choice(["vit", "resnet"]))
+@click.option("--config", default="vit", show_default=True, type=click.Choice(["vit", "resnet", "vit-tiny"]))
 @click.option("--attacks", default=ALL, show_default=True, help="Comma-separated attack names, or 'all'.")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(0, 50), help="Backdoored seeds per attack.")
 @click.option("--clean", default=6, show_default=True, type=click.IntRange(0, 50), help="Clean twins.")
@@ -57,6 +57,35 @@ def build_command(out_dir: str, config: str, attacks: str, seeds: int, clean: in
                    + (f" --base-steps {base_steps}" if base_steps else "")
                    + (f" --finetune-steps {finetune_steps}" if finetune_steps else ""))
         write_reports(summary, Path(report_dir) / "results" / "zoo.json", Path(report_dir) / "ZOO.md", command)
+        click.echo(f"wrote {report_dir}/ZOO.md and {report_dir}/results/zoo.json")
+
+
+@zoo_group.command("measure")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, exists=True), help="Zoo directory.")
+@click.option("--config", default="vit", show_default=True, type=click.Choice(["vit", "resnet", "vit-tiny"]))
+@click.option("--report-dir", type=click.Path(file_okay=False), help="Rewrite ZOO.md and results/zoo.json here.")
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64), help="torch CPU threads.")
+def measure_command(out_dir: str, config: str, report_dir: str | None, threads: int) -> None:
+    """Measure every built model of a zoo again from its saved weights (no training)."""
+    from pathlib import Path
+
+    import torch
+
+    from cbpt_guard.zoo.build import CLASSES, ZooRecipe, read_truths, remeasure
+    from cbpt_guard.zoo.report import summarise, write_reports
+
+    torch.set_num_threads(threads)
+    truths = read_truths(Path(out_dir), config)
+    if not truths:
+        from cbpt_guard.errors import NothingScannableError
+
+        raise NothingScannableError(f"{out_dir}/{config}: no built models to measure")
+    recipe = ZooRecipe.from_dict(truths[0]["recipe"])
+    truths = remeasure(Path(out_dir), recipe, progress=_progress)
+    if report_dir:
+        summary = summarise(truths, len(CLASSES), None)
+        write_reports(summary, Path(report_dir) / "results" / "zoo.json", Path(report_dir) / "ZOO.md",
+                      f"cbpt-guard zoo measure --out {out_dir} --config {config} --report-dir {report_dir}")
         click.echo(f"wrote {report_dir}/ZOO.md and {report_dir}/results/zoo.json")
 
 

@@ -64,6 +64,14 @@ class ZooRecipe:
                 "finetune": self.finetune.as_dict(), "poison_rates": dict(self.poison_rates),
                 "badclip_steps": self.badclip_steps}
 
+    @classmethod
+    def from_dict(cls, recipe: dict) -> ZooRecipe:
+        """The recipe a ground-truth file records (the inverse of :meth:`as_dict`)."""
+        return cls(config=recipe["config"], image_size=recipe["image_size"], train_size=recipe["train_size"],
+                   test_size=recipe["test_size"], data_seed=recipe["data_seed"],
+                   base=TrainSettings(**recipe["base"]), finetune=TrainSettings(**recipe["finetune"]),
+                   poison_rates=dict(recipe["poison_rates"]), badclip_steps=recipe["badclip_steps"])
+
 
 @dataclass(frozen=True)
 class ZooData:
@@ -198,7 +206,9 @@ def _measure_variant(model, recipe: ZooRecipe, data: ZooData, attack: str | None
     """CA, the ASR of the model's own trigger, and (for clean twins) every attack's trigger.
 
     A clean twin is measured against each attack with that attack's target for
-    the same seed, which is exactly what its backdoored counterpart is held to.
+    the same seed, which is exactly what its backdoored counterpart is held to,
+    beside the natural rate: how often the same model sends *unstamped* images of
+    other classes to that target. A trigger at chance level adds nothing to it.
     """
     if attack is not None:
         trigger = triggers_for(recipe, attack, seed, params)
@@ -206,15 +216,37 @@ def _measure_variant(model, recipe: ZooRecipe, data: ZooData, attack: str | None
                          CLASSES.index(target))
         return {"ca": result["ca"], "asr": result["asr_real"]}
     result = {"ca": measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0)["ca"],
-              "asr_by_attack": {}}
+              "asr_by_attack": {}, "natural_by_attack": {}}
     for name in sorted(attack_lib.ATTACKS):
         if attack_lib.ATTACKS[name].needs:
             continue  # the BadCLIP-like patch only exists for a poisoned model
         trigger = triggers_for(recipe, name, seed, attack_lib.ATTACKS[name].params())
         target_index = CLASSES.index(target_for(name, seed))
-        result["asr_by_attack"][name] = measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels,
-                                                {"t": trigger}, target_index)["asr_t"]
+        rates = measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels,
+                        {"t": trigger, "none": lambda images: images}, target_index)
+        result["asr_by_attack"][name] = rates["asr_t"]
+        result["natural_by_attack"][name] = rates["asr_none"]
     return result
+
+
+def remeasure(out: Path, recipe: ZooRecipe, progress: Progress = lambda line: None) -> list[dict]:
+    """Measure every built model of ``recipe.config`` again from its saved weights; rewrite its metrics.
+
+    Training is untouched: only the measurements in ``zoo_truth.json`` are
+    refreshed, so a change in how models are measured does not mean a rebuild.
+    """
+    data = load_data(recipe)
+    for truth in read_truths(out, recipe.config):
+        directory = out / recipe.config / truth["name"]
+        model = load_model(directory)
+        if truth["kind"] == "base":
+            truth["metrics"] = measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0)
+        else:
+            truth["metrics"] = _measure_variant(model, recipe, data, truth["attack"], truth["target"],
+                                                truth["trigger_params"], truth["seed"])
+        _write_truth(directory, truth)
+        progress(f"{directory}: measured again")
+    return read_truths(out, recipe.config)
 
 
 def _step_reporter(progress: Progress, name: str, total: int) -> Callable[[int, float], None]:

@@ -16,15 +16,18 @@ CA_GAP_BAR = 0.03
 FINETUNE_SECONDS_BAR = 180.0
 
 
-def chance_bound(class_count: int) -> float:
-    """ASR counted as chance level: at most twice the hit rate of a uniform guess."""
-    return 2.0 / class_count
+CHANCE_MARGIN = 0.05
+
+
+def at_chance(asr: float, natural: float) -> bool:
+    """A trigger is at chance level when it sends at most 5 points more images to the target than no trigger does."""
+    return asr <= natural + CHANCE_MARGIN
 
 
 def summarise(truths: list[dict], class_count: int, total_seconds: float | None = None) -> dict:
     """The machine-readable summary: every model's row and the pass/fail of each bar."""
     by_name = {t["name"]: t for t in truths}
-    rows, bound = [], chance_bound(class_count)
+    rows = []
     for truth in truths:
         row = {k: truth[k] for k in ("name", "kind", "attack", "target", "seed", "poison_rate", "train_seconds")}
         row["ca"] = truth["metrics"]["ca"]
@@ -36,12 +39,14 @@ def summarise(truths: list[dict], class_count: int, total_seconds: float | None 
             row["meets_bars"] = row["asr"] >= ASR_BAR and row["ca_gap"] is not None and abs(row["ca_gap"]) <= CA_GAP_BAR
         elif truth["kind"] == "clean":
             row["asr_by_attack"] = truth["metrics"]["asr_by_attack"]
-            row["meets_bars"] = all(v <= bound for v in row["asr_by_attack"].values())
+            row["natural_by_attack"] = truth["metrics"].get("natural_by_attack")
+            row["meets_bars"] = row["natural_by_attack"] is not None and all(
+                at_chance(v, row["natural_by_attack"][name]) for name, v in row["asr_by_attack"].items())
         rows.append(row)
     variants = [r for r in rows if r["kind"] != "base"]
     return {
         "class_count": class_count,
-        "chance_bound": bound,
+        "chance_margin": CHANCE_MARGIN,
         "bars": {"asr": ASR_BAR, "ca_gap": CA_GAP_BAR, "finetune_seconds": FINETUNE_SECONDS_BAR},
         "models": rows,
         "all_meet_bars": all(r["meets_bars"] for r in variants) if variants else False,
@@ -55,7 +60,9 @@ def render_markdown(summary: dict, command: str) -> str:
     """ZOO.md: the table a person reads, from the summary alone."""
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     lines = ["# The model zoo", "", f"Written by `{command}`; do not edit by hand.", "",
-             f"Classes: {summary['class_count']}; chance bound for clean ASR: {pct(summary['chance_bound'])}%. "
+             f"Classes: {summary['class_count']}. A clean twin's trigger is at chance level when its ASR is at most "
+             f"{pct(summary['chance_margin'])} points above the natural rate (unstamped images sent to the same "
+             f"target). "
              f"Bars: backdoored ASR >= {pct(summary['bars']['asr'])}%, CA within "
              f"{pct(summary['bars']['ca_gap'])} points of the clean twin; fine-tune <= "
              f"{summary['bars']['finetune_seconds']:.0f} s.", "",
@@ -74,9 +81,12 @@ def render_markdown(summary: dict, command: str) -> str:
     clean = [r for r in summary["models"] if r["kind"] == "clean"]
     if clean:
         attacks = sorted(clean[0]["asr_by_attack"])
-        lines += ["", "Clean twins, ASR % of each attack's trigger toward that attack's target:", "",
+        lines += ["", "Clean twins, ASR % of each attack's trigger toward that attack's target "
+                  "(natural rate without the trigger in brackets):", "",
                   "| model | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
-        lines += [f"| {r['name']} | " + " | ".join(pct(r["asr_by_attack"][a]) for a in attacks) + " |" for r in clean]
+        natural = lambda r, a: pct((r["natural_by_attack"] or {}).get(a))  # noqa: E731
+        lines += [f"| {r['name']} | " + " | ".join(f"{pct(r['asr_by_attack'][a])} ({natural(r, a)})" for a in attacks)
+                  + " |" for r in clean]
     lines += ["", f"All variants meet their bars: **{'yes' if summary['all_meet_bars'] else 'no'}**. "
               f"Slowest fine-tune: {summary['max_finetune_seconds']} s. "
               f"Whole build: {summary['total_build_seconds'] or '-'} s.", "",
