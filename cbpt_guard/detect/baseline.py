@@ -48,9 +48,10 @@ def decree(classifier: ZeroShotClassifier, probes: torch.Tensor, *, steps: int =
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        if float(cosine) >= DECREE_COSINE:
+        if float(cosine.detach()) >= DECREE_COSINE:
             penalty *= DECREE_FACTOR
-            best = float(trigger.size()) if best is None else min(best, float(trigger.size()))
+            size = float(trigger.size().detach())
+            best = size if best is None else min(best, size)
         else:
             penalty /= DECREE_FACTOR
     pl1 = best if best is not None else float(trigger.size())

@@ -50,8 +50,9 @@ def family_evidence(classifier: ZeroShotClassifier, probes: torch.Tensor, family
 
 @dataclass(frozen=True)
 class AnomalyEvidence:
-    """Per-class trigger sizes (Neural Cleanse style) and the anomaly index of the smallest."""
+    """Per-class targeted-trigger costs (Neural Cleanse style) and the anomaly index of the cheapest."""
 
+    costs: tuple[float, ...]
     sizes: tuple[float, ...]
     success: tuple[float, ...]
     suspect_index: int
@@ -61,12 +62,14 @@ class AnomalyEvidence:
 
 def class_anomaly(classifier: ZeroShotClassifier, probes: torch.Tensor, *, steps: int, seed: int,
                   penalty: float = 2.0, lr: float = 0.1) -> AnomalyEvidence:
-    """Optimise one small patch per class, all classes at once, and compare their sizes.
+    """Optimise one small patch per class, all classes at once, and compare how cheap each target is.
 
-    Each class c gets a mask and pattern trained to send the probes to c with a
-    fixed size penalty; a class the model has a shortcut to needs a far smaller
-    mask than the rest. The anomaly index is (median - min) / (1.4826 * MAD) of
-    the sizes of successful triggers (success below 0.8 counts as size 1).
+    Each class c gets a mask and pattern trained to send the probes to c under
+    a fixed size penalty. Its cost is the final objective: cross-entropy toward
+    c plus the penalty times the mask's mean. A class the model has a shortcut
+    to is far cheaper than the rest. The anomaly index is (median - min) /
+    (1.4826 * MAD) over the costs; the cost is continuous, so the index stays
+    meaningful when few targeted triggers fully succeed within the budget.
     """
     classes, side = classifier.text.shape[0], probes.shape[-1]
     generator = torch.Generator().manual_seed(seed)
@@ -74,21 +77,26 @@ def class_anomaly(classifier: ZeroShotClassifier, probes: torch.Tensor, *, steps
     pattern_logit = torch.nn.Parameter(torch.randn(classes, 1, 3, side, side, generator=generator))
     optimiser = torch.optim.Adam([mask_logit, pattern_logit], lr=lr)
     targets = torch.arange(classes).repeat_interleave(probes.shape[0])  # (C * N,)
-    for _ in range(steps):
+
+    def objective() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)  # (C, 1, 1|3, S, S)
         stamped = ((1 - mask) * probes.unsqueeze(0) + mask * pattern).flatten(0, 1)  # (C * N, 3, S, S)
-        loss = torch.nn.functional.cross_entropy(classifier(stamped), targets)
-        loss = loss + penalty * mask.mean(dim=(1, 2, 3, 4)).sum()
+        logits = classifier(stamped)  # (C * N, C)
+        per_class = torch.nn.functional.cross_entropy(logits, targets, reduction="none").view(classes, -1).mean(1)
+        sizes = mask.mean(dim=(1, 2, 3, 4))  # (C,)
+        return per_class + penalty * sizes, sizes, logits
+
+    for _ in range(steps):
+        costs, _, _ = objective()
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        costs.sum().backward()
         optimiser.step()
     with torch.no_grad():
-        mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
-        stamped = ((1 - mask) * probes.unsqueeze(0) + mask * pattern).flatten(0, 1)
-        hits = (classifier.predict(stamped) == targets).float().view(classes, -1).mean(dim=1)  # (C,)
-        sizes = torch.where(hits >= 0.8, mask.mean(dim=(1, 2, 3, 4)), torch.ones(classes))  # (C,)
-    suspect = int(sizes.argmin())
-    median = sizes.median()
-    mad = (sizes - median).abs().median().clamp_min(1e-6)
-    index = float((median - sizes[suspect]) / (1.4826 * mad))
-    return AnomalyEvidence(tuple(float(s) for s in sizes), tuple(float(h) for h in hits), suspect, index, steps)
+        costs, sizes, logits = objective()
+        hits = (logits.argmax(dim=-1) == targets).float().view(classes, -1).mean(dim=1)  # (C,)
+    suspect = int(costs.argmin())
+    median = costs.median()
+    mad = (costs - median).abs().median().clamp_min(1e-3)
+    index = float((median - costs[suspect]) / (1.4826 * mad))
+    return AnomalyEvidence(tuple(float(c) for c in costs), tuple(float(s) for s in sizes),
+                           tuple(float(h) for h in hits), suspect, index, steps)

@@ -59,10 +59,11 @@ class FamilyReport(BaseModel):
 
 
 class AnomalyReport(BaseModel):
-    """The per-class (Neural Cleanse style) trigger sizes."""
+    """The per-class (Neural Cleanse style) targeted-trigger costs, sizes and success rates."""
 
     model_config = ConfigDict(frozen=True)
 
+    costs: tuple[float, ...]
     sizes: tuple[float, ...]
     success: tuple[float, ...]
     suspect: str
@@ -157,8 +158,8 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
         progress(f"per-class anomaly ({len(classes)} classes, {budget.anomaly_steps} steps)")
         found = class_anomaly(classifier, pixels[: budget.anomaly_probes], steps=budget.anomaly_steps, seed=seed)
         evidence["anomaly_index"] = found.anomaly_index
-        anomaly = dict(sizes=found.sizes, success=found.success, suspect=classes[found.suspect_index],
-                       anomaly_index=found.anomaly_index)
+        anomaly = dict(costs=found.costs, sizes=found.sizes, success=found.success,
+                       suspect=classes[found.suspect_index], anomaly_index=found.anomaly_index)
     else:
         skipped.append(("detection.anomaly", "per-class anomaly disabled by the budget"))
     return Evidence(tuple(classes), probes, len(pixels), families, anomaly, calib.features_of(evidence), skipped,
