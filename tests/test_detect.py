@@ -100,3 +100,36 @@ def test_unlabelled_folder_tier_is_used_and_corrupt_files_reported(tiny_zoo, tmp
     assert [what.rsplit("/", 1)[-1] for what, _ in report.probe_files_skipped] == ["corrupt.jpg"]
     assert ("detection.anomaly", "per-class anomaly disabled by the budget") in report.skipped
     assert report.outcome != "no evidence of a backdoor found"  # a step was skipped: never clean
+
+
+def test_calibrate_then_detect_through_the_cli(tiny_zoo, tmp_path):
+    from click.testing import CliRunner
+
+    from cbpt_guard.cli.main import cli
+
+    root, _ = tiny_zoo
+    flags = ["--steps", "20", "--probes", "16", "--anomaly-steps", "5"]
+    calibration = tmp_path / "cal.json"
+    runner = CliRunner()
+    made = runner.invoke(cli, ["calibrate", str(root / "clean-s1"), "--out", str(calibration), *flags])
+    assert made.exit_code == 0, made.output
+    assert json.loads(calibration.read_text())["references"] == [str(root / "clean-s1")]
+
+    result = runner.invoke(cli, ["detect", str(root / "badnets-s0"), "--calibration", str(calibration), "--json",
+                                 *flags])
+    report = json.loads(result.stdout)
+    expected = {"backdoor evidence found": 1, "no evidence of a backdoor found": 0, "inconclusive": 3}
+    assert result.exit_code == expected[report["outcome"]]
+    assert report["budget"]["inversion"]["steps"] == 20 and report["probe_count"] == 16
+    assert {f["family"] for f in report["families"]} == {"patch", "additive", "warp"}
+    assert all(f["images"]["stamped"].startswith("data:image/png;base64,") for f in report["families"])
+
+
+def test_unknown_family_flag_is_a_usage_error(tiny_zoo):
+    from click.testing import CliRunner
+
+    from cbpt_guard.cli.main import cli
+
+    root, _ = tiny_zoo
+    result = CliRunner().invoke(cli, ["detect", str(root / "clean-s1"), "--families", "patch,nope"])
+    assert result.exit_code == 4 and "unknown trigger families" in result.output
