@@ -56,8 +56,9 @@ def build_command(out_dir: str, config: str, attacks: str, seeds: int, clean: in
                    f"--clean {clean} --report-dir {report_dir}"
                    + (f" --base-steps {base_steps}" if base_steps else "")
                    + (f" --finetune-steps {finetune_steps}" if finetune_steps else ""))
-        write_reports(summary, Path(report_dir) / "results" / "zoo.json", Path(report_dir) / "ZOO.md", command)
-        click.echo(f"wrote {report_dir}/ZOO.md and {report_dir}/results/zoo.json")
+        json_path, markdown_path = report_paths(Path(report_dir), config)
+        write_reports(summary, json_path, markdown_path, command)
+        click.echo(f"wrote {markdown_path} and {json_path}")
 
 
 @zoo_group.command("measure")
@@ -84,9 +85,16 @@ def measure_command(out_dir: str, config: str, report_dir: str | None, threads: 
     truths = remeasure(Path(out_dir), recipe, progress=_progress)
     if report_dir:
         summary = summarise(truths, len(CLASSES), None)
-        write_reports(summary, Path(report_dir) / "results" / "zoo.json", Path(report_dir) / "ZOO.md",
+        json_path, markdown_path = report_paths(Path(report_dir), config)
+        write_reports(summary, json_path, markdown_path,
                       f"cbpt-guard zoo measure --out {out_dir} --config {config} --report-dir {report_dir}")
-        click.echo(f"wrote {report_dir}/ZOO.md and {report_dir}/results/zoo.json")
+        click.echo(f"wrote {markdown_path} and {json_path}")
+
+
+def report_paths(report_dir, config: str):
+    """(results json, markdown) for a config: ZOO.md for the main ViT zoo, ZOO-<config>.md otherwise."""
+    suffix = "" if config == "vit" else f"-{config}"
+    return report_dir / "results" / f"zoo{suffix}.json", report_dir / f"ZOO{suffix}.md"
 
 
 def _progress(line: str) -> None:
