@@ -63,9 +63,7 @@ def run_model(directory: Path, tier: str, budget: DetectBudget) -> dict:
     started = time.perf_counter()
     evidence = gather_evidence(loaded.model, report.classes, report.templates, probes=probes, budget=budget, seed=0)
     seconds = time.perf_counter() - started
-    targets = {f["family"]: f["target"] for f in evidence.families}
-    if evidence.anomaly:
-        targets["anomaly"] = evidence.anomaly["suspect"]
+    targets = evidence.targets
     classifier = build_classifier(loaded.model, report.classes, report.templates)
     pixels = (probes or procedural_probes(budget.probes, classifier.image_size, 0)).images[: budget.probes]
     started = time.perf_counter()
@@ -78,15 +76,19 @@ def run_model(directory: Path, tier: str, budget: DetectBudget) -> dict:
 def score_tier(raw: dict, truths: dict) -> dict:
     """Calibrate, score and summarise one tier's raw results."""
     clean = [n for n, t in truths.items() if t["kind"] == "clean"]
-    everyone = calib.fit({n: raw[n]["features"] for n in clean})
+    def fit(names: list[str]) -> calib.Calibration:
+        return calib.fit({n: raw[n]["features"] for n in names}, reference_targets={n: raw[n]["targets"] for n in names})
+
+    everyone = fit(clean)
     rows = []
     for name, truth in sorted(truths.items()):
-        reference = everyone if name not in clean else calib.fit({n: raw[n]["features"] for n in clean if n != name})
+        reference = everyone if name not in clean else fit([n for n in clean if n != name])
         value, zs = calib.score(raw[name]["features"], reference)
-        best = max(zs, key=zs.get)
+        suspected = calib.suspected_target(zs, raw[name]["targets"], reference)
+        signal = next(k for k in sorted(zs, key=lambda k: -zs[k]) if raw[name]["targets"].get(k) == suspected)
         rows.append({"name": name, "kind": truth["kind"], "attack": truth["attack"], "target": truth["target"],
-                     "score": value, "flagged": value >= reference.threshold, "suspected": raw[name]["targets"][best],
-                     "signal": best, "seconds": raw[name]["seconds"], "decree_pl1": raw[name]["baseline"]["pl1"],
+                     "score": value, "flagged": value >= reference.threshold, "suspected": suspected,
+                     "signal": signal, "seconds": raw[name]["seconds"], "decree_pl1": raw[name]["baseline"]["pl1"],
                      "decree_flagged": raw[name]["baseline"]["trojaned"]})
     clean_rows = [r for r in rows if r["kind"] == "clean"]
     attacks = sorted({r["attack"] for r in rows if r["kind"] == "backdoored"})

@@ -62,3 +62,13 @@ def test_calibration_sharing_no_feature_cannot_score():
     calibration = calib.fit(CLEAN)
     with pytest.raises(UsageError, match="shares no feature"):
         calib.score({"warp.log_size": 1.0}, calibration)
+
+
+def test_suspected_target_skips_the_clean_typical_target():
+    calibration = calib.fit(CLEAN, reference_targets={name: {"patch": "checkerboard", "anomaly": "circle"}
+                                                      for name in CLEAN})
+    assert calibration.typical_targets == {"anomaly": "circle", "patch": "checkerboard"}
+    zs = {"patch": 5.0, "additive": 2.0, "anomaly": 0.5}
+    targets = {"patch": "checkerboard", "additive": "ring", "anomaly": "circle"}
+    assert calib.suspected_target(zs, targets, calibration) == "ring"
+    assert calib.suspected_target(zs, {**targets, "additive": "checkerboard"}, calibration) == "checkerboard"

@@ -41,7 +41,7 @@ def detect_checkpoint(path: str | Path, *, arch: str | None = None, classes_file
 def calibrate_models(paths: list[str | Path], *, budget: DetectBudget = DetectBudget(), seed: int = 0,
                      progress: Callable[[str], None] = lambda line: None) -> calib.Calibration:
     """Run the detector over clean reference models and fit the calibration to what they show."""
-    references = {}
+    references, targets = {}, {}
     for path in paths:
         progress(f"calibrating on {path}")
         loaded = load_checkpoint(path)
@@ -50,4 +50,5 @@ def calibrate_models(paths: list[str | Path], *, budget: DetectBudget = DetectBu
         evidence = gather_evidence(loaded.model, loaded.report.classes, loaded.report.templates, budget=budget,
                                    seed=seed, progress=progress)
         references[str(path)] = evidence.features
-    return calib.fit(references)
+        targets[str(path)] = evidence.targets
+    return calib.fit(references, reference_targets=targets)

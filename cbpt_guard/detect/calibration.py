@@ -13,6 +13,8 @@ suspicious); the per-class anomaly index counts as one more family-like signal.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import math
 import statistics
@@ -33,11 +35,13 @@ class Calibration:
     threshold: float
     references: tuple[str, ...]
     source: str = "built-in"
+    typical_targets: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         """The calibration file's text."""
         return json.dumps({"calibration_version": CALIBRATION_VERSION, "threshold": self.threshold,
                            "stats": {k: list(v) for k, v in sorted(self.stats.items())},
+                           "typical_targets": dict(sorted(self.typical_targets.items())),
                            "references": list(self.references)}, indent=2) + "\n"
 
 
@@ -83,8 +87,16 @@ def score(features: dict[str, float], calibration: Calibration) -> tuple[float, 
     return 0.5 * (1 + math.erf(max(zs.values()) / math.sqrt(2))), zs
 
 
-def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0) -> Calibration:
-    """Fit clean statistics; the threshold is the score of a family ``z_margin`` spreads out."""
+def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0,
+        reference_targets: dict[str, dict[str, str]] | None = None) -> Calibration:
+    """Fit clean statistics; the threshold is the score of a family ``z_margin`` spreads out.
+
+    ``reference_targets`` (per reference, per family: the class its inverted
+    trigger pointed to) gives each family's typical target on clean models: the
+    class small models drift to under any universal pattern. A backdoored model's
+    suspected target is then read from its most anomalous family that points
+    elsewhere (see :func:`suspected_target`).
+    """
     names = sorted(set.intersection(*(set(f) for f in reference_features.values())))
     stats = {}
     for name in names:
@@ -92,7 +104,25 @@ def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0) 
         spread = statistics.pstdev(values) if len(values) > 1 else 0.0
         stats[name] = (statistics.fmean(values), spread)
     threshold = 0.5 * (1 + math.erf(z_margin / math.sqrt(2)))
-    return Calibration(stats, threshold, tuple(sorted(reference_features)))
+    typical = {}
+    for family in sorted({f for targets in (reference_targets or {}).values() for f in targets}):
+        votes = collections.Counter(t[family] for t in reference_targets.values() if family in t)
+        typical[family] = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+    return Calibration(stats, threshold, tuple(sorted(reference_features)), typical_targets=typical)
+
+
+def suspected_target(zs: dict[str, float], targets: dict[str, str], calibration: Calibration) -> str:
+    """The class named by the most anomalous family whose target is not its clean-typical one.
+
+    Falls back to the most anomalous family when every family points at its
+    typical target. A backdoor aimed at exactly that class is named too, only
+    with less certainty; the report lists every family's target either way.
+    """
+    ranked = sorted(zs, key=lambda name: -zs[name])
+    for name in ranked:
+        if name in targets and targets[name] != calibration.typical_targets.get(name):
+            return targets[name]
+    return targets[ranked[0]]
 
 
 def load_calibration(path: str | Path) -> Calibration:
@@ -106,7 +136,8 @@ def load_calibration(path: str | Path) -> Calibration:
         threshold = float(document["threshold"])
         if not 0.0 < threshold < 1.0:
             raise ValueError("threshold must lie in (0, 1)")
-        return Calibration(stats, threshold, tuple(map(str, document.get("references", []))), str(source))
+        typical = {str(k): str(v) for k, v in document.get("typical_targets", {}).items()}
+        return Calibration(stats, threshold, tuple(map(str, document.get("references", []))), str(source), typical)
     except FileNotFoundError:
         raise UsageError(f"{source}: no such calibration file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError,

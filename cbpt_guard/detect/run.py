@@ -122,6 +122,14 @@ class Evidence:
     skipped: list[tuple[str, str]]
     seconds: float
 
+    @property
+    def targets(self) -> dict[str, str]:
+        """Per family (and the anomaly signal) the class its trigger pointed to."""
+        found = {f["family"]: f["target"] for f in self.families}
+        if self.anomaly:
+            found["anomaly"] = self.anomaly["suspect"]
+        return found
+
 
 def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates: tuple[str, ...], *,
                     probes: ProbeSet | None = None, budget: DetectBudget = DetectBudget(), seed: int = 0,
@@ -174,7 +182,7 @@ def judge(evidence: Evidence, calibration: calib.Calibration, budget: DetectBudg
     anomaly_report = AnomalyReport(**evidence.anomaly, z=zs.get("anomaly")) if evidence.anomaly else None
     skipped = tuple(evidence.skipped)
     outcome = FOUND if value >= calibration.threshold else (INCONCLUSIVE if skipped else NOT_FOUND)
-    suspect = _suspected_target(family_reports, anomaly_report, zs) if outcome == FOUND else None
+    suspect = calib.suspected_target(zs, evidence.targets, calibration) if outcome == FOUND else None
     return DetectionReport(
         outcome=outcome, score=value, threshold=calibration.threshold, suspected_target=suspect,
         classes=evidence.classes, probe_tier=evidence.probes.tier, probe_count=evidence.probe_count,
@@ -194,14 +202,6 @@ def detect(model: torch.nn.Module, classes: tuple[str, ...], templates: tuple[st
     evidence = gather_evidence(model, classes, templates, probes=probes, budget=budget, seed=seed,
                                progress=progress)
     return judge(evidence, calibration, budget, seed)
-
-
-def _suspected_target(families, anomaly, zs: dict[str, float]) -> str:
-    """The target named by the most anomalous signal."""
-    best = max(zs, key=zs.get)
-    if best == "anomaly" and anomaly is not None:
-        return anomaly.suspect
-    return next(f.target for f in families if f.family == best)
 
 
 def _budget_dict(budget: DetectBudget) -> dict:
