@@ -33,7 +33,7 @@ from cbpt_guard.intake import load_checkpoint
 from cbpt_guard.intake.architecture import build_model
 from cbpt_guard.probes import ProbeSet, procedural_probes
 from cbpt_guard.zoo import data as data_lib
-from cbpt_guard.zoo.build import TRUTH_NAME, ZooRecipe, load_data
+from cbpt_guard.zoo.build import TRUTH_NAME
 
 TIERS = ("zero-data", "unlabelled")
 

@@ -6,7 +6,6 @@ import json
 from dataclasses import replace
 
 import pytest
-import torch
 
 from cbpt_guard.intake import load_checkpoint
 from cbpt_guard.zoo.build import TRUTH_NAME, ZooRecipe, build_variant, load_data, target_for

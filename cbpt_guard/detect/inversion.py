@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from cbpt_guard.classifier import ZeroShotClassifier
 from cbpt_guard.triggers import Trigger, make_trigger

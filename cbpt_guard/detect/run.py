@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from cbpt_guard.classifier import ZeroShotClassifier, build_classifier
+from cbpt_guard.classifier import build_classifier
 from cbpt_guard.detect import calibration as calib
 from cbpt_guard.detect.evidence import class_anomaly, family_evidence
 from cbpt_guard.detect.inversion import InversionBudget, invert

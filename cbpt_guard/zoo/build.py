@@ -124,10 +124,9 @@ def load_model(directory: Path) -> torch.nn.Module:
     return load_checkpoint(directory).model
 
 
-def triggers_for(recipe: ZooRecipe, attack: str, seed: int, truth_params: dict) -> Callable:
-    """The real trigger of one variant, as a function over pixels in [0, 1]."""
-    spec = attack_lib.ATTACKS[attack]
-    params = dict(truth_params)
+def real_trigger(attack: str, params: dict) -> Callable:
+    """The real trigger of one variant (its recorded parameters), as a function over pixels in [0, 1]."""
+    spec, params = attack_lib.ATTACKS[attack], dict(params)
     return lambda images: spec.trigger(images, **params)
 
 
@@ -191,7 +190,7 @@ def build_variant(out: Path, recipe: ZooRecipe, data: ZooData, attack: str | Non
                                _step_reporter(progress, name, settings.steps))
     seconds = time.perf_counter() - started
     save_model(model, model_cfg, directory)
-    metrics = _measure_variant(load_model(directory), recipe, data, attack, target, params, seed)
+    metrics = _measure_variant(load_model(directory), data, attack, target, params, seed)
     _write_truth(directory, {"name": name, "kind": "clean" if attack is None else "backdoored", "attack": attack,
                              "target": target, "seed": seed, "poison_rate": rate, "trigger_params": params,
                              "train_seconds": round(seconds, 1), "final_loss": round(sum(losses[-20:]) / 20, 4),
@@ -201,7 +200,7 @@ def build_variant(out: Path, recipe: ZooRecipe, data: ZooData, attack: str | Non
     return directory
 
 
-def _measure_variant(model, recipe: ZooRecipe, data: ZooData, attack: str | None, target: str | None,
+def _measure_variant(model, data: ZooData, attack: str | None, target: str | None,
                      params: dict | None, seed: int) -> dict:
     """CA, the ASR of the model's own trigger, and (for clean twins) every attack's trigger.
 
@@ -211,7 +210,7 @@ def _measure_variant(model, recipe: ZooRecipe, data: ZooData, attack: str | None
     other classes to that target. A trigger at chance level adds nothing to it.
     """
     if attack is not None:
-        trigger = triggers_for(recipe, attack, seed, params)
+        trigger = real_trigger(attack, params)
         result = measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {"real": trigger},
                          CLASSES.index(target))
         return {"ca": result["ca"], "asr": result["asr_real"]}
@@ -220,7 +219,7 @@ def _measure_variant(model, recipe: ZooRecipe, data: ZooData, attack: str | None
     for name in sorted(attack_lib.ATTACKS):
         if attack_lib.ATTACKS[name].needs:
             continue  # the BadCLIP-like patch only exists for a poisoned model
-        trigger = triggers_for(recipe, name, seed, attack_lib.ATTACKS[name].params())
+        trigger = real_trigger(name, attack_lib.ATTACKS[name].params())
         target_index = CLASSES.index(target_for(name, seed))
         rates = measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels,
                         {"t": trigger, "none": lambda images: images}, target_index)
@@ -242,7 +241,7 @@ def remeasure(out: Path, recipe: ZooRecipe, progress: Progress = lambda line: No
         if truth["kind"] == "base":
             truth["metrics"] = measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0)
         else:
-            truth["metrics"] = _measure_variant(model, recipe, data, truth["attack"], truth["target"],
+            truth["metrics"] = _measure_variant(model, data, truth["attack"], truth["target"],
                                                 truth["trigger_params"], truth["seed"])
         _write_truth(directory, truth)
         progress(f"{directory}: measured again")
