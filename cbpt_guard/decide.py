@@ -291,7 +291,10 @@ def _score_text(detection: DetectionOutcome, relation: str) -> str:
     """`` (score 0.91 >= threshold 0.50; suspected target 'banana')`` from whatever is known."""
     parts = []
     if detection.score is not None and detection.threshold is not None:
-        parts.append(f"score {detection.score:.2f} {relation} threshold {detection.threshold:.2f}")
+        digits = 2  # as many decimals as it takes to tell the two apart, e.g. 0.99998 >= 0.99865
+        while digits < 6 and f"{detection.score:.{digits}f}" == f"{detection.threshold:.{digits}f}":
+            digits += 1
+        parts.append(f"score {detection.score:.{digits}f} {relation} threshold {detection.threshold:.{digits}f}")
     elif detection.score is not None:
         parts.append(f"score {detection.score:.2f}")
     if detection.target_class is not None and relation == ">=":

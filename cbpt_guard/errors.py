@@ -82,3 +82,18 @@ class NothingScannableError(CbptError):
     def __init__(self, message: str, skipped: tuple[tuple[str, str], ...] = ()):
         super().__init__(message)
         self.skipped = tuple(skipped)
+
+
+class ExportError(CbptError):
+    """The classifier could not be exported to ONNX, or the export failed its parity check.
+
+    Exit 3: the deployable artefact could not be produced and checked, so the
+    run cannot vouch for it. ``operator`` names the operator the exporter could
+    not trace, when that is the cause.
+    """
+
+    exit_code = ExitCode.INCONCLUSIVE
+
+    def __init__(self, message: str, operator: str | None = None):
+        super().__init__(message)
+        self.operator = operator

@@ -77,7 +77,7 @@ def test_show_prints_every_setting_and_round_trips(run):
     assert result.exit_code == 0, result.output
     loaded = resolve_policy("strict")
     assert f"# sha256 {loaded.sha256}" in result.stdout
-    assert "calibration: null" in result.stdout  # a default the file leaves out is shown
+    assert "score_threshold: null" in result.stdout  # a default the file leaves out is shown
     assert load_policy_text(result.stdout, "shown.yaml").policy == loaded.policy
 
 

@@ -153,6 +153,11 @@ def test_expired_waiver_is_not_a_load_error():
     assert waiver.is_expired(dt.date(2001, 1, 2)) and not waiver.is_expired(dt.date(2001, 1, 1))
 
 
+def test_builtin_calibration_names_no_file():
+    policy = load_policy_text("version: 1\nmode: warn\ndetection:\n  calibration: builtin\n", "p.yaml")
+    assert policy.calibration_path is None
+
+
 def test_calibration_path_is_relative_to_the_policy_file(tmp_path):
     path = tmp_path / "team" / "p.yaml"
     path.parent.mkdir()

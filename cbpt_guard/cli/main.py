@@ -13,10 +13,14 @@ from cbpt_guard.errors import CbptError, ExitCode
 # name -> "module:attribute"; a module is imported only when its command runs
 # (or when `--help` of that very command is asked for).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("cbpt_guard.cli.check_cmd:check_command", "Check a checkpoint under a policy: the whole gate."),
     "calibrate": ("cbpt_guard.cli.detect_cmd:calibrate_command", "Fit detection thresholds on clean models."),
+    "github": ("cbpt_guard.cli.github_cmd:github_group", "Gate checkpoints in pull requests and pre-commit hooks."),
     "detect": ("cbpt_guard.cli.detect_cmd:detect_command", "Look for a backdoor without labelled data."),
     "inspect": ("cbpt_guard.cli.inspect_cmd:inspect_command", "Load a checkpoint safely and describe it."),
     "policy": ("cbpt_guard.cli.policy_cmd:policy_group", "Validate or show a policy file."),
+    "purify": ("cbpt_guard.cli.purify_cmd:purify_command", "Purify by class-wise prompt tuning and verify."),
+    "report": ("cbpt_guard.cli.report_cmd:report_command", "Render a saved Verdict as HTML, Markdown, SARIF or JSON."),
     "zoo": ("cbpt_guard.cli.zoo_cmd:zoo_group", "Build the zoo of clean and backdoored models."),
 }
 

@@ -99,3 +99,16 @@ def report_paths(report_dir, config: str):
 
 def _progress(line: str) -> None:
     click.echo(f"[{time.strftime('%H:%M:%S')}] {line}", err=True)
+
+
+@zoo_group.command("images")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="ImageFolder to create.")
+@click.option("--per-class", default=40, show_default=True, type=click.IntRange(1, 54), help="Images per class.")
+@click.option("--size", default=32, show_default=True, type=click.Choice(["32", "64"]), help="Image side.")
+@click.option("--seed", default=0, show_default=True, type=int)
+def images_command(out_dir: str, per_class: int, size: str, seed: int) -> None:
+    """Write a labelled ImageFolder of held-out zoo images (for ``check --data`` and ``purify --data``)."""
+    from cbpt_guard.zoo.imagefolder import write_image_folder
+
+    count = write_image_folder(out_dir, per_class=per_class, size=int(size), seed=seed)
+    click.echo(f"wrote {count} images to {out_dir}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -20,7 +21,7 @@ def default_calibration() -> calib.Calibration:
     path = resources.files("cbpt_guard.detect") / "calibrations" / DEFAULT_CALIBRATION
     with resources.as_file(path) as real:
         loaded = calib.load_calibration(real)
-    return calib.Calibration(loaded.stats, loaded.threshold, loaded.references, f"built-in {DEFAULT_CALIBRATION}")
+    return dataclasses.replace(loaded, source=f"built-in {DEFAULT_CALIBRATION}")
 
 
 def detect_checkpoint(path: str | Path, *, arch: str | None = None, classes_file: str | Path | None = None,

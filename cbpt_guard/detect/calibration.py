@@ -36,13 +36,16 @@ class Calibration:
     references: tuple[str, ...]
     source: str = "built-in"
     typical_targets: dict[str, str] = dataclasses.field(default_factory=dict)
+    reference_scores: tuple[float, ...] = ()
+    """The clean references' own (in-sample) scores, sorted: what a report plots a model's score against."""
 
     def to_json(self) -> str:
         """The calibration file's text."""
         return json.dumps({"calibration_version": CALIBRATION_VERSION, "threshold": self.threshold,
                            "stats": {k: list(v) for k, v in sorted(self.stats.items())},
                            "typical_targets": dict(sorted(self.typical_targets.items())),
-                           "references": list(self.references)}, indent=2) + "\n"
+                           "references": list(self.references),
+                           "reference_scores": list(self.reference_scores)}, indent=2) + "\n"
 
 
 def features_of(evidence: dict) -> dict[str, float]:
@@ -58,6 +61,18 @@ def features_of(evidence: dict) -> dict[str, float]:
     if evidence.get("anomaly_index") is not None:
         out["anomaly"] = evidence["anomaly_index"]
     return out
+
+
+def classifier_level(features: dict[str, float]) -> dict[str, float]:
+    """The features that depend on the class embeddings, not on the image encoder alone.
+
+    A purified classifier keeps the backdoored image encoder (CBPT changes no
+    weight), so an inverted trigger still collapses image features: the size at
+    collapse stays small. What purification must remove is where the collapsed
+    features *land*: target concentration, inverted-trigger ASR and the
+    per-class anomaly. Verification scores only these.
+    """
+    return {name: value for name, value in features.items() if not name.endswith(".log_size")}
 
 
 def _z(name: str, value: float, stats: dict[str, tuple[float, float]]) -> float | None:
@@ -108,7 +123,9 @@ def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0,
     for family in sorted({f for targets in (reference_targets or {}).values() for f in targets}):
         votes = collections.Counter(t[family] for t in reference_targets.values() if family in t)
         typical[family] = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-    return Calibration(stats, threshold, tuple(sorted(reference_features)), typical_targets=typical)
+    fitted = Calibration(stats, threshold, tuple(sorted(reference_features)), typical_targets=typical)
+    scores = sorted(round(score(features, fitted)[0], 6) for features in reference_features.values())
+    return dataclasses.replace(fitted, reference_scores=tuple(scores))
 
 
 def suspected_target(zs: dict[str, float], targets: dict[str, str], calibration: Calibration) -> str:
@@ -137,7 +154,9 @@ def load_calibration(path: str | Path) -> Calibration:
         if not 0.0 < threshold < 1.0:
             raise ValueError("threshold must lie in (0, 1)")
         typical = {str(k): str(v) for k, v in document.get("typical_targets", {}).items()}
-        return Calibration(stats, threshold, tuple(map(str, document.get("references", []))), str(source), typical)
+        scores = tuple(float(v) for v in document.get("reference_scores", []))
+        return Calibration(stats, threshold, tuple(map(str, document.get("references", []))), str(source), typical,
+                           scores)
     except FileNotFoundError:
         raise UsageError(f"{source}: no such calibration file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError,

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from cbpt_guard.classifier import build_classifier
+from cbpt_guard.classifier import ZeroShotClassifier, build_classifier
 from cbpt_guard.detect import calibration as calib
 from cbpt_guard.detect.evidence import class_anomaly, family_evidence
 from cbpt_guard.detect.inversion import InversionBudget, invert
@@ -133,13 +133,19 @@ class Evidence:
 
 def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates: tuple[str, ...], *,
                     probes: ProbeSet | None = None, budget: DetectBudget = DetectBudget(), seed: int = 0,
+                    text_embeddings: torch.Tensor | None = None,
                     progress: Callable[[str], None] = lambda line: None) -> Evidence:
-    """Run every inversion of the budget on ``model`` as a zero-shot classifier; no labels used."""
+    """Run every inversion of the budget on ``model`` as a zero-shot classifier; no labels used.
+
+    ``text_embeddings`` (C, d) replaces the hand-written class embeddings: that
+    is how verification re-runs detection against a purified classifier.
+    """
     if not classes:
         raise ClassListError("detection needs the deployment's class names (none were given)")
     started = time.perf_counter()
     torch.manual_seed(seed)
-    classifier = build_classifier(model, classes, templates)
+    classifier = (build_classifier(model, classes, templates) if text_embeddings is None
+                  else ZeroShotClassifier(model, text_embeddings))
     if probes is None:
         probes = procedural_probes(budget.probes, classifier.image_size, seed)
     pixels = probes.images[: budget.probes]
@@ -193,14 +199,15 @@ def judge(evidence: Evidence, calibration: calib.Calibration, budget: DetectBudg
 
 def detect(model: torch.nn.Module, classes: tuple[str, ...], templates: tuple[str, ...], *,
            calibration: calib.Calibration, probes: ProbeSet | None = None, budget: DetectBudget = DetectBudget(),
-           seed: int = 0, progress: Callable[[str], None] = lambda line: None) -> DetectionReport:
+           seed: int = 0, text_embeddings: torch.Tensor | None = None,
+           progress: Callable[[str], None] = lambda line: None) -> DetectionReport:
     """Gather evidence and judge it. Deterministic for a seed.
 
     Nothing that was skipped is ever reported as clean: a run with a skipped
     step and no evidence is "inconclusive".
     """
     evidence = gather_evidence(model, classes, templates, probes=probes, budget=budget, seed=seed,
-                               progress=progress)
+                               text_embeddings=text_embeddings, progress=progress)
     return judge(evidence, calibration, budget, seed)
 
 

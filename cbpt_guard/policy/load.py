@@ -50,9 +50,9 @@ class LoadedPolicy:
 
     @property
     def calibration_path(self) -> Path | None:
-        """The detection calibration file, resolved relative to the policy file's folder; None if unset."""
+        """The detection calibration file, resolved relative to the policy file's folder; None if unset or builtin."""
         named = self.policy.detection.calibration
-        if named is None:
+        if named is None or named == "builtin":
             return None
         return Path(self.source).parent / named
 

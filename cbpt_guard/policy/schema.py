@@ -162,7 +162,9 @@ class DetectionSettings(_Section):
     """Detection: budgets, the families to invert, and where the score threshold comes from.
 
     Exactly one of ``score_threshold`` (a fixed bar on the backdoor score in 0..1)
-    and ``calibration`` (a calibration file, relative to the policy file) is set.
+    and ``calibration`` is set: a calibration file (relative to the policy file),
+    or ``builtin`` for the calibration shipped with the package (fitted on the
+    zoo's clean twins at the default budget: 300 steps, batch 32).
     """
 
     budget: DetectionBudget = DetectionBudget()

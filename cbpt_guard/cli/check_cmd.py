@@ -1,0 +1,77 @@
+"""``cbpt-guard check``: the whole gate in one command, ending in an exit code a pipeline can gate on."""
+
+from __future__ import annotations
+
+import click
+
+from cbpt_guard.cli.detect_cmd import _progress
+
+_SYMBOL = {"pass": "PASS", "purify": "PURIFY", "inconclusive": "INCONCLUSIVE", "block": "BLOCK"}
+
+
+@click.command("check")
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--policy", default="strict", show_default=True, metavar="NAME|FILE",
+              help="A ready policy (strict, balanced, permissive) or a policy YAML file.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Write the reports (HTML, JSON, Markdown, SARIF), purified prompts and ONNX export here.")
+@click.option("--probes", "probes_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Unlabelled images to probe with (the unlabelled tier).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Labelled few-shot ImageFolder (subfolders named after classes) for purification.")
+@click.option("--classes", "classes_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Class names file; overrides the model directory's manifest.")
+@click.option("--arch", metavar="NAME", help="open_clip architecture of a single weights file.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice in the run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the Verdict as JSON instead of a summary.")
+def check_command(path, policy, out_dir, probes_dir, data_dir, classes_file, arch, seed, as_json):
+    """Check the checkpoint at PATH under a policy: detect, decide, purify, verify, export, report.
+
+    \b
+    Exit codes: 0 pass (no evidence, or purified and verified; warn and
+    dry-run modes always pass a complete run), 1 blocked, 2 internal error,
+    3 inconclusive (a required step skipped or failed), 4 usage or policy error.
+    """
+    from cbpt_guard.pipeline import check
+
+    verdict = check(path, policy=policy, out_dir=out_dir, probes=probes_dir, data=data_dir,
+                    classes_file=classes_file, arch=arch, seed=seed, progress=_progress)
+    click.echo(verdict.to_json() if as_json else format_verdict(verdict))
+    raise click.exceptions.Exit(verdict.decision.exit_code)
+
+
+def format_verdict(verdict) -> str:
+    """A terminal summary of a Verdict: the decision first, then why, then where the reports are."""
+    decision = verdict.decision
+    head = f"{_SYMBOL[decision.action]}: {verdict.checkpoint.path} under policy {verdict.policy.name} " \
+           f"({decision.mode})"
+    if decision.enforced != decision.action:
+        head += f"; enforce would: {decision.enforced}"
+    lines = [head]
+    lines += [f"  - {reason}" for reason in decision.reasons]
+    if verdict.detection:
+        d = verdict.detection
+        target = f", suspected target {d.suspected_target!r}" if d.suspected_target else ""
+        lines.append(f"detection: {d.outcome} (score {d.score:.3f}, threshold {d.threshold:.3f}{target})")
+    if verdict.purification:
+        p = verdict.purification
+        before, after = p.before, p.after
+        accuracy = "CA" if after.clean_accuracy is not None else "agreement"
+        a_before = before.clean_accuracy if before.clean_accuracy is not None else before.agreement
+        a_after = after.clean_accuracy if after.clean_accuracy is not None else after.agreement
+        asr_before = max(before.dummy_asr.values(), default=0.0)
+        asr_after = max(after.dummy_asr.values(), default=0.0)
+        lines.append(f"purification ({p.tier}): {accuracy} {a_before:.1%} -> {a_after:.1%}, dummy-trigger ASR "
+                     f"{asr_before:.1%} -> {asr_after:.1%}; re-detection: {p.recheck_outcome}; "
+                     f"bars {'met' if p.bars_met else 'missed'}")
+    if verdict.export:
+        e = verdict.export
+        lines.append(f"export: {'parity ok' if e.passed else 'FAILED'} ({e.path or e.error}; provider "
+                     f"{e.provider}, max |diff| {e.max_abs_diff})")
+    for step in verdict.steps:
+        if step.state in ("skipped", "failed"):
+            lines.append(f"{step.state}: {step.name}: {step.reason}")
+    for role, name in sorted(verdict.artefacts.items()):
+        lines.append(f"{role}: {name}")
+    lines.append(f"exit {decision.exit_code}")
+    return "\n".join(lines)

@@ -1,0 +1,216 @@
+"""``cbpt-guard github pr`` and ``cbpt-guard github changed``: the gate in pull requests and pre-commit hooks.
+
+Thin commands over :mod:`cbpt_guard.github`: they read flags (or, for the
+Action, environment variables), run the gate, print the outcome, write the
+Actions step outputs and exit with the combined code. Publishing problems are
+printed as warnings and never change the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import click
+
+from cbpt_guard.errors import CbptError, ExitCode, UsageError
+
+from cbpt_guard.github.action import DEVICES as _DEVICES
+from cbpt_guard.github.action import MODES as _MODES
+
+
+def _progress(line: str) -> None:
+    click.echo(f"[{time.strftime('%H:%M:%S')}] {_plain(line)}", err=True)
+
+
+def _plain(text: str) -> str:
+    """Untrusted text on one line, so a path cannot start a line with ``::`` and forge a workflow command."""
+    return " ".join(str(text).split())
+
+
+def gate_options(command):
+    """The flags shared by ``pr`` and ``changed``: policy, overrides, device, seed, output folder."""
+    options = [
+        click.option("--policy", default="strict", show_default=True, help="Ready policy name or policy file."),
+        click.option("--mode", type=click.Choice(_MODES), help="Override the policy's mode."),
+        click.option("--purify/--no-purify", default=None,
+                     help="Override what backdoor evidence leads to (purify, or block)."),
+        click.option("--export/--no-export", default=None, help="Override whether the purified model is exported."),
+        click.option("--device", type=click.Choice(_DEVICES), default="auto", show_default=True,
+                     help="cpu hides any GPU; cuda requires one."),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--out", "out_dir", default="cbpt-guard-report", show_default=True,
+                     type=click.Path(file_okay=False), help="Folder for the reports."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@click.group("github")
+def github_group() -> None:
+    """Gate checkpoints in pull requests and pre-commit hooks."""
+
+
+@github_group.command("pr")
+@click.argument("models", nargs=-1)
+@gate_options
+@click.option("--repo", envvar="GITHUB_REPOSITORY", metavar="OWNER/NAME", help="Repository [env GITHUB_REPOSITORY].")
+@click.option("--pr", "pr_number", type=click.IntRange(1), help="Pull request number (default: from the event).")
+@click.option("--head-sha", help="Commit the check run belongs to (default: the pull request's head).")
+@click.option("--event-path", envvar="GITHUB_EVENT_PATH", type=click.Path(dir_okay=False),
+              help="Event payload [env GITHUB_EVENT_PATH].")
+@click.option("--token", envvar=["CBPT_TOKEN", "GITHUB_TOKEN"], show_default=False,
+              help="API token [env CBPT_TOKEN, GITHUB_TOKEN]; without one nothing is posted.")
+@click.option("--api-url", envvar="GITHUB_API_URL", default="https://api.github.com", show_default=True,
+              help="REST API base URL (GitHub Enterprise: https://HOST/api/v3) [env GITHUB_API_URL].")
+@click.option("--step-summary", envvar="GITHUB_STEP_SUMMARY", type=click.Path(dir_okay=False),
+              help="Append the Markdown summary here [env GITHUB_STEP_SUMMARY].")
+@click.option("--github-output", envvar="GITHUB_OUTPUT", type=click.Path(dir_okay=False),
+              help="Write step outputs here [env GITHUB_OUTPUT].")
+@click.option("--comment/--no-comment", default=True, show_default=True, help="Post or update the sticky comment.")
+@click.option("--check-run/--no-check-run", default=True, show_default=True, help="Create a check run.")
+def pr_command(models, policy, mode, purify, export, device, seed, out_dir, repo, pr_number, head_sha, event_path,
+               token, api_url, step_summary, github_output, comment, check_run):
+    """Gate the checkpoints a pull request adds or changes (or MODELS: paths or globs).
+
+    Writes each checkpoint's reports under --out, appends the summary to the
+    step summary, updates one sticky comment and creates a check run. Exit code:
+    the most severe of the checkpoints' codes (0 when none changed).
+    """
+    from cbpt_guard.github.client import Connection
+    from cbpt_guard.github.context import parse_repo, pull_request_from_event
+    from cbpt_guard.github.discover import split_patterns
+    from cbpt_guard.github.pr import PublishOptions
+    from cbpt_guard.github.publish import PullRequestRef
+
+    if pr_number is not None:
+        if not repo:
+            raise UsageError("--pr needs --repo (or GITHUB_REPOSITORY)")
+        pull_request = PullRequestRef(parse_repo(repo), pr_number, head_sha)
+    else:
+        pull_request = pull_request_from_event(event_path, parse_repo(repo) if repo else None)
+        if pull_request is not None and head_sha:
+            pull_request = PullRequestRef(pull_request.repo, pull_request.number, head_sha)
+    patterns = tuple(p for m in models for p in split_patterns(m))
+    run = _run(_settings(policy, mode, purify, export, seed, out_dir), device,
+               connection=Connection(token=token or None, api_url=api_url), pull_request=pull_request,
+               models=patterns, options=PublishOptions(step_summary, comment, check_run))
+    _report(run, github_output)
+    raise click.exceptions.Exit(run.exit_code)
+
+
+@github_group.command("changed")
+@click.argument("files", nargs=-1)
+@gate_options
+def changed_command(files, policy, mode, purify, export, device, seed, out_dir):
+    """Gate the checkpoints that FILES belong to (the pre-commit hook's entry).
+
+    A weights file, model config or manifest among FILES selects its model
+    folder; other files are ignored. Exit 0 when none of FILES is part of a
+    checkpoint.
+    """
+    from cbpt_guard.github.client import Connection
+    from cbpt_guard.github.discover import ChangedFile
+
+    run = _run(_settings(policy, mode, purify, export, seed, out_dir), device, connection=Connection(token=None),
+               pull_request=None, changed=[ChangedFile(f) for f in files])
+    _report(run, None)
+    raise click.exceptions.Exit(run.exit_code)
+
+
+def action_main(env) -> int:
+    """The GitHub Action's run, configured by ``env`` (see :mod:`cbpt_guard.github.action`); returns the exit code.
+
+    Errors are mapped as the top-level CLI maps them; the step outputs
+    ``decision`` and ``exit-code`` are written even then.
+    """
+    from cbpt_guard.github.action import inputs_from_env
+
+    github_output = env.get("GITHUB_OUTPUT") or None
+    try:
+        inputs = inputs_from_env(env)
+        run = _run(inputs.settings, inputs.device, connection=inputs.connection, pull_request=inputs.pull_request,
+                   models=inputs.models, options=inputs.options)
+        _report(run, inputs.github_output, annotate=True)
+        return run.exit_code
+    except CbptError as error:
+        click.echo(f"cbpt-guard: error: {_plain(error)}", err=True)
+        code = int(error.exit_code)
+    except Exception as error:  # noqa: BLE001 - the gate fails closed on anything unforeseen
+        click.echo(f"cbpt-guard: internal error: {type(error).__name__}: {_plain(error)}", err=True)
+        code = int(ExitCode.TOOL_ERROR)
+    if github_output:
+        from cbpt_guard.github.outputs import write_outputs
+
+        write_outputs(github_output, {"decision": "error", "exit-code": str(code)})
+    return code
+
+
+def _settings(policy, mode, purify, export, seed, out_dir):
+    from cbpt_guard.github.gate import GateSettings
+    from cbpt_guard.github.policy_overrides import PolicyOverrides
+
+    return GateSettings(policy=policy, overrides=PolicyOverrides(mode=mode, purify=purify, export=export),
+                        seed=seed, out_dir=out_dir)
+
+
+def _run(settings, device, **kwargs):
+    """Apply the device choice, then run the gate."""
+    from cbpt_guard.github.pr import run_pull_request
+
+    _apply_device(device)
+    return run_pull_request(settings, progress=_progress, **kwargs)
+
+
+def _apply_device(device: str) -> None:
+    """``cpu``: hide every GPU from this process (before torch loads); ``cuda``: insist on one."""
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("device cuda was asked for, but no CUDA device is available")
+
+
+def _report(run, github_output: str | None, *, annotate: bool = False) -> None:
+    """Print the outcome (and, in Actions, the problems as warnings); write the step outputs."""
+    from cbpt_guard.github.gate import headline_metrics
+
+    click.echo(run.headline)
+    if not run.targets and run.exit_code == 0:
+        click.echo("  no checkpoint to check among the changed files")
+    for outcome in run.outcomes:
+        line = f"  {_plain(outcome.target)}: {outcome.decision} (exit {outcome.exit_code})"
+        if outcome.verdict is not None and outcome.verdict.detection is not None:
+            line += f", score {outcome.verdict.detection.score:.3f}"
+        click.echo(line + (f": {_plain(outcome.error)}" if outcome.error else ""))
+    click.echo(f"reports: {run.files.summary_md}, {run.files.sarif}")
+    for problem in run.problems:
+        text = _plain(problem)
+        click.echo(f"::warning::{_escape_command(text)}" if annotate else f"warning: {text}", err=not annotate)
+    if github_output:
+        from cbpt_guard.github.outputs import write_outputs
+
+        metrics = headline_metrics(run.outcomes)
+        scores = [m["score"] for m in metrics.values() if m.get("score") is not None]
+        write_outputs(github_output, {
+            "decision": run.decision,
+            "exit-code": str(run.exit_code),
+            "checkpoints": json.dumps(run.targets),
+            "report-dir": str(os.path.dirname(run.files.summary_md)),
+            "summary": run.files.summary_md,
+            "sarif": run.files.sarif,
+            "html-reports": "\n".join(run.files.html_reports),
+            "verdicts": "\n".join(run.files.verdicts),
+            "purified-model": "\n".join(run.files.purified_models),
+            "metrics": json.dumps(metrics, sort_keys=True),
+            "score": f"{max(scores):.4f}" if scores else "",
+        })
+
+
+def _escape_command(text: str) -> str:
+    """Escape a workflow command's message the way the Actions runner decodes it."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")

@@ -1,0 +1,105 @@
+"""The GitHub Action's entry point: ``python -m cbpt_guard.github.action``, configured by environment only.
+
+action.yml hands every input over as a ``CBPT_*`` environment variable and runs
+this module; the values are read here as data and never pass through a shell or
+a command line, so an input like ``$(touch pwned)`` or ``--token=x`` is only ever
+a strange path or policy name. GitHub's own variables (``GITHUB_REPOSITORY``,
+``GITHUB_EVENT_PATH``, ``GITHUB_STEP_SUMMARY``, ``GITHUB_OUTPUT``) are read too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+
+from cbpt_guard.errors import UsageError
+from cbpt_guard.github.client import DEFAULT_API_URL, Connection
+from cbpt_guard.github.context import parse_repo, pull_request_from_event
+from cbpt_guard.github.discover import split_patterns
+from cbpt_guard.github.gate import GateSettings
+from cbpt_guard.github.policy_overrides import PolicyOverrides
+from cbpt_guard.github.pr import PublishOptions
+from cbpt_guard.github.publish import PullRequestRef
+
+MODES = ("enforce", "warn", "dry-run")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionInputs:
+    """The action's inputs, parsed and validated."""
+
+    settings: GateSettings
+    connection: Connection
+    pull_request: PullRequestRef | None
+    models: tuple[str, ...]
+    options: PublishOptions
+    device: str
+    github_output: str | None
+
+
+def inputs_from_env(env: Mapping[str, str]) -> ActionInputs:
+    """Read the action's inputs from ``env``; raises :class:`UsageError` for a value it cannot use."""
+    mode = env.get("CBPT_MODE", "").strip() or None
+    if mode is not None and mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)} (or empty for the policy's own), not {mode!r}")
+    device = env.get("CBPT_DEVICE", "").strip() or "auto"
+    if device not in DEVICES:
+        raise UsageError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+    overrides = PolicyOverrides(mode=mode, purify=_tristate(env, "CBPT_PURIFY"), export=_tristate(env, "CBPT_EXPORT"))
+    # The step runs in $GITHUB_WORKSPACE; relative paths keep the SARIF locations repository-relative.
+    settings = GateSettings(policy=env.get("CBPT_POLICY", "").strip() or "strict", overrides=overrides,
+                            seed=_int(env, "CBPT_SEED", 0),
+                            out_dir=env.get("CBPT_OUTPUT_DIR", "").strip() or "cbpt-guard-report",
+                            root=".")
+    repo = env.get("GITHUB_REPOSITORY") or None
+    pull_request = pull_request_from_event(env.get("GITHUB_EVENT_PATH"), parse_repo(repo) if repo else None)
+    connection = Connection(token=env.get("CBPT_TOKEN") or None,
+                            api_url=env.get("CBPT_API_URL", "").strip() or env.get("GITHUB_API_URL") or DEFAULT_API_URL)
+    options = PublishOptions(step_summary=env.get("GITHUB_STEP_SUMMARY") or None,
+                             comment=_flag(env, "CBPT_COMMENT", True), check_run=_flag(env, "CBPT_CHECK_RUN", True))
+    return ActionInputs(settings, connection, pull_request, tuple(split_patterns(env.get("CBPT_MODEL", ""))),
+                        options, device, env.get("GITHUB_OUTPUT") or None)
+
+
+def _tristate(env: Mapping[str, str], name: str) -> bool | None:
+    """``true``/``false``, or None for empty or ``policy`` (keep the policy's own setting)."""
+    value = env.get(name, "").strip().lower()
+    if value in ("", "policy"):
+        return None
+    if value in ("true", "false"):
+        return value == "true"
+    raise UsageError(f"{name} must be true, false or policy, not {value!r}")
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A true/false input with a default when empty."""
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("true", "false"):
+        return value == "true"
+    raise UsageError(f"{name} must be true or false, not {value!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole-number input with a default when empty."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.lstrip("-").isdigit():
+        raise UsageError(f"{name} must be a whole number, not {value!r}")
+    return int(value)
+
+
+def main() -> None:
+    """Run the action with this process's environment and exit with the gate's code."""
+    from cbpt_guard.cli.github_cmd import action_main
+
+    sys.exit(action_main(os.environ))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Plain-text helpers every report format shares: numbers as people read them, untrusted text made one line.
+
+Everything here is pure and format-neutral. Escaping for a particular output
+(HTML, Markdown, SARIF) is the renderer's job; these functions only make
+values short, single-line and consistently worded, so the formats agree.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from cbpt_guard.verdict import Verdict
+
+NOT_RUN = "not run"
+
+ACTION_WORDS = {"pass": "PASS", "purify": "PURIFY", "inconclusive": "INCONCLUSIVE", "block": "BLOCK"}
+"""The decision's action as the headline shows it."""
+
+# C0 and C1 control characters, and every Unicode line or paragraph separator:
+# none of them may reach a table cell or a one-line message.
+_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# Bidirectional overrides and isolates could make a class name display as something else.
+_BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069\u200e\u200f]")
+
+
+def one_line(value: object, limit: int | None = None) -> str:
+    """``value`` as a single line: control characters and line breaks become spaces, bidi controls go.
+
+    With ``limit``, text longer than ``limit`` characters is cut and ends with "…",
+    so one hostile class name cannot blow up a report.
+    """
+    text = _BIDI.sub("", _BREAKING.sub(" ", str(value))).strip()
+    if limit is not None and len(text) > limit:
+        text = text[: max(limit - 1, 0)].rstrip() + "…"
+    return text
+
+
+_INVISIBLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u200e\u200f]")
+
+
+def strip_invisible(value: str) -> str:
+    """``value`` without bidi controls and control characters (newlines and tabs kept), for multi-line output."""
+    return _INVISIBLE.sub("", value)
+
+
+def finite(value: float | None) -> bool:
+    """Whether ``value`` is a real, finite number (a report never draws NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage (``0.0312`` -> ``3.1%``); "n/a" when missing or not finite."""
+    if not finite(value):
+        return "n/a"
+    return f"{value * 100:.{digits}f}%"
+
+
+def num(value: float | None, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; "n/a" when missing or not finite."""
+    if not finite(value):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def score(value: float | None) -> str:
+    """A backdoor score: enough decimals that a score near 1 still differs visibly from its threshold."""
+    if not finite(value):
+        return "n/a"
+    return f"{value:.6f}" if abs(value) >= 0.99 else f"{value:.4f}"
+
+
+def sci(value: float | None) -> str:
+    """A small quantity (a logit difference, a tolerance) in scientific notation: ``2.4e-06``."""
+    if not finite(value):
+        return "n/a"
+    return "0" if value == 0 else f"{value:.2g}" if 1e-3 <= abs(value) < 1e3 else f"{value:.1e}"
+
+
+def count(value: int | None) -> str:
+    """An integer with thousands separators; "n/a" when missing."""
+    return "n/a" if value is None else f"{value:,}"
+
+
+def size_bytes(value: int | None) -> str:
+    """A byte count in B, KiB, MiB or GiB."""
+    if value is None:
+        return "n/a"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{value} B"
+
+
+def seconds(value: float | None) -> str:
+    """A duration: ``0.42 s``, ``12.3 s``, ``4 min 05 s``."""
+    if not finite(value):
+        return "n/a"
+    if value < 10:
+        return f"{value:.2f} s"
+    if value < 120:
+        return f"{value:.1f} s"
+    minutes, rest = divmod(int(round(value)), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+def short_digest(digest: str | None, keep: int = 12) -> str:
+    """The first ``keep`` characters of a digest, for tables; the full digest is shown elsewhere."""
+    if not digest:
+        return "n/a"
+    text = one_line(digest)
+    return text if len(text) <= keep else text[:keep] + "…"
+
+
+def headline(verdict: Verdict) -> str:
+    """One sentence that says what the run found, built only from the Verdict (the same in every format).
+
+    The decision itself is not repeated: every format shows it beside this sentence.
+    """
+    parts = []
+    if verdict.checkpoint.unsafe_findings:
+        parts.append("unsafe serialisation found")
+    detection = verdict.detection
+    if detection is None:
+        parts.append("detection did not run")
+    elif detection.outcome == "inconclusive":
+        parts.append("detection was inconclusive")
+    else:
+        text = one_line(detection.outcome, 80)
+        if detection.suspected_target is not None:
+            text += f" (suspected target class: {one_line(detection.suspected_target, 80)})"
+        parts.append(text)
+    if detection is not None and detection.outcome == "backdoor evidence found" and verdict.policy.waivers_applied:
+        waivers = ", ".join(one_line(w.id, 64) for w in verdict.policy.waivers_applied)
+        parts.append(f"the finding is waived by {waivers}")
+    purification = verdict.purification
+    if purification is not None:
+        parts.append("purified and verified" if purification.bars_met else "purification missed the bars")
+    incomplete = len(incomplete_steps(verdict))
+    if incomplete:
+        parts.append(f"{incomplete:,} step{'s' if incomplete != 1 else ''} skipped or failed")
+    sentence = "; ".join(parts)
+    return sentence[:1].upper() + sentence[1:] + "."
+
+
+def dummy_asr_rows(verdict: Verdict) -> list[tuple[str, float | None, float | None]]:
+    """(family, ASR before, ASR after) for every family either side measured, sorted by family."""
+    purification = verdict.purification
+    if purification is None:
+        return []
+    families = sorted(set(purification.before.dummy_asr) | set(purification.after.dummy_asr))
+    return [(family, purification.before.dummy_asr.get(family), purification.after.dummy_asr.get(family))
+            for family in families]
+
+
+def incomplete_steps(verdict: Verdict) -> list[tuple[str, str, str, bool]]:
+    """(name, state, reason, required) of every step skipped or failed, then detection's own skips.
+
+    Detection's skipped entries (a family whose budget ran out) are listed only
+    when the steps do not already name them, so nothing is reported twice.
+    """
+    rows = [(s.name, s.state, s.reason, s.required) for s in verdict.steps if s.state in ("skipped", "failed")]
+    named = {s.name for s in verdict.steps}
+    if verdict.detection is not None:
+        rows += [(name, "skipped", reason, False) for name, reason in verdict.detection.skipped if name not in named]
+    return rows
+
+
+def setting(settings: object, *keys: str, default: object = None) -> object:
+    """A value deep in the policy's settings (plain JSON); ``default`` where a level is missing or not a mapping."""
+    for key in keys:
+        if not isinstance(settings, dict) or key not in settings:
+            return default
+        settings = settings[key]
+    return settings
+
+
+def ordered_timings(verdict: Verdict) -> list[tuple[str, float]]:
+    """Seconds per stage in the order the steps ran (then any other stage by name).
+
+    The saved JSON sorts keys, so the order of ``timings`` itself does not
+    survive a round trip; the steps' order does, and every format uses it.
+    """
+    order = {step.name: i for i, step in enumerate(verdict.steps)}
+    return sorted(verdict.timings.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
+
+
+CURVE_ORDER = ("total", "clean", "backdoor", "drift")
+
+
+def ordered_curves(curves: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+    """Loss curves in a fixed order (total, clean, backdoor, drift, then others by name), whatever the dict order."""
+    rank = {name: i for i, name in enumerate(CURVE_ORDER)}
+    return {name: curves[name] for name in sorted(curves, key=lambda n: (rank.get(n, len(rank)), n))}
+
+
+def step_notes(verdict: Verdict) -> dict[str, str]:
+    """Per step not done, why (``"not needed: only a model the policy passes is exported"``), for "not run" lines."""
+    words = {"skipped": "skipped", "failed": "failed", "not-needed": "not needed"}
+    return {step.name: words[step.state] + (f": {step.reason}" if step.reason else "")
+            for step in verdict.steps if step.state in words}

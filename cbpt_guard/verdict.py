@@ -1,0 +1,259 @@
+"""The Verdict: one frozen object that records a whole ``check`` run, for every reporter.
+
+The pipeline builds it, the CLI maps it to an exit code, and every report
+format (JSON, HTML, Markdown, SARIF) renders from it alone, so two formats can
+never disagree. It imports no torch: a saved Verdict can be re-rendered on a
+machine without the ML stack.
+
+Determinism: the same inputs, policy, seed and day give a byte-identical
+:meth:`Verdict.to_json`. Wall-clock figures live only in ``timings`` (per stage)
+and are left out of the digest-stable JSON unless asked for; paths of written
+artefacts are relative to the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+VERDICT_SCHEMA_VERSION = 1
+"""Bumped whenever a field is renamed or removed; readers refuse versions they do not know."""
+
+Action = Literal["pass", "purify", "inconclusive", "block"]
+StepState = Literal["done", "skipped", "failed", "not-needed"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FileDigest(_Frozen):
+    """One file of the checkpoint as intake read it."""
+
+    path: str
+    size: int
+    sha256: str
+    kind: str
+    role: str
+
+
+class CheckpointInfo(_Frozen):
+    """What was checked: where it is, its digest (the weights file's SHA-256, the waiver scope), what it is."""
+
+    path: str
+    digest: str
+    architecture: str
+    layout: str
+    parameter_count: int
+    image_size: tuple[int, int]
+    classes: tuple[str, ...]
+    classes_source: str | None
+    templates: tuple[str, ...]
+    files: tuple[FileDigest, ...]
+    unsafe_findings: tuple[str, ...] = ()
+    """Globals a pickle in the checkpoint imports that no checkpoint needs (non-empty: loading was refused)."""
+
+
+class WaiverInfo(_Frozen):
+    """A waiver of the policy that matched this checkpoint."""
+
+    id: str
+    scope: str
+    reason: str
+    owner: str
+    expires: str
+    expired: bool
+
+
+class PolicyInfo(_Frozen):
+    """The policy the run applied, by name and the digest of its exact bytes."""
+
+    name: str
+    source: str
+    sha256: str
+    mode: str
+    settings: dict
+    """The whole validated policy, defaults filled in, as plain JSON."""
+    waivers_applied: tuple[WaiverInfo, ...] = ()
+    waivers_expired: tuple[WaiverInfo, ...] = ()
+
+
+class DataInfo(_Frozen):
+    """The images the run used: the tier reached and where they came from."""
+
+    tier: str
+    probes: str
+    """"procedural" or the folder given with ``--probes``."""
+    labelled: str | None = None
+    """The few-shot ImageFolder given with ``--data``, if any."""
+    probe_files_skipped: tuple[tuple[str, str], ...] = ()
+
+
+class FamilyEvidence(_Frozen):
+    """One trigger family's inversion, as the report shows it."""
+
+    family: str
+    collapsed: bool
+    size: float
+    target: str
+    concentration: float
+    entropy: float
+    inverted_asr: float
+    histogram: tuple[int, ...]
+    """Stamped probes per class (index-aligned with the checkpoint's classes)."""
+    z: float | None
+    steps_run: int
+    budget_exhausted: bool
+    images: dict[str, str]
+    """PNG data URIs: clean, stamped, and mask/pattern, perturbation or flow."""
+
+
+class DetectionInfo(_Frozen):
+    """Detection's outcome and evidence (METHOD.md sections 3 and 4)."""
+
+    outcome: str
+    """"backdoor evidence found", "no evidence of a backdoor found" or "inconclusive"."""
+    score: float
+    threshold: float
+    suspected_target: str | None
+    calibration: str
+    calibration_scores: tuple[float, ...] = ()
+    """The clean references' own scores under the calibration, for the score-vs-clean plot."""
+    families: tuple[FamilyEvidence, ...]
+    anomaly_index: float | None
+    anomaly_suspect: str | None
+    features: dict[str, float]
+    seed: int
+    budget: dict
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+class Metrics(_Frozen):
+    """Accuracy-side and attack-side numbers of one classifier, as fractions."""
+
+    clean_accuracy: float | None = None
+    """On held-out labelled images (few-shot tier); None without labels."""
+    agreement: float | None = None
+    """Share of clean held-out images where the classifier agrees with the original model's prediction."""
+    dummy_asr: dict[str, float] = {}
+    """Per detected trigger family: share of non-target images the inverted trigger sends to its target."""
+
+
+class PurificationInfo(_Frozen):
+    """CBPT and its verification (METHOD.md sections 5 and 6)."""
+
+    tier: str
+    train_images: int
+    held_out_images: int
+    settings: dict
+    families: tuple[str, ...]
+    """The trigger families whose dummy triggers were used."""
+    before: Metrics
+    after: Metrics
+    recheck_outcome: str
+    """The fresh detection run against the purified classifier, worded like detection's outcome."""
+    recheck_score: float
+    """Its score on classifier-level evidence only (concentration, inverted ASR, per-class anomaly):
+    the unchanged encoders still collapse stamped features, what must be gone is where they land."""
+    recheck_seed: int
+    bars: dict[str, float]
+    bars_met: bool
+    misses: tuple[str, ...] = ()
+    curves: dict[str, tuple[float, ...]] = {}
+    """Loss curves (total, clean, backdoor, drift), thinned to at most 200 points."""
+    prompts_path: str | None = None
+    prompts_sha256: str | None = None
+
+
+class ExportInfo(_Frozen):
+    """ONNX export of the deployable classifier and its parity check against PyTorch."""
+
+    path: str | None
+    sha256: str | None
+    purified: bool
+    fp16: bool
+    provider: str | None
+    max_abs_diff: float | None
+    max_rel_diff: float | None
+    top1_agreement: float | None
+    tolerance: float
+    passed: bool
+    error: str | None = None
+
+
+class StepInfo(_Frozen):
+    """One stage of the run: done, skipped (and whether the policy required it), failed, or not needed."""
+
+    name: str
+    state: StepState
+    reason: str = ""
+    required: bool = False
+
+
+class DecisionInfo(_Frozen):
+    """The gate's answer: the action in this run's mode, what enforce would do, and why."""
+
+    action: Action
+    enforced: Action
+    mode: str
+    reasons: tuple[str, ...]
+    fail_closed: bool
+    exit_code: int
+
+
+class Versions(_Frozen):
+    """Versions of the tool and of the libraries that produced the numbers."""
+
+    cbpt_guard: str
+    python: str
+    torch: str | None = None
+    open_clip: str | None = None
+    onnxruntime: str | None = None
+
+
+class Verdict(_Frozen):
+    """Everything one ``cbpt-guard check`` run decided and why; see the module docstring."""
+
+    schema_version: int = VERDICT_SCHEMA_VERSION
+    tool: str = "cbpt-guard"
+    evaluated_on: str
+    """The day (YYYY-MM-DD) waivers were judged against."""
+    seed: int
+    device: str
+    checkpoint: CheckpointInfo
+    policy: PolicyInfo
+    versions: Versions
+    data: DataInfo | None = None
+    detection: DetectionInfo | None = None
+    decision: DecisionInfo
+    purification: PurificationInfo | None = None
+    export: ExportInfo | None = None
+    steps: tuple[StepInfo, ...] = ()
+    artefacts: dict[str, str] = {}
+    """Written files by role (verdict, html, markdown, sarif, prompts, onnx), relative to the output folder."""
+    timings: dict[str, float] = {}
+    """Seconds per stage: the one part of the Verdict that varies between identical runs."""
+
+    def to_json(self, *, include_timings: bool = True) -> str:
+        """The Verdict as pretty, key-sorted JSON; without timings it is byte-identical across identical runs."""
+        data = self.model_dump(mode="json")
+        if not include_timings:
+            data.pop("timings")
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Verdict:
+        """Read a Verdict written by :meth:`to_json`; refuses another schema version with a ValueError."""
+        data = json.loads(text)
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version != VERDICT_SCHEMA_VERSION:
+            raise ValueError(f"unsupported Verdict schema_version {version!r}; this cbpt-guard reads "
+                             f"{VERDICT_SCHEMA_VERSION}")
+        return cls.model_validate(data)
+
+    @property
+    def passed(self) -> bool:
+        """Whether the gate lets the model through (exit code 0)."""
+        return self.decision.exit_code == 0

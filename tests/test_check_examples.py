@@ -1,0 +1,88 @@
+"""``cbpt-guard check`` on the bundled example checkpoints under the three ready policies (what the README shows).
+
+Slow (a real detection per run, about 40 s each on 2 cores; purification adds
+a minute): the backdoored example under strict is purified with a few-shot
+folder of held-out zoo images and verified, and its real BadNets trigger is
+measured through the purified classifier; under permissive it passes with the
+warning of what enforce would do; the clean example passes under all three.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cbpt_guard.cli.main import cli
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fewshot(tmp_path_factory):
+    """A labelled ImageFolder of held-out zoo images, 40 per class (16 tune, 24 verify under strict)."""
+    from cbpt_guard.zoo.imagefolder import write_image_folder
+
+    folder = tmp_path_factory.mktemp("fewshot") / "data"
+    write_image_folder(folder, per_class=40)
+    return folder
+
+
+def _check(tmp_path, name: str, policy: str, *extra: str) -> tuple[int, dict]:
+    torch.set_num_threads(1)
+    out = tmp_path / f"{name}-{policy}"
+    result = CliRunner().invoke(cli, ["check", str(EXAMPLES / name), "--policy", policy, "--out", str(out), *extra])
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert result.exit_code == verdict["decision"]["exit_code"], result.output
+    return result.exit_code, verdict
+
+
+def test_backdoored_example_under_strict_is_purified_verified_and_exported(tmp_path, fewshot):
+    from cbpt_guard.intake import load_checkpoint
+    from cbpt_guard.purify.artifacts import load_prompts, purified_classifier
+    from cbpt_guard.zoo.build import CLASSES, ZooRecipe, load_data, real_trigger
+    from cbpt_guard.classifier import build_classifier
+    from cbpt_guard.zoo.train import attack_success_rate
+
+    code, verdict = _check(tmp_path, "backdoored", "strict", "--data", str(fewshot))
+    truth = json.loads((EXAMPLES / "backdoored" / "zoo_truth.json").read_text())
+    purification = verdict["purification"]
+    assert verdict["detection"]["suspected_target"] == truth["target"]
+    assert purification is not None and purification["tier"] == "few-shot"
+    if not purification["bars_met"]:  # the documented alternative: blocked, never passed
+        assert (code, verdict["decision"]["action"]) == (1, "block")
+        pytest.fail(f"purification missed strict's bars: {purification['misses']}")
+    assert (code, verdict["decision"]["action"]) == (0, "pass")
+    assert verdict["export"]["passed"] and verdict["export"]["purified"]
+    assert verdict["export"]["max_abs_diff"] <= 1e-4
+
+    # the real trigger, which purification never saw, through the saved prompts on the zoo's test split
+    loaded = load_checkpoint(EXAMPLES / "backdoored")
+    prompts = load_prompts(tmp_path / "backdoored-strict" / purification["prompts_path"])
+    purified = purified_classifier(loaded.model, prompts, checkpoint_digest=loaded.report.checkpoint_sha256)
+    original = build_classifier(loaded.model, loaded.report.classes, loaded.report.templates)
+    data = load_data(ZooRecipe.from_dict(truth["recipe"]))
+    trigger = real_trigger(truth["attack"], truth["trigger_params"])
+    target = CLASSES.index(truth["target"])
+    before = attack_success_rate(original, data.test_images, data.test_labels, trigger, target)
+    after = attack_success_rate(purified, data.test_images, data.test_labels, trigger, target)
+    assert before > 0.7 and after < 0.1, (before, after)
+
+
+def test_backdoored_example_under_permissive_passes_with_the_warning(tmp_path):
+    code, verdict = _check(tmp_path, "backdoored", "permissive")
+    decision = verdict["decision"]
+    assert (code, decision["action"], decision["enforced"], decision["mode"]) == (0, "pass", "purify", "warn")
+    assert "warn mode: enforce would purify the model" in decision["reasons"]
+    assert verdict["purification"] is None
+
+
+@pytest.mark.parametrize("policy", ["strict", "balanced", "permissive"])
+def test_clean_example_passes_under_every_ready_policy(tmp_path, policy):
+    code, verdict = _check(tmp_path, "clean", policy)
+    assert (code, verdict["decision"]["action"], verdict["decision"]["enforced"]) == (0, "pass", "pass")
+    assert verdict["detection"]["outcome"] == "no evidence of a backdoor found"

@@ -1,0 +1,91 @@
+"""The Markdown summary: what a reviewer reads first in a PR, small enough for GitHub whatever the run."""
+
+from __future__ import annotations
+
+import pytest
+import verdict_samples as samples
+from markdown_it import MarkdownIt
+
+from cbpt_guard.report import render
+from cbpt_guard.report.markdown import MAX_BYTES, escape_markdown, render_markdown
+
+GITHUB_COMMENT_LIMIT = 65_536
+
+
+def to_html(markdown: str) -> str:
+    """Markdown rendered as GitHub would parse it: CommonMark with tables and strikethrough, raw HTML allowed."""
+    return MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(markdown)
+
+
+@pytest.mark.parametrize("name", sorted(samples.ALL))
+def test_every_sample_has_a_summary_headed_by_its_decision(name):
+    verdict = samples.ALL[name]()
+    summary = render(verdict, "md")
+    word = {"pass": "PASS", "block": "BLOCK", "inconclusive": "INCONCLUSIVE", "purify": "PURIFY"}
+    assert summary.splitlines()[0].endswith(f"cbpt-guard: {word[verdict.decision.action]}")
+    assert f"(exit {verdict.decision.exit_code}, mode" in summary
+
+
+def test_summary_of_a_purified_model_shows_asr_and_accuracy_before_and_after():
+    summary = render(samples.backdoored_purified(), "md")
+    assert "suspected target **digit seven**" in summary
+    assert "| ASR (patch) | 99.4% | 0.8% | ≤ 2.0% |" in summary
+    assert "| clean accuracy | 72.4% | 71.9% | drop ≤ 2.0% |" in summary
+    assert "parity passed" in summary
+
+
+def test_missing_stages_read_not_run():
+    summary = render(samples.blocked_unsafe(), "md")
+    assert "| Detection | not run (skipped\\: the checkpoint was not loaded) |" in summary
+    assert "| Purification | not run (skipped\\: the checkpoint was not loaded) |" in summary
+    assert "| Export | not run (skipped\\: the checkpoint was not loaded) |" in summary
+    assert "| Export | not run |" in render(samples.ALL["warn-mode"]().model_copy(update={"steps": ()}), "md")
+    assert "unsafe\\-serialisation" not in summary and "unsafe-serialisation: " in summary
+
+
+def test_skipped_steps_and_waivers_are_listed():
+    assert "time budget exhausted after 120 steps" in render(samples.inconclusive_skipped(), "md")
+    waived = render(samples.waived(), "md")
+    assert "- applied: W\\-2025\\-014" in waived and "**expired** on 2024\\-12\\-31: W\\-2024\\-101" in waived
+
+
+def test_ten_thousand_long_class_names_stay_under_githubs_comment_limit():
+    verdict = samples.many_classes(count=10_000, name_length=300)
+    summary = render(verdict, "md")
+    assert len(summary.encode("utf-8")) <= MAX_BYTES < GITHUB_COMMENT_LIMIT
+    assert "more reasons not shown" in summary and "more steps not shown" in summary
+    assert "| Model | ViT\\-T\\-4 \\(zoo vit\\), 2,201,857 parameters, 10,000 classes |" in summary
+
+
+def test_a_tiny_budget_leaves_out_whole_sections_and_says_so():
+    summary = render_markdown(samples.backdoored_purified(), max_bytes=1_800)
+    assert len(summary.encode("utf-8")) <= 1_800
+    assert "section(s) left out" in summary and "cbpt-guard: PASS" in summary
+
+
+def test_tables_keep_their_shape_whatever_the_cells_contain():
+    html = to_html(render(samples.hostile(), "md"))
+    first_table = html.split("</table>")[0]
+    rows = first_table.split("<tr>")[1:]
+    assert len(rows) == 1 + 8  # header and eight fact rows, no row added by a newline or a pipe
+    assert all(row.count("<td>") + row.count("<th>") == 2 for row in rows)
+
+
+@pytest.mark.parametrize("raw, escaped", [
+    ("a|b", "a\\|b"),
+    ("**x**", "\\*\\*x\\*\\*"),
+    ("[x](y)", "\\[x\\]\\(y\\)"),
+    ("`tick`", "\\`tick\\`"),
+    ("<b>", "&lt;b&gt;"),
+    ("say \"hi\" & 'bye'", "say &quot;hi&quot; &amp; &#39;bye&#39;"),
+    ("@team", "\\@\u200bteam"),
+    ("#12", "\\#\u200b12"),
+    ("one\ntwo\r\nthree", "one two three"),
+    ("\u202eevil", "evil"),
+])
+def test_escape_markdown_makes_control_characters_literal(raw, escaped):
+    assert escape_markdown(raw) == escaped
+
+
+def test_escape_markdown_cuts_long_text_before_escaping():
+    assert escape_markdown("x" * 500, limit=10) == "x" * 9 + "…"
