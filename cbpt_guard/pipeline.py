@@ -292,27 +292,29 @@ def _export(run: _Run, loaded, purified_embeddings, out: Path | None) -> None:
         return
     from cbpt_guard.classifier import ZeroShotClassifier, build_classifier
     from cbpt_guard.export import export_classifier
+    from cbpt_guard.export.onnx_export import ParityError
 
     started = time.perf_counter()
     report = loaded.report
     classifier = (build_classifier(loaded.model, report.classes, report.templates) if purified_embeddings is None
                   else ZeroShotClassifier(loaded.model, purified_embeddings))
     provenance = {"source_checkpoint_sha256": report.checkpoint_sha256, "policy_sha256": run.policy.sha256,
-                  "prompts_sha256": (run.purification.prompts_sha256 or "") if run.purification else "hand-written",
-                  "cbpt_guard_version": __version__}
-    try:
+                  "prompts_sha256": run.purification.prompts_sha256 if run.purification else "hand-written"}
+    try:  # fp16 has its own, looser default tolerance; the policy's figure is for float32
         result = export_classifier(classifier, out / ONNX_FILE, classes=report.classes, provenance=provenance,
-                                   fp16=settings.fp16, tolerance=settings.parity_tolerance, seed=run.seed)
+                                   fp16=settings.fp16, tolerance=None if settings.fp16 else settings.parity_tolerance,
+                                   seed=run.seed)
+    except ParityError as error:  # exported but unfaithful: keep the numbers that condemned it
+        run.fail("export", started, error)
+        run.export = error.result.to_export_info(relative_to=out, error=str(error))
+        return
     except Exception as error:  # noqa: BLE001 - a failed export is a failed step, never a pass
         run.fail("export", started, error)
         run.export = ExportInfo(path=None, sha256=None, purified=purified_embeddings is not None, fp16=settings.fp16,
                                 provider=None, max_abs_diff=None, max_rel_diff=None, top1_agreement=None,
                                 tolerance=settings.parity_tolerance, passed=False, error=str(error))
         return
-    run.export = ExportInfo(path=ONNX_FILE, sha256=result.sha256, purified=purified_embeddings is not None,
-                            fp16=result.fp16, provider=result.provider, max_abs_diff=result.max_abs_diff,
-                            max_rel_diff=result.max_rel_diff, top1_agreement=result.top1_agreement,
-                            tolerance=result.tolerance, passed=result.passed)
+    run.export = result.to_export_info(relative_to=out)
     run.artefacts["onnx"] = ONNX_FILE
     run.done("export", started)
 
