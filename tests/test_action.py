@@ -147,8 +147,8 @@ def test_hostile_inputs_reach_the_entry_point_verbatim_and_run_nothing(tmp_path,
     stubs, log = tmp_path / "stubs", tmp_path / "calls.jsonl"
     stubs.mkdir()
     _stub(stubs / "python3", log)
-    inputs = {name: hostile for name in ("model", "policy", "mode", "output-dir", "purify", "export", "token",
-                                         "api-url", "comment", "check-run", "seed")}
+    inputs = {name: hostile for name in ("model", "policy", "mode", "probes", "data", "classes", "output-dir",
+                                         "purify", "export", "token", "api-url", "comment", "check-run", "seed")}
     inputs |= {"device": "cpu", "install": "true", "python": "python3"}
 
     results = run_action(tmp_path, inputs, [stubs])
@@ -161,6 +161,7 @@ def test_hostile_inputs_reach_the_entry_point_verbatim_and_run_nothing(tmp_path,
     assert entry["argv"] == ["-m", "cbpt_guard.github.action"]
     assert entry["env"]["CBPT_MODEL"] == hostile and entry["env"]["CBPT_OUTPUT_DIR"] == hostile
     assert entry["env"]["CBPT_TOKEN"] == hostile and entry["env"]["CBPT_API_URL"] == hostile
+    assert [entry["env"][f"CBPT_{name}"] for name in ("PROBES", "DATA", "CLASSES")] == [hostile] * 3
     assert _pwned(tmp_path) == []
 
 
@@ -192,7 +193,9 @@ def _real_entry(tmp_path, **changes):
 
 
 @pytest.mark.parametrize("field, complaint", [("model", "model path"), ("policy", "policy"), ("mode", "mode must be"),
-                                             ("purify", "CBPT_PURIFY"), ("seed", "CBPT_SEED")])
+                                             ("purify", "CBPT_PURIFY"), ("seed", "CBPT_SEED"),
+                                             ("probes", "the probes folder"), ("data", "the data folder"),
+                                             ("classes", "the classes file")])
 def test_real_entry_point_refuses_hostile_values_with_a_usage_error(tmp_path, field, complaint):
     step, code, outputs, stderr = _real_entry(tmp_path, **{field: HOSTILE_PATH})
 
@@ -200,6 +203,32 @@ def test_real_entry_point_refuses_hostile_values_with_a_usage_error(tmp_path, fi
     assert outputs["decision"] == "error" and outputs["exit-code"] == "4"
     assert "cbpt-guard: error:" in stderr and complaint in stderr
     assert _pwned(tmp_path) == []
+
+
+@pytest.mark.parametrize("field", ["probes", "data", "classes"])
+def test_real_entry_point_stops_on_a_missing_data_path_before_checking_anything(tmp_path, field):
+    step, code, outputs, stderr = _real_entry(tmp_path, **{field: "data/missing"})
+
+    assert (step, code, outputs["exit-code"]) == ("gate", 4, "4"), stderr
+    (error,) = [line for line in stderr.splitlines() if line.startswith("cbpt-guard: error:")]
+    assert f"the {field} " in error and "'data/missing' does not exist" in error
+    assert not (tmp_path / "workspace" / "cbpt-guard-report" / "models__x").exists()
+
+
+def test_real_entry_point_hands_the_data_paths_to_the_check(tmp_path):
+    data = tmp_path / "workspace" / "data"
+    (data / "probes").mkdir(parents=True)
+    (data / "fewshot" / "cat").mkdir(parents=True)
+    (data / "classes.txt").write_text("cat\ndog\n")
+
+    step, code, outputs, stderr = _real_entry(tmp_path, probes="data/probes", data="data/fewshot",
+                                              classes="data/classes.txt")
+
+    # The (unloadable) model is inconclusive; the Verdict still records the data the check was given.
+    assert step == "gate" and code == 3, stderr
+    verdict = json.loads((tmp_path / "workspace" / "cbpt-guard-report" / "models__x" / "verdict.json").read_text())
+    assert verdict["data"]["tier"] == "few-shot"
+    assert (verdict["data"]["probes"], verdict["data"]["labelled"]) == ("data/probes", "data/fewshot")
 
 
 def test_real_entry_point_takes_a_hostile_output_folder_as_a_plain_name(tmp_path):

@@ -45,6 +45,23 @@ def repo_root(tmp_path):
 
 
 @pytest.fixture
+def data_root(repo_root):
+    """The checkout, with probe images, a few-shot ImageFolder and a class-names file beside the models."""
+    (repo_root / "data" / "probes").mkdir(parents=True)
+    (repo_root / "data" / "fewshot" / "cat").mkdir(parents=True)
+    (repo_root / "data" / "classes.txt").write_text("cat\ndog\n")
+    return repo_root
+
+
+@pytest.fixture
+def cli_env(monkeypatch):
+    """No GitHub context from the environment the tests run in."""
+    for name in ("CBPT_TOKEN", "GITHUB_TOKEN", "GITHUB_REPOSITORY", "GITHUB_EVENT_PATH", "GITHUB_OUTPUT",
+                 "GITHUB_STEP_SUMMARY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
 def fake():
     with FakeGitHub(REPO) as server:
         server.add_pull(7, [("models/bad/open_clip_model.safetensors", "modified"),
@@ -52,10 +69,11 @@ def fake():
         yield server
 
 
-def _run(root: Path, fake: FakeGitHub, check, *, token="t0ken", models=(), summary=None, mode=None):
+def _run(root: Path, fake: FakeGitHub, check, *, token="t0ken", models=(), summary=None, mode=None, **data_paths):
     # No retries and no spacing of writes, so a failing call answers at once.
     connection = Connection(token=token, api_url=fake.api_url, retries=0, write_interval_s=0)
-    settings = GateSettings(root=str(root), out_dir=str(root.parent / "out"), overrides=PolicyOverrides(mode=mode))
+    settings = GateSettings(root=str(root), out_dir=str(root.parent / "out"), overrides=PolicyOverrides(mode=mode),
+                            **data_paths)
     return run_pull_request(settings, connection, PullRequestRef(REPO, 7), models=models, check_fn=check,
                             options=PublishOptions(step_summary=summary))
 
@@ -339,3 +357,78 @@ def test_changed_command_passes_when_no_file_belongs_to_a_checkpoint(repo_root, 
 def test_no_sarif_at_all_still_gives_one_run_with_no_results():
     (run,) = merge_sarif([])["runs"]
     assert run["results"] == [] and run["tool"]["driver"]["name"] == "cbpt-guard"
+
+
+DATA_FLAGS = ["--probes", "data/probes", "--data", "data/fewshot", "--classes", "data/classes.txt"]
+
+
+def test_probes_data_and_classes_reach_every_check_resolved_against_the_repository(data_root, fake):
+    check = _two_models()
+    _run(data_root, fake, check, probes="data/probes", data="data/fewshot", classes="data/classes.txt")
+
+    assert len(check.calls) == 2
+    for _, kwargs in check.calls:
+        assert (kwargs["probes"], kwargs["data"], kwargs["classes_file"]) == (
+            str(data_root / "data/probes"), str(data_root / "data/fewshot"), str(data_root / "data/classes.txt"))
+
+
+def test_without_data_inputs_the_check_chooses_its_own_defaults(repo_root, fake):
+    check = _two_models()
+    _run(repo_root, fake, check)
+    assert [(k["probes"], k["data"], k["classes_file"]) for _, k in check.calls] == [(None, None, None)] * 2
+
+
+def test_pr_command_passes_the_data_flags_to_check(data_root, tmp_path, monkeypatch, cli_env):
+    monkeypatch.chdir(data_root)
+    check = FakeCheck({"models/bad": make_verdict("models/bad", "block")})
+    monkeypatch.setattr("cbpt_guard.github.gate.default_check", lambda: check)
+
+    result = CliRunner().invoke(github_group, ["pr", "models/bad", *DATA_FLAGS, "--out", str(tmp_path / "out")])
+
+    assert result.exit_code == 1, result.output
+    ((model, kwargs),) = check.calls
+    assert model == "models/bad"
+    assert (kwargs["probes"], kwargs["data"], kwargs["classes_file"]) == (
+        "data/probes", "data/fewshot", "data/classes.txt")
+
+
+def test_changed_command_passes_the_data_flags_to_check(data_root, tmp_path, monkeypatch, cli_env):
+    monkeypatch.chdir(data_root)
+    check = FakeCheck({"models/good": make_verdict("models/good")})
+    monkeypatch.setattr("cbpt_guard.github.gate.default_check", lambda: check)
+
+    result = CliRunner().invoke(github_group, ["changed", "models/good/open_clip_config.json", *DATA_FLAGS,
+                                               "--out", str(tmp_path / "out")])
+
+    assert result.exit_code == 0, result.output
+    assert check.calls[0][1]["data"] == "data/fewshot"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--probes", "data/nope", "the probes folder 'data/nope' does not exist"),
+    ("--data", "data/classes.txt", "the data folder 'data/classes.txt' is not a folder"),
+    ("--classes", "data/probes", "the classes file 'data/probes' is not a file"),
+    ("--data", "x" * 5000, "the data folder 'xxxx"),
+])
+def test_bad_data_path_is_a_one_line_usage_error_before_any_check(data_root, tmp_path, monkeypatch, cli_env,
+                                                                  flag, value, message):
+    from cbpt_guard.cli.main import cli
+
+    monkeypatch.chdir(data_root)
+    check = FakeCheck({"models/bad": make_verdict("models/bad")})
+    monkeypatch.setattr("cbpt_guard.github.gate.default_check", lambda: check)
+
+    result = CliRunner().invoke(cli, ["github", "pr", "models/bad", flag, value, "--out", str(tmp_path / "out")])
+
+    assert result.exit_code == 4, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("cbpt-guard: error: ")
+    assert message in result.stderr and str(data_root.resolve()) in result.stderr
+    assert check.calls == [] and result.stdout == ""
+
+
+def test_absolute_data_path_is_used_as_given(data_root, fake, tmp_path):
+    outside = tmp_path / "mounted" / "fewshot"
+    outside.mkdir(parents=True)
+    check = _two_models()
+    _run(data_root, fake, check, data=str(outside))
+    assert {k["data"] for _, k in check.calls} == {str(outside)}

@@ -30,13 +30,26 @@ def _plain(text: str) -> str:
 
 
 def gate_options(command):
-    """The flags shared by ``pr`` and ``changed``: policy, overrides, device, seed, output folder."""
+    """The flags shared by ``pr`` and ``changed``: policy, overrides, data, device, seed, output folder.
+
+    The data paths are plain strings here, not ``click.Path(exists=True)``: the
+    gate checks them and a missing one is a one-line usage error (exit 4), the
+    same in the Action as on the command line.
+    """
     options = [
         click.option("--policy", default="strict", show_default=True, help="Ready policy name or policy file."),
         click.option("--mode", type=click.Choice(_MODES), help="Override the policy's mode."),
         click.option("--purify/--no-purify", default=None,
                      help="Override what backdoor evidence leads to (purify, or block)."),
         click.option("--export/--no-export", default=None, help="Override whether the purified model is exported."),
+        click.option("--probes", metavar="DIR",
+                     help="Unlabelled probe images for every checkpoint (the unlabelled tier), relative to the "
+                          "repository root."),
+        click.option("--data", metavar="DIR",
+                     help="Labelled few-shot ImageFolder (one subfolder per class) used to purify, relative to the "
+                          "repository root."),
+        click.option("--classes", metavar="FILE",
+                     help="Class names file (one per line or JSON) replacing each checkpoint's manifest list."),
         click.option("--device", type=click.Choice(_DEVICES), default="auto", show_default=True,
                      help="cpu hides any GPU; cuda requires one."),
         click.option("--seed", default=0, show_default=True, type=int),
@@ -71,8 +84,8 @@ def github_group() -> None:
               help="Write step outputs here [env GITHUB_OUTPUT].")
 @click.option("--comment/--no-comment", default=True, show_default=True, help="Post or update the sticky comment.")
 @click.option("--check-run/--no-check-run", default=True, show_default=True, help="Create a check run.")
-def pr_command(models, policy, mode, purify, export, device, seed, out_dir, repo, pr_number, head_sha, event_path,
-               token, api_url, step_summary, github_output, comment, check_run):
+def pr_command(models, policy, mode, purify, export, probes, data, classes, device, seed, out_dir, repo, pr_number,
+               head_sha, event_path, token, api_url, step_summary, github_output, comment, check_run):
     """Gate the checkpoints a pull request adds or changes (or MODELS: paths or globs).
 
     Writes each checkpoint's reports under --out, appends the summary to the
@@ -94,7 +107,7 @@ def pr_command(models, policy, mode, purify, export, device, seed, out_dir, repo
         if pull_request is not None and head_sha:
             pull_request = PullRequestRef(pull_request.repo, pull_request.number, head_sha)
     patterns = tuple(p for m in models for p in split_patterns(m))
-    run = _run(_settings(policy, mode, purify, export, seed, out_dir), device,
+    run = _run(_settings(policy, mode, purify, export, seed, out_dir, probes, data, classes), device,
                connection=Connection(token=token or None, api_url=api_url), pull_request=pull_request,
                models=patterns, options=PublishOptions(step_summary, comment, check_run))
     _report(run, github_output)
@@ -104,7 +117,7 @@ def pr_command(models, policy, mode, purify, export, device, seed, out_dir, repo
 @github_group.command("changed")
 @click.argument("files", nargs=-1)
 @gate_options
-def changed_command(files, policy, mode, purify, export, device, seed, out_dir):
+def changed_command(files, policy, mode, purify, export, probes, data, classes, device, seed, out_dir):
     """Gate the checkpoints that FILES belong to (the pre-commit hook's entry).
 
     A weights file, model config or manifest among FILES selects its model
@@ -114,8 +127,8 @@ def changed_command(files, policy, mode, purify, export, device, seed, out_dir):
     from cbpt_guard.github.client import Connection
     from cbpt_guard.github.discover import ChangedFile
 
-    run = _run(_settings(policy, mode, purify, export, seed, out_dir), device, connection=Connection(token=None),
-               pull_request=None, changed=[ChangedFile(f) for f in files])
+    run = _run(_settings(policy, mode, purify, export, seed, out_dir, probes, data, classes), device,
+               connection=Connection(token=None), pull_request=None, changed=[ChangedFile(f) for f in files])
     _report(run, None)
     raise click.exceptions.Exit(run.exit_code)
 
@@ -148,12 +161,12 @@ def action_main(env) -> int:
     return code
 
 
-def _settings(policy, mode, purify, export, seed, out_dir):
+def _settings(policy, mode, purify, export, seed, out_dir, probes, data, classes):
     from cbpt_guard.github.gate import GateSettings
     from cbpt_guard.github.policy_overrides import PolicyOverrides
 
     return GateSettings(policy=policy, overrides=PolicyOverrides(mode=mode, purify=purify, export=export),
-                        seed=seed, out_dir=out_dir)
+                        seed=seed, out_dir=out_dir, probes=probes or None, data=data or None, classes=classes or None)
 
 
 def _run(settings, device, **kwargs):

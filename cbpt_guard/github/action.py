@@ -3,8 +3,10 @@
 action.yml hands every input over as a ``CBPT_*`` environment variable and runs
 this module; the values are read here as data and never pass through a shell or
 a command line, so an input like ``$(touch pwned)`` or ``--token=x`` is only ever
-a strange path or policy name. GitHub's own variables (``GITHUB_REPOSITORY``,
-``GITHUB_EVENT_PATH``, ``GITHUB_STEP_SUMMARY``, ``GITHUB_OUTPUT``) are read too.
+a strange path or policy name (a ``probes``, ``data`` or ``classes`` path that
+does not exist is a usage error, exit 4). GitHub's own variables
+(``GITHUB_REPOSITORY``, ``GITHUB_EVENT_PATH``, ``GITHUB_STEP_SUMMARY``,
+``GITHUB_OUTPUT``) are read too.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def inputs_from_env(env: Mapping[str, str]) -> ActionInputs:
     settings = GateSettings(policy=env.get("CBPT_POLICY", "").strip() or "strict", overrides=overrides,
                             seed=_int(env, "CBPT_SEED", 0),
                             out_dir=env.get("CBPT_OUTPUT_DIR", "").strip() or "cbpt-guard-report",
-                            root=".")
+                            root=".", probes=_path(env, "CBPT_PROBES"), data=_path(env, "CBPT_DATA"),
+                            classes=_path(env, "CBPT_CLASSES"))
     repo = env.get("GITHUB_REPOSITORY") or None
     pull_request = pull_request_from_event(env.get("GITHUB_EVENT_PATH"), parse_repo(repo) if repo else None)
     connection = Connection(token=env.get("CBPT_TOKEN") or None,
@@ -62,6 +65,15 @@ def inputs_from_env(env: Mapping[str, str]) -> ActionInputs:
                              comment=_flag(env, "CBPT_COMMENT", True), check_run=_flag(env, "CBPT_CHECK_RUN", True))
     return ActionInputs(settings, connection, pull_request, tuple(split_patterns(env.get("CBPT_MODEL", ""))),
                         options, device, env.get("GITHUB_OUTPUT") or None)
+
+
+def _path(env: Mapping[str, str], name: str) -> str | None:
+    """An optional path input, relative to the workspace; None when empty.
+
+    Only surrounding blanks are dropped (a YAML block adds a trailing newline);
+    whether the path exists is checked by the gate, which names it in a usage error.
+    """
+    return env.get(name, "").strip() or None
 
 
 def _tristate(env: Mapping[str, str], name: str) -> bool | None:

@@ -13,24 +13,36 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cbpt_guard.errors import CbptError, ExitCode
+from cbpt_guard.errors import CbptError, ExitCode, UsageError
 from cbpt_guard.github.outcome import CheckpointOutcome
 from cbpt_guard.github.policy_overrides import PolicyOverrides, effective_policy
 
 CheckFn = Callable[..., object]
-"""``check(model, *, policy, out_dir, seed, progress) -> Verdict``, as :func:`cbpt_guard.check`."""
+"""``check(model, *, policy, out_dir, seed, progress, probes, data, classes_file) -> Verdict``, as cbpt_guard.check."""
 Progress = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)
 class GateSettings:
-    """How to gate: the policy and its overrides, the seed, where the repository and the reports are."""
+    """How to gate: the policy and its overrides, the data, the seed, where the repository and the reports are.
+
+    ``probes``, ``data`` and ``classes`` are paths relative to ``root`` (an
+    absolute path is taken as it is), shared by every checkpoint of the run;
+    None leaves the choice to :func:`cbpt_guard.check` (procedural probes, no
+    labelled data, the class names of each model's own manifest).
+    """
 
     policy: str = "strict"
     overrides: PolicyOverrides = PolicyOverrides()
     seed: int = 0
     out_dir: str = "cbpt-guard-report"
     root: str = "."
+    probes: str | None = None
+    """A folder of unlabelled probe images (the unlabelled data tier)."""
+    data: str | None = None
+    """A labelled few-shot ImageFolder, one subfolder per class (the few-shot tier, used to purify)."""
+    classes: str | None = None
+    """A class-names file that replaces each checkpoint's manifest class list."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +67,15 @@ def gate_targets(targets: Sequence[str], settings: GateSettings, *, check_fn: Ch
                  progress: Progress | None = None) -> list[CheckpointOutcome]:
     """Check each target (a path relative to ``settings.root``) and write its reports; one outcome each.
 
-    Raises only for problems with the run as a whole (an invalid policy or
-    override: :class:`cbpt_guard.policy.schema.PolicyError`, exit 4).
+    Raises only for problems with the run as a whole, before any checkpoint is
+    checked: an invalid policy or override
+    (:class:`cbpt_guard.policy.schema.PolicyError`, exit 4) or a probes, data or
+    classes path that does not exist (:class:`UsageError`, exit 4).
     """
     from cbpt_guard.policy.load import resolve_policy
 
     out = Path(settings.out_dir)
+    inputs = check_inputs(settings)  # a missing data path is the whole run's usage error, as a bad policy is
     policy = effective_policy(settings.policy, settings.overrides, out / "policy")
     resolve_policy(policy)  # a bad policy is the whole run's usage error, not one checkpoint's
     check = check_fn or default_check()
@@ -70,8 +85,39 @@ def gate_targets(targets: Sequence[str], settings: GateSettings, *, check_fn: Ch
         folder = out / _unique_slug(target, used)
         if progress:
             progress(f"checking {target}")
-        outcomes.append(_check_one(target, folder, policy, settings, check, progress))
+        outcomes.append(_check_one(target, folder, policy, settings, inputs, check, progress))
     return outcomes
+
+
+def check_inputs(settings: GateSettings) -> dict[str, str | None]:
+    """The data keyword arguments of :func:`cbpt_guard.check` (``probes``, ``data``, ``classes_file``).
+
+    Each given path is joined to ``settings.root`` and must exist as the right
+    kind (a folder, a folder, a file); otherwise a one-line :class:`UsageError`
+    names the setting and the path, before any checkpoint is looked at.
+    """
+    return {"probes": _existing(settings.root, settings.probes, "probes", "folder"),
+            "data": _existing(settings.root, settings.data, "data", "folder"),
+            "classes_file": _existing(settings.root, settings.classes, "classes", "file")}
+
+
+def _existing(root: str, value: str | None, name: str, kind: str) -> str | None:
+    """``value`` joined to ``root``, checked to be an existing ``kind`` (folder or file); None stays None."""
+    if not value:
+        return None
+    path = Path(root) / value
+    # repr() keeps the message on one line whatever the value holds (newlines, control characters).
+    where = "" if Path(value).is_absolute() else f" (relative to {str(Path(root).resolve())!r})"
+    try:
+        exists, right_kind = path.exists(), (path.is_dir() if kind == "folder" else path.is_file())
+    except (OSError, ValueError) as error:  # a name too long, or one the OS refuses: still a usage error
+        raise UsageError(f"the {name} {kind} {value!r} cannot be looked up{where}: "
+                         f"{getattr(error, 'strerror', None) or error}") from None
+    if not exists:
+        raise UsageError(f"the {name} {kind} {value!r} does not exist{where}")
+    if not right_kind:
+        raise UsageError(f"the {name} {kind} {value!r} is not a {kind}{where}")
+    return str(path)
 
 
 def write_run_files(outcomes: Sequence[CheckpointOutcome], markdown: str, out_dir: str) -> RunFiles:
@@ -114,15 +160,15 @@ def headline_metrics(outcomes: Sequence[CheckpointOutcome]) -> dict[str, dict]:
     return metrics
 
 
-def _check_one(target: str, folder: Path, policy: str, settings: GateSettings, check: CheckFn,
-               progress: Progress | None) -> CheckpointOutcome:
+def _check_one(target: str, folder: Path, policy: str, settings: GateSettings, inputs: dict[str, str | None],
+               check: CheckFn, progress: Progress | None) -> CheckpointOutcome:
     """One checkpoint: the Verdict and its reports, or the error that prevented them."""
     from cbpt_guard.report import write_reports
 
     folder.mkdir(parents=True, exist_ok=True)
     model = str(Path(settings.root) / target)
     try:
-        verdict = check(model, policy=policy, out_dir=str(folder), seed=settings.seed, progress=progress)
+        verdict = check(model, policy=policy, out_dir=str(folder), seed=settings.seed, progress=progress, **inputs)
     except CbptError as error:
         return CheckpointOutcome(target, str(folder), error=str(error), error_exit_code=int(error.exit_code))
     except Exception as error:  # noqa: BLE001 - one crashing checkpoint must not hide the others' verdicts
