@@ -58,6 +58,16 @@ def policies(tiny_zoo, tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope="module")
+def fewshot(tmp_path_factory):
+    """A labelled ImageFolder of held-out zoo images: 12 per class, 4 to tune on and 8 to verify."""
+    from cbpt_guard.zoo.imagefolder import write_image_folder
+
+    folder = tmp_path_factory.mktemp("fewshot") / "data"
+    write_image_folder(folder, per_class=12)
+    return folder
+
+
 def _cli(*args: str):
     return CliRunner().invoke(cli, [*map(str, args)])
 
@@ -74,18 +84,21 @@ def test_clean_model_passes_with_exit_0_and_writes_every_report(tiny_zoo, polici
     assert {s["name"]: s["state"] for s in verdict["steps"]}["purification"] == "not-needed"
 
 
-def test_backdoored_model_is_purified_verified_and_its_prompts_reload(tiny_zoo, policies, tmp_path):
+def test_backdoored_model_is_purified_verified_and_its_prompts_reload(tiny_zoo, policies, fewshot, tmp_path):
+    from cbpt_guard.classifier import build_classifier
     from cbpt_guard.intake import load_checkpoint
-    from cbpt_guard.purify.artifacts import load_prompts
+    from cbpt_guard.purify.artifacts import load_prompts, purified_classifier
     from cbpt_guard.purify.prompt_learner import ClassPromptLearner
     from cbpt_guard.purify.text_encoder import EmbeddingTextEncoder
+    from cbpt_guard.zoo.build import ZooRecipe, load_data, real_trigger
+    from cbpt_guard.zoo.train import attack_success_rate
 
-    root, _ = tiny_zoo
+    root, truths = tiny_zoo
     before = (root / "badnets-s0" / "open_clip_model.safetensors").read_bytes()
-    verdict = check(root / "badnets-s0", policy=policies["purify"], out_dir=tmp_path, today=TODAY)
+    verdict = check(root / "badnets-s0", policy=policies["purify"], out_dir=tmp_path, data=fewshot, today=TODAY)
     purification = verdict.purification
     assert verdict.detection.outcome == "backdoor evidence found"
-    assert purification is not None and purification.families == ("patch",)
+    assert purification is not None and purification.families == ("patch",) and purification.tier == "few-shot"
     # the decision follows the measured bars: pass (exit 0) when met, block (exit 1) when not
     assert (verdict.decision.action, verdict.decision.exit_code) == (("pass", 0) if purification.bars_met
                                                                      else ("block", 1))
@@ -102,6 +115,17 @@ def test_backdoored_model_is_purified_verified_and_its_prompts_reload(tiny_zoo, 
     with torch.no_grad():
         rebuilt = learner.class_embeddings(EmbeddingTextEncoder(model))  # (C, d)
     torch.testing.assert_close(rebuilt, prompts.class_embeddings, atol=1e-5, rtol=0)
+
+    # the real trigger, never seen by purification (it trained on detection's dummy trigger), is neutralised
+    truth = truths["badnets-s0"]
+    data = load_data(ZooRecipe.from_dict(truth["recipe"]))
+    trigger = real_trigger(truth["attack"], truth["trigger_params"])
+    target = prompts.classes.index(truth["target"])
+    original = build_classifier(model, prompts.classes, verdict.checkpoint.templates)
+    asr_before = attack_success_rate(original, data.test_images, data.test_labels, trigger, target)
+    asr_after = attack_success_rate(purified_classifier(model, prompts), data.test_images, data.test_labels,
+                                    trigger, target)
+    assert asr_before > 0.8 and asr_after < 0.2 * asr_before, (asr_before, asr_after)
 
 
 def test_block_policy_blocks_a_backdoored_model_with_exit_1(tiny_zoo, policies):
