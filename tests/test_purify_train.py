@@ -13,7 +13,7 @@ from cbpt_guard.classifier import build_classifier
 from cbpt_guard.errors import UsageError
 from cbpt_guard.intake.architecture import build_model
 from cbpt_guard.purify.losses import backdoor_loss, clean_loss, drift_loss, total_loss
-from cbpt_guard.purify.trainer import pseudo_labels, tune_prompts
+from cbpt_guard.purify.trainer import attractors, pseudo_labels, tune_prompts
 from cbpt_guard.triggers import PatchTrigger
 from tiny_models import TINY_CONFIGS
 
@@ -79,13 +79,13 @@ def test_tuning_leaves_every_model_tensor_bit_identical_and_optimises_only_ctx(f
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     given: list[list[torch.Tensor]] = []
 
-    class RecordingSGD(torch.optim.SGD):
+    class RecordingAdamW(torch.optim.AdamW):  # the default optimiser
         def __init__(self, params, **kwargs):
             params = list(params)
             given.append(params)
             super().__init__(params, **kwargs)
 
-    monkeypatch.setattr(torch.optim, "SGD", RecordingSGD)
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
     images, labels = _data(16)
     result = tune_prompts(model, CLASSES, TEMPLATES, images, labels, [_corner_patch()],
                           n_ctx=4, steps=3, batch_size=8, seed=0)
@@ -153,3 +153,83 @@ def test_pseudo_labels_are_the_classifiers_clean_predictions():
     labels = pseudo_labels(classifier, images)
     assert labels.dtype == torch.long and labels.shape == (8,)
     assert torch.equal(labels, classifier(images).argmax(dim=-1))
+
+
+def test_weighted_backdoor_loss_counts_weighted_copies_over_all_copies():
+    text = torch.eye(3)  # (C, d)
+    stamped = torch.eye(3)[[2, 2, 0]]  # (N, d)
+    labels = torch.tensor([0, 1, 0])
+    plain = backdoor_loss(stamped, text, labels, 10.0)
+    assert backdoor_loss(stamped, text, labels, 10.0, torch.ones(3)) == pytest.approx(plain.item())
+    assert backdoor_loss(stamped, text, labels, 10.0, torch.zeros(3)) == 0
+    each = F.cross_entropy(10.0 * stamped @ text.T, labels, reduction="none")  # (N,)
+    partial = backdoor_loss(stamped, text, labels, 10.0, torch.tensor([1.0, 0.0, 1.0]))
+    assert partial.item() == pytest.approx((each[0] + each[2]).item() / 3)  # divided by all copies, not by 2
+
+
+def test_attractors_are_the_most_frequent_class_and_every_class_over_the_share():
+    classifier = build_classifier(_model(), CLASSES, TEMPLATES)
+    text = classifier.text  # (C, d): a stamped copy equal to a class embedding is predicted as that class
+    stamped = torch.stack([text[[0] * 5 + [1] * 3 + [2] * 2 + [3] * 2],  # 12 copies: shares 5, 3, 2, 2
+                           text[[3] * 12]])  # (K=2, N=12, d)
+    found = attractors(classifier, stamped)  # uniform share 12 / 4 = 3, doubled: 6
+    assert found.tolist() == [[True, False, False, False], [False, False, False, True]]
+    assert attractors(classifier, stamped, share=1.0)[0].tolist() == [True, True, False, False]
+
+
+def test_focus_leaves_out_every_copy_whose_label_its_trigger_attracts():
+    model = _model()
+    images, _ = _data(16)
+    trigger = _corner_patch()
+    classifier = build_classifier(model, CLASSES, TEMPLATES)
+    with torch.no_grad():
+        drawn = attractors(classifier, classifier.features(trigger(images))[None])[0]  # (C,)
+    labels = torch.full((16,), int(drawn.nonzero()[0]))  # every image labelled with an attracted class
+    focused = tune_prompts(model, CLASSES, TEMPLATES, images, labels, [trigger], steps=3)
+    literal = tune_prompts(model, CLASSES, TEMPLATES, images, labels, [trigger], steps=3, focus=False)
+    assert focused.attractors == [drawn.nonzero().flatten().tolist()]
+    assert focused.curves["backdoor"] == [0.0, 0.0, 0.0]
+    assert all(value > 0 for value in literal.curves["backdoor"])
+
+
+def test_focus_stops_pulling_copies_once_no_trigger_sends_them_to_an_attractor():
+    model = _model()
+    images, labels = _data()
+    trigger = _corner_patch()
+    result = tune_prompts(model, CLASSES, TEMPLATES, images, labels, [trigger], steps=60)
+    classifier = build_classifier(model, CLASSES, TEMPLATES)
+    with torch.no_grad():
+        stamped = classifier.features(trigger(images))  # (N, d)
+    drawn = torch.tensor(result.attractors[0])
+    usable = ~torch.isin(labels, drawn)
+    before = torch.isin(classifier.logits_from_features(stamped).argmax(-1), drawn)[usable].float().mean()
+    after = torch.isin((stamped @ result.class_embeddings.T).argmax(-1), drawn)[usable].float().mean()
+    assert before > 0.5 and after < 0.5 * before
+    assert result.curves["backdoor"][0] > 0 and result.curves["backdoor"][-1] < result.curves["backdoor"][0]
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in classifier with known logits, one row per image."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.logits[pixels[:, 0, 0, 0].long()]  # the image's index is painted into its first pixel
+
+    def predict(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self(pixels).argmax(dim=-1)
+
+
+def test_balanced_pseudo_labels_undo_a_class_that_leaks_onto_clean_images():
+    truth = torch.arange(16) % 4  # (N,), an even pool
+    logits = 5.0 * F.one_hot(truth, 4).float()  # (N, C): right, but ...
+    logits[:, 0] += torch.where(truth == 0, 0.0, 6.0) * (torch.arange(16) < 10)  # ... 7 images leak to class 0
+    images = torch.arange(16).float().view(16, 1, 1, 1).expand(16, 3, 2, 2)
+    classifier = _FixedLogits(logits)
+    plain = pseudo_labels(classifier, images)
+    balanced = pseudo_labels(classifier, images, balanced=True)
+    assert torch.bincount(plain, minlength=4).tolist() == [11, 1, 2, 2]
+    assert torch.bincount(balanced, minlength=4).tolist() == [4, 4, 4, 4]
+    assert torch.equal(balanced, truth)

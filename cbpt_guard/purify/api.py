@@ -35,16 +35,21 @@ RECHECK_SEED_OFFSET = 1
 
 @dataclass(frozen=True)
 class PurifySettings:
-    """CBPT's knobs; the policy's ``purification`` section sets them."""
+    """CBPT's knobs; the policy's ``purification`` section sets the first six.
 
-    n_ctx: int = 16
-    steps: int = 300
-    lr: float = 2e-3
+    The defaults are what benchmarks/purification.py measured on the zoo
+    (benchmarks/PURIFICATION.md): AdamW over the whole labelled set at once
+    (``batch_size`` None), the image side being a precomputed matrix.
+    """
+
+    n_ctx: int = 4
+    steps: int = 100
+    lr: float = 1e-2
     l_bd: float = 1.0
     l_drift: float = 1.0
     shots: int = 16
-    batch_size: int = 32
-    optimiser: str = "sgd"
+    batch_size: int | None = None
+    optimiser: str = "adamw"
 
     @classmethod
     def from_policy(cls, section) -> PurifySettings:
