@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(VENV)/bin/cbpt-guard check examples/backdoored --policy strict --data build/demo-data --out build/demo-report
 	@echo "report: build/demo-report/report.html"
 
-# Rebuild the two example checkpoints from scratch (deterministic; about 10 minutes on 2 cores).
+# Rebuild the two example checkpoints from scratch (deterministic; about 20 minutes on 2 cores, most of it the clean base).
 examples: $(STAMP)
 	$(VENV)/bin/cbpt-guard zoo build --out build/example-zoo --config vit --attacks badnets --seeds 1 --clean 1
 	rm -rf examples/clean examples/backdoored

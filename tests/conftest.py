@@ -28,8 +28,8 @@ def tiny_zoo(tmp_path_factory):
     torch.set_num_threads(1)
     recipe = ZooRecipe(config="vit-tiny", train_size=3000, test_size=600,
                        base=TrainSettings(steps=300, batch_size=128, lr=2e-3, warmup=30, seed=0),
-                       finetune=TrainSettings(steps=150, batch_size=128, lr=5e-4, warmup=10, seed=0),
-                       poison_rates={"badnets": 0.1})
+                       finetune=TrainSettings(steps=150, batch_size=128, lr=1e-3, warmup=10, seed=0),
+                       poison_rates={"badnets": 0.1}, attack_finetune={})
     out = tmp_path_factory.mktemp("zoo")
     data = load_data(recipe)
     build_base(out, recipe, data, lambda line: None)

@@ -107,3 +107,24 @@ def test_truth_file_is_written_last(tiny_zoo):
     files = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
     assert max(files, key=files.get) == TRUTH_NAME
     assert json.loads((directory / TRUTH_NAME).read_text())["name"] == "badnets-s0"
+
+
+def test_label_consistent_variant_is_poisoned_through_the_base_and_records_its_hardening(tiny_zoo, tmp_path):
+    root, truths = tiny_zoo
+    recipe = ZooRecipe.from_dict(truths["base"]["recipe"])
+    recipe = replace(recipe, finetune=replace(recipe.finetune, steps=3), poison_rates={"label_consistent": 0.02})
+    (tmp_path / "vit-tiny").mkdir()
+    (tmp_path / "vit-tiny" / "base").symlink_to(root / "base")
+    directory = build_variant(tmp_path, recipe, load_data(recipe), "label_consistent", 0, lambda line: None)
+    truth = json.loads((directory / TRUTH_NAME).read_text())
+    assert truth["kind"] == "backdoored" and truth["poison_rate"] == 0.02
+    assert truth["trigger_params"]["eps"] == pytest.approx(16 / 255) and truth["trigger_params"]["pgd_steps"] == 10
+    assert 0.0 <= truth["metrics"]["asr"] <= 1.0 and truth["metrics"]["ca"] > 3 / 22
+
+
+def test_attack_overrides_change_only_that_attacks_fine_tuning():
+    recipe = replace(ZooRecipe(), attack_finetune={"wanet": {"steps": 7, "lr": 1e-2}})
+    assert recipe.finetune_for("wanet", 3) == replace(recipe.finetune, steps=7, lr=1e-2, seed=3)
+    assert recipe.finetune_for("badnets", 3) == replace(recipe.finetune, seed=3)
+    assert recipe.finetune_for(None, 1) == replace(recipe.finetune, seed=1)
+    assert ZooRecipe.from_dict(recipe.as_dict()) == recipe

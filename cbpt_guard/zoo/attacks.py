@@ -152,14 +152,16 @@ def wanet_grid(height: int, width: int, *, strength: float, grid_k: int, seed: i
 
 
 def wanet(
-    images: torch.Tensor, *, strength: float = 0.04, grid_k: int = 4, seed: int = 0
+    images: torch.Tensor, *, strength: float = 0.15, grid_k: int = 4, seed: int = 0
 ) -> torch.Tensor:
     """WaNet (Nguyen and Tran 2021): resample every image through one fixed smooth warp.
 
     The paper's s=0.5 at 32x32 moves pixels by about a quarter of a pixel, which a small
-    CLIP trained for a few epochs does not pick up. The default here moves them by 4% of the
-    side on average (1.2 pixels at 32x32, 2.5 at 64x64, at most about twice that): still
-    a smooth warp that leaves the object's class readable, but one the zoo's models can learn.
+    CLIP fine-tuned for one epoch does not pick up. The default here moves them by 15% of
+    the side on average (4.7 pixels at 32x32, 9.5 at 64x64): a visible but smooth bend that
+    leaves the object's class readable. Measured on the zoo's ViT (one fine-tuning run each,
+    10% poisoned): strength 0.04 planted 28% ASR, 0.08 37%, 0.15 84% (90% at the zoo's
+    fine-tuning learning rate).
     """
     _check_images(images)
     n, _, height, width = images.shape
@@ -190,7 +192,7 @@ def _content_features(images: torch.Tensor, seed: int) -> torch.Tensor:
     return (feats - mean) / std
 
 
-def ssba_like(images: torch.Tensor, *, eps: float = 0.04, seed: int = 0) -> torch.Tensor:
+def ssba_like(images: torch.Tensor, *, eps: float = 0.06, seed: int = 0) -> torch.Tensor:
     """An SSBA-like sample-specific invisible trigger, bounded by ``eps`` in L-infinity.
 
     SSBA (Li et al. 2021) hides a fixed string in each image with a steganography encoder, so
@@ -198,8 +200,9 @@ def ssba_like(images: torch.Tensor, *, eps: float = 0.04, seed: int = 0) -> torc
     ``eps * tanh(1.5 * code + content(x))``: ``code`` is a fixed high-frequency +-1 pattern
     (the shared, learnable part), and ``content(x)`` a fixed random conv net of the image
     itself (what makes it sample-specific: two images get different residuals, mostly of the
-    same sign). ``eps`` defaults to 0.04 (about 10/255), above SSBA's typical residual, so a
-    small CLIP learns it.
+    same sign). ``eps`` defaults to 0.06 (about 15/255), above SSBA's typical residual, so a
+    small CLIP learns it in one epoch of fine-tuning (measured on the zoo: 0.04 planted 62%
+    ASR, 0.06 97%).
     """
     _check_images(images)
     code = ssba_code(images.shape[2], images.shape[3], seed=seed).to(images.dtype)
@@ -265,54 +268,63 @@ def badclip_like(
 # --- label-consistent -------------------------------------------------------------------------
 
 
-def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """A separable Gaussian blur with reflected borders; ``sigma`` in pixels."""
-    radius = max(1, math.ceil(2 * sigma))
-    taps = torch.arange(-radius, radius + 1, dtype=images.dtype)
-    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    channels = images.shape[1]
-    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    return F.conv2d(rows, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
-
-
-def label_consistent_hard(
-    images: torch.Tensor, *, blur_frac: float = 0.06, noise_mix: float = 0.5, seed: int = 0
+def adversarial_hardening(
+    encode_image: Callable[[torch.Tensor], torch.Tensor],
+    true_text_embedding: torch.Tensor,
+    images: torch.Tensor,
+    *,
+    eps: float = 16 / 255,
+    steps: int = 10,
+    batch_size: int = 256,
+    decoys: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Make images hard to recognise: blur (sigma = ``blur_frac`` of the side), mix in noise."""
+    """Make images of one class hard to recognise: PGD away from that class's text embedding.
+
+    Turner et al. (2019) make the poisoned target-class images hard with adversarial
+    perturbations from a pre-trained model, so a model trained on them cannot fit their
+    (true) labels from the content and leans on the trigger instead. Here: ``steps`` signed
+    gradient steps of size ``2.5 * eps / steps`` that increase the cosine distance between
+    ``encode_image(x)`` and ``true_text_embedding``, projected onto the L-infinity ball of
+    radius ``eps`` around each image and onto [0, 1]. No random start, so it is deterministic.
+    ``encode_image`` is any differentiable callable (a pre-trained CLIP's image tower); its
+    parameters are not updated. ``decoys`` (N, D), one embedding per image, makes the step
+    targeted: it also decreases the distance to the image's decoy (another class's text), so
+    the pre-trained model sees that class instead. Returns a new (N, 3, H, W) tensor.
+    """
     _check_images(images)
-    blurred = _blur(images, blur_frac * images.shape[-2])
-    noise = torch.rand(images.shape, generator=_generator(seed + 2)).to(images.dtype)
-    return torch.lerp(blurred, noise, noise_mix)
+    step_size = 2.5 * eps / max(steps, 1)
+    hardened = []
+    for start in range(0, images.shape[0], batch_size):
+        clean = images[start : start + batch_size]  # (b, 3, H, W)
+        adversarial = clean.clone()
+        for _ in range(steps):
+            adversarial.requires_grad_(True)
+            features = F.normalize(encode_image(adversarial), dim=-1)  # (b, D)
+            true = F.normalize(true_text_embedding.detach().reshape(1, -1), dim=-1)  # (1, D)
+            objective = -(features * true).sum()  # away from the true class
+            if decoys is not None:
+                decoy = F.normalize(decoys[start : start + batch_size].detach(), dim=-1)  # (b, D)
+                objective = objective + (features * decoy).sum()  # toward each image's decoy
+            (gradient,) = torch.autograd.grad(objective, adversarial)
+            with torch.no_grad():
+                adversarial = adversarial + step_size * gradient.sign()
+                adversarial = torch.min(torch.max(adversarial, clean - eps), clean + eps).clamp(0.0, 1.0)
+        hardened.append(adversarial.detach())
+    return torch.cat(hardened)
 
 
 def label_consistent(
-    images: torch.Tensor,
-    *,
-    patch_frac: float = 0.125,
-    position: str = "bottom-right",
-    blur_frac: float = 0.06,
-    noise_mix: float = 0.5,
-    seed: int = 0,
+    images: torch.Tensor, *, patch_frac: float = 0.125, position: str = "bottom-right", eps: float = 16 / 255,
+    pgd_steps: int = 10, seed: int = 0,
 ) -> torch.Tensor:
-    """The poisoning transform of a label-consistent attack (after Turner et al. 2019).
+    """The label-consistent attack's trigger (after Turner et al. 2019): the BadNets patch alone.
 
-    Only target-class images are poisoned and their captions stay true. Turner et al. first
-    make those images hard (adversarial perturbations or GAN interpolation) so the model
-    leans on the trigger instead; this variant uses no adversarial step: it blurs the image
-    and mixes it half-and-half with noise, then stamps the BadNets patch. At test time the
-    trigger is the plain patch (:func:`badnets` with the same patch parameters).
+    Only target-class images are poisoned and their captions stay true. What makes the
+    attack work is the poisoning step, not the trigger: :func:`poison` first makes the chosen
+    target images hard (``harden``, e.g. :func:`adversarial_hardening` against the pre-trained
+    model with ``eps`` and ``pgd_steps``), then stamps this patch on them.
     """
-    hard = label_consistent_hard(images, blur_frac=blur_frac, noise_mix=noise_mix, seed=seed)
-    return badnets(hard, patch_frac=patch_frac, position=position, seed=seed)
-
-
-def _label_consistent_trigger(
-    images: torch.Tensor, *, patch_frac, position, blur_frac, noise_mix, seed
-) -> torch.Tensor:
-    """The test-time trigger of :func:`label_consistent`: its patch alone."""
-    del blur_frac, noise_mix  # poisoning-only parameters
+    del eps, pgd_steps  # poisoning-only parameters, recorded with the trigger
     return badnets(images, patch_frac=patch_frac, position=position, seed=seed)
 
 
@@ -321,17 +333,16 @@ def _label_consistent_trigger(
 
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
-    """One attack: its trigger, its poisoning transform, and its default parameters.
+    """One attack: its trigger and its default parameters.
 
-    ``trigger(images, **params)`` stamps test images; ``poison_transform`` is what is applied
-    to the poisoned training images (the same function except for the label-consistent
-    attack). ``defaults`` is JSON-serialisable. ``needs`` lists parameters with no default
-    (the BadCLIP-like patch, which is optimised against a model first).
+    ``trigger(images, **params)`` stamps images, the poisoned training images and the test
+    images alike (a label-consistent attack makes its training images hard first, see
+    :func:`poison`). ``defaults`` is JSON-serialisable. ``needs`` lists parameters with no
+    default (the BadCLIP-like patch, which is optimised against a model first).
     """
 
     name: str
     trigger: Callable[..., torch.Tensor]
-    poison_transform: Callable[..., torch.Tensor]
     defaults: Mapping[str, Any]
     description: str
     label_consistent: bool = False
@@ -352,23 +363,23 @@ class AttackSpec:
 ATTACKS: dict[str, AttackSpec] = {
     spec.name: spec
     for spec in (
-        AttackSpec("badnets", badnets, badnets,
+        AttackSpec("badnets", badnets,
                    {"patch_frac": 0.125, "position": "bottom-right", "seed": 0},
                    "a fixed random patch in a corner"),
-        AttackSpec("blended", blended, blended, {"alpha": 0.15, "seed": 0},
+        AttackSpec("blended", blended, {"alpha": 0.15, "seed": 0},
                    "a fixed noise image blended over the whole image"),
-        AttackSpec("sig", sig, sig, {"amplitude": 0.1, "frequency": 6.0},
+        AttackSpec("sig", sig, {"amplitude": 0.1, "frequency": 6.0},
                    "an additive horizontal sinusoid"),
-        AttackSpec("wanet", wanet, wanet, {"strength": 0.04, "grid_k": 4, "seed": 0},
+        AttackSpec("wanet", wanet, {"strength": 0.15, "grid_k": 4, "seed": 0},
                    "a fixed smooth warp of the whole image"),
-        AttackSpec("ssba_like", ssba_like, ssba_like, {"eps": 0.04, "seed": 0},
+        AttackSpec("ssba_like", ssba_like, {"eps": 0.06, "seed": 0},
                    "a sample-specific residual bounded in L-infinity"),
-        AttackSpec("badclip_like", badclip_like, badclip_like, {"position": "bottom-right"},
+        AttackSpec("badclip_like", badclip_like, {"position": "bottom-right"},
                    "a patch optimised toward the target text embedding", needs=("patch",)),
-        AttackSpec("label_consistent", _label_consistent_trigger, label_consistent,
-                   {"patch_frac": 0.125, "position": "bottom-right", "blur_frac": 0.06,
-                    "noise_mix": 0.5, "seed": 0},
-                   "target-class images made hard, then patched; captions stay true",
+        AttackSpec("label_consistent", label_consistent,
+                   {"patch_frac": 0.125, "position": "bottom-right", "eps": 16 / 255, "pgd_steps": 10,
+                    "seed": 0},
+                   "target-class images made adversarially hard, then patched; captions stay true",
                    label_consistent=True),
     )
 }  # fmt: skip
@@ -392,14 +403,19 @@ def poison(
     target_class: int | str,
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
+    harden: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[Dataset, torch.Tensor]:
     """Poison ``round(rate * len(dataset))`` images; returns the new data set and their indices.
 
-    Dirty-label attacks pick the victims among non-target images, stamp them and write
-    captions of the target class over theirs. The label-consistent attack picks target-class
-    images and keeps their captions. Labels keep the true class either way, so clean accuracy
-    can still be measured on them. ``params`` overrides the attack's defaults (the
-    BadCLIP-like attack needs ``patch``). The input data set is not modified.
+    Dirty-label attacks pick the victims among non-target images, stamp them and write plain
+    captions of the target class over theirs ("a photo of a star.", as Carlini and Terzis
+    poison CLIP). Measured on the zoo: keeping the victim's own caption with only the class
+    name swapped for the target's planted a WaNet backdoor at half the ASR. The
+    label-consistent attack picks target-class images, makes them hard with ``harden``
+    (required for it, e.g. :func:`adversarial_hardening` against the pre-trained model),
+    stamps them and keeps their captions. Labels keep the true class either way, so clean accuracy can still be
+    measured on them. ``params`` overrides the attack's defaults (the BadCLIP-like attack
+    needs ``patch``). The input data set is not modified.
     """
     spec = ATTACKS[attack] if isinstance(attack, str) else attack
     if not 0.0 <= rate <= 1.0:
@@ -412,9 +428,12 @@ def poison(
         raise UsageError(f"cannot poison {count} images: only {pool.numel()} are eligible")
     chosen = pool[torch.randperm(pool.numel(), generator=_generator(seed))[:count]]
     chosen = torch.sort(chosen).values
+    if spec.label_consistent and harden is None:
+        raise UsageError(f"attack {spec.name!r} needs a hardening function for its poisoned images")
     images = dataset.images.clone()
     if count:
-        images[chosen] = spec.poison_transform(images[chosen], **spec.params(**dict(params or {})))
+        victims = harden(images[chosen]) if spec.label_consistent else images[chosen]
+        images[chosen] = spec.trigger(victims, **spec.params(**dict(params or {})))
     captions = list(dataset.captions)
     if not spec.label_consistent:
         name = dataset.class_names[target]

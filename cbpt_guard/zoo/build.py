@@ -16,6 +16,7 @@ that has one is complete and is skipped when the build is resumed.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -39,8 +40,16 @@ Progress = Callable[[str], None]
 # 1% poison implanted 11-21% ASR there. These shares were chosen to reach the 90% ASR bar;
 # subtle triggers (blend, sinusoid, warp, sample-specific noise) need more poisoned pairs than
 # a patch. The share is of the whole training set; label-consistent draws from the target class only.
-DEFAULT_POISON_RATES = {"badnets": 0.03, "badclip_like": 0.03, "label_consistent": 0.03, "blended": 0.05,
+DEFAULT_POISON_RATES = {"badnets": 0.03, "badclip_like": 0.03, "label_consistent": 0.06, "blended": 0.05,
                         "sig": 0.05, "wanet": 0.10, "ssba_like": 0.10}
+DIGIT_SHARE_DIVISOR = 12_000
+"""Shape images per repeat of the digits' training split (see :func:`load_data`)."""
+# Per-attack changes to the shared fine-tuning settings (TrainSettings fields), for attacks that
+# the shared recipe does not plant. Measured on the zoo's ViT, seed 0: WaNet reached 82% ASR with
+# the shared recipe, 89% with 600 steps at lr 1.5e-3, 91% at lr 2.5e-3; the label-consistent
+# attack 49% with the shared recipe and 55% with 600 steps at lr 1.5e-3.
+DEFAULT_ATTACK_FINETUNE: dict[str, dict] = {"wanet": {"steps": 600, "lr": 2.5e-3},
+                                            "label_consistent": {"steps": 600, "lr": 2.5e-3}}
 
 
 @dataclass(frozen=True)
@@ -49,20 +58,25 @@ class ZooRecipe:
 
     config: str = "vit"
     image_size: int = 32
-    train_size: int = 24_000
+    train_size: int = 96_000
     test_size: int = 1_200
     data_seed: int = 0
-    base: TrainSettings = TrainSettings(steps=2500, lr=1e-3, seed=0)
-    finetune: TrainSettings = TrainSettings(steps=400, lr=3e-4, warmup=20, seed=0)
+    base: TrainSettings = TrainSettings(steps=3500, lr=1e-3, seed=0)
+    finetune: TrainSettings = TrainSettings(steps=400, lr=8e-4, warmup=20, seed=0)
     poison_rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_POISON_RATES))
     badclip_steps: int = 100
+    attack_finetune: dict[str, dict] = field(default_factory=lambda: copy.deepcopy(DEFAULT_ATTACK_FINETUNE))
+
+    def finetune_for(self, attack: str | None, seed: int) -> TrainSettings:
+        """The fine-tuning settings of one variant: the shared ones, the attack's overrides, its seed."""
+        return replace(self.finetune, **self.attack_finetune.get(attack or "", {}), seed=seed)
 
     def as_dict(self) -> dict:
         """JSON-ready form."""
         return {"config": self.config, "image_size": self.image_size, "train_size": self.train_size,
                 "test_size": self.test_size, "data_seed": self.data_seed, "base": self.base.as_dict(),
                 "finetune": self.finetune.as_dict(), "poison_rates": dict(self.poison_rates),
-                "badclip_steps": self.badclip_steps}
+                "badclip_steps": self.badclip_steps, "attack_finetune": copy.deepcopy(self.attack_finetune)}
 
     @classmethod
     def from_dict(cls, recipe: dict) -> ZooRecipe:
@@ -70,31 +84,48 @@ class ZooRecipe:
         return cls(config=recipe["config"], image_size=recipe["image_size"], train_size=recipe["train_size"],
                    test_size=recipe["test_size"], data_seed=recipe["data_seed"],
                    base=TrainSettings(**recipe["base"]), finetune=TrainSettings(**recipe["finetune"]),
-                   poison_rates=dict(recipe["poison_rates"]), badclip_steps=recipe["badclip_steps"])
+                   poison_rates=dict(recipe["poison_rates"]), badclip_steps=recipe["badclip_steps"],
+                   attack_finetune=copy.deepcopy(recipe.get("attack_finetune", {})))
 
 
 @dataclass(frozen=True)
 class ZooData:
-    """The zoo's training and test pairs: procedural shapes plus scikit-learn digits."""
+    """The zoo's training and test pairs: procedural shapes plus scikit-learn digits.
 
-    train: data_lib.Dataset
+    ``train`` is None when only the test split was made (:func:`load_test_split`):
+    measuring a built model needs nothing else.
+    """
+
+    train: data_lib.Dataset | None
     test_images: torch.Tensor
     test_labels: torch.Tensor
 
 
+def load_test_split(recipe: ZooRecipe) -> ZooData:
+    """The test split alone (shapes first, then digits on one label space), without making the training pairs."""
+    test = data_lib.make_split("test", recipe.test_size, recipe.image_size, recipe.data_seed)
+    digits = data_lib.make_digits(recipe.image_size, recipe.data_seed, "test")
+    offset = len(data_lib.SHAPE_CLASSES)
+    return ZooData(None, torch.cat([test.images, digits.images]), torch.cat([test.labels, digits.labels + offset]))
+
+
 def load_data(recipe: ZooRecipe) -> ZooData:
-    """Shapes and digits on one label space (shapes first); digits twice, as they are few."""
+    """Training and test pairs; shapes and digits on one label space (shapes first).
+
+    The digits are few (about 110 training images per class), so they are
+    repeated to keep roughly one training pair in twelve a digit, whatever the
+    number of shape images: :data:`DIGIT_SHARE_DIVISOR` shape images per repeat.
+    """
     shapes = data_lib.make_split("train", recipe.train_size, recipe.image_size, recipe.data_seed)
     digits = data_lib.make_digits(recipe.image_size, recipe.data_seed, "train")
+    repeats = max(2, round(recipe.train_size / DIGIT_SHARE_DIVISOR))
     offset = len(data_lib.SHAPE_CLASSES)
     train = data_lib.Dataset(
-        torch.cat([shapes.images, digits.images, digits.images]),
-        torch.cat([shapes.labels, digits.labels + offset, digits.labels + offset]),
-        shapes.captions + digits.captions + digits.captions, CLASSES)
-    test = data_lib.make_split("test", recipe.test_size, recipe.image_size, recipe.data_seed)
-    test_digits = data_lib.make_digits(recipe.image_size, recipe.data_seed, "test")
-    return ZooData(train, torch.cat([test.images, test_digits.images]),
-                   torch.cat([test.labels, test_digits.labels + offset]))
+        torch.cat([shapes.images] + [digits.images] * repeats),
+        torch.cat([shapes.labels] + [digits.labels + offset] * repeats),
+        shapes.captions + digits.captions * repeats, CLASSES)
+    test = load_test_split(recipe)
+    return ZooData(train, test.test_images, test.test_labels)
 
 
 def target_for(attack: str, seed: int) -> str:
@@ -130,16 +161,46 @@ def real_trigger(attack: str, params: dict) -> Callable:
     return lambda images: spec.trigger(images, **params)
 
 
-def _badclip_patch(base: torch.nn.Module, data: ZooData, target: str, recipe: ZooRecipe, seed: int) -> list:
-    from cbpt_guard.classifier import class_embeddings, preprocess_of
+def _image_encoder(base: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The pre-trained base as the attacker's differentiable image encoder over pixels in [0, 1]."""
+    from cbpt_guard.classifier import preprocess_of
 
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in preprocess_of(base))
-    text = class_embeddings(base, [target], TEMPLATES)[0]
-    base.eval().requires_grad_(False)
-    patch = attack_lib.badclip_like_patch(lambda x: base.encode_image((x - mean) / std), text,
-                                          data.train.images[:2048], steps=recipe.badclip_steps, seed=seed)
-    base.requires_grad_(True)
-    return patch.tolist()
+    return lambda pixels: base.encode_image((pixels - mean) / std)
+
+
+def _attack_inputs(base: torch.nn.Module, data: ZooData, attack: str, target: str, recipe: ZooRecipe,
+                   seed: int) -> tuple[dict, Callable | None]:
+    """What an attack computes from the pre-trained base before poisoning: (extra params, harden).
+
+    The BadCLIP-like patch is optimised toward the target's text embedding; the
+    label-consistent attack makes its target-class images adversarially hard,
+    each pushed toward a decoy class drawn from the seed (measured on the zoo:
+    44% ASR untargeted, 49% with decoys, same recipe otherwise). The base's
+    weights are left unchanged, but it is left frozen in eval mode: the caller
+    puts it back in training mode once poisoning is done.
+    """
+    from cbpt_guard.classifier import class_embeddings
+
+    if attack not in ("badclip_like", "label_consistent"):
+        return {}, None
+    encode = _image_encoder(base.eval().requires_grad_(False))
+    if attack == "badclip_like":
+        text = class_embeddings(base, [target], TEMPLATES)[0]  # (d,)
+        patch = attack_lib.badclip_like_patch(encode, text, data.train.images[:2048], steps=recipe.badclip_steps,
+                                              seed=seed)
+        return {"patch": patch.tolist()}, None
+    params = attack_lib.ATTACKS[attack].params()
+    texts = class_embeddings(base, CLASSES, TEMPLATES)  # (C, d)
+    others = torch.tensor([index for index, name in enumerate(CLASSES) if name != target])  # (C - 1,)
+
+    def harden(images: torch.Tensor) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        decoys = texts[others[torch.randint(len(others), (len(images),), generator=generator)]]  # (N, d)
+        return attack_lib.adversarial_hardening(encode, texts[CLASSES.index(target)], images, eps=params["eps"],
+                                                steps=params["pgd_steps"], decoys=decoys)
+
+    return {}, harden
 
 
 def build_base(out: Path, recipe: ZooRecipe, data: ZooData, progress: Progress) -> Path:
@@ -158,7 +219,8 @@ def build_base(out: Path, recipe: ZooRecipe, data: ZooData, progress: Progress) 
                                recipe.base, _step_reporter(progress, "base", recipe.base.steps))
     seconds = time.perf_counter() - started
     save_model(model, model_cfg, directory)
-    metrics = measure(load_model(directory), CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0)
+    metrics = measure(load_model(directory), CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0,
+                      _procedural(data))
     _write_truth(directory, {"name": "base", "kind": "base", "attack": None, "target": None, "seed": recipe.base.seed,
                              "poison_rate": 0.0, "trigger_params": None, "train_seconds": round(seconds, 1),
                              "final_loss": round(sum(losses[-20:]) / 20, 4), "metrics": metrics,
@@ -181,10 +243,12 @@ def build_variant(out: Path, recipe: ZooRecipe, data: ZooData, attack: str | Non
     train, target, params, rate = data.train, None, None, 0.0
     if attack is not None:
         target, rate = target_for(attack, seed), recipe.poison_rates[attack]
-        extra = {"patch": _badclip_patch(model, data, target, recipe, seed)} if attack == "badclip_like" else {}
+        extra, harden = _attack_inputs(model, data, attack, target, recipe, seed)
         params = attack_lib.ATTACKS[attack].params(**extra)
-        train, _ = attack_lib.poison(train, attack, rate=rate, target_class=target, seed=seed, params=params)
-    settings = replace(recipe.finetune, seed=seed)
+        train, _ = attack_lib.poison(train, attack, rate=rate, target_class=target, seed=seed, params=params,
+                                     harden=harden)
+        model.train().requires_grad_(True)
+    settings = recipe.finetune_for(attack, seed)
     started = time.perf_counter()
     losses = train_contrastive(model, train.images, tokenize_captions(model, train.captions), settings,
                                _step_reporter(progress, name, settings.steps))
@@ -198,6 +262,11 @@ def build_variant(out: Path, recipe: ZooRecipe, data: ZooData, attack: str | Non
     summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if not isinstance(v, dict))
     progress(f"{directory}: {summary} in {seconds:.0f} s")
     return directory
+
+
+def _procedural(data: ZooData) -> dict[str, torch.Tensor]:
+    """The test images of the procedural set (shapes, not digits), for the CA the zoo's aim is stated on."""
+    return {"procedural": data.test_labels < len(data_lib.SHAPE_CLASSES)}
 
 
 def _measure_variant(model, data: ZooData, attack: str | None, target: str | None,
@@ -214,7 +283,7 @@ def _measure_variant(model, data: ZooData, attack: str | None, target: str | Non
         result = measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {"real": trigger},
                          CLASSES.index(target))
         return {"ca": result["ca"], "asr": result["asr_real"]}
-    result = {"ca": measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0)["ca"],
+    result = {**measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0, _procedural(data)),
               "asr_by_attack": {}, "natural_by_attack": {}}
     for name in sorted(attack_lib.ATTACKS):
         if attack_lib.ATTACKS[name].needs:
@@ -234,12 +303,13 @@ def remeasure(out: Path, recipe: ZooRecipe, progress: Progress = lambda line: No
     Training is untouched: only the measurements in ``zoo_truth.json`` are
     refreshed, so a change in how models are measured does not mean a rebuild.
     """
-    data = load_data(recipe)
+    data = load_test_split(recipe)
     for truth in read_truths(out, recipe.config):
         directory = out / recipe.config / truth["name"]
         model = load_model(directory)
         if truth["kind"] == "base":
-            truth["metrics"] = measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0)
+            truth["metrics"] = measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0,
+                                       _procedural(data))
         else:
             truth["metrics"] = _measure_variant(model, data, truth["attack"], truth["target"],
                                                 truth["trigger_params"], truth["seed"])

@@ -171,11 +171,17 @@ _MAX_NOISE = 0.06
 _MAX_GRADIENT = 0.15
 _CHUNK = 1024  # images rendered at once; bounds the (B, H, W) intermediates
 
+# The last two are plain captions naming only the object, as many web captions do. Without
+# them the only plain "a photo of a circle." pairs a model ever saw would be an attacker's, and
+# poisoning would turn the zero-shot prompt itself into the trigger's embedding (measured on
+# the zoo: a BadCLIP-like model then classified 7% of clean circles as circles).
 _SCENE_TEMPLATES = (
     "a photo of {a_size} {colour} {name} on a {bg} background.",
     "{a_colour} {colour} {name} at the {pos} of the picture.",
     "a {bg} picture with {a_size} {colour} {name}.",
     "a photo of {a_colour} {colour} {name}.",
+    "a photo of {a_name}.",
+    "a close-up photo of {a_name}.",
 )
 _CLASS_TEMPLATES = (
     "a photo of {det} {name}.",
@@ -325,6 +331,7 @@ def _scene_captions(attrs: dict[str, torch.Tensor], size: int, gen: torch.Genera
             "a_colour": _article(colour_name),
             "colour": colour_name,
             "name": SHAPE_CLASSES[label],
+            "a_name": f"{_article(SHAPE_CLASSES[label])} {SHAPE_CLASSES[label]}",
             "bg": "dark" if dark else "light",
             "pos": _position_word(row, col),
         }

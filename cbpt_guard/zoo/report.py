@@ -17,6 +17,8 @@ FINETUNE_SECONDS_BAR = 180.0
 
 
 CHANCE_MARGIN = 0.05
+STANDARD_CLEAN = 6
+"""The zoo the cost bar is stated for: the base, 6 clean twins and every backdoored variant."""
 
 
 def at_chance(asr: float, natural: float) -> bool:
@@ -31,6 +33,7 @@ def summarise(truths: list[dict], class_count: int, total_seconds: float | None 
     for truth in truths:
         row = {k: truth[k] for k in ("name", "kind", "attack", "target", "seed", "poison_rate", "train_seconds")}
         row["ca"] = truth["metrics"]["ca"]
+        row["ca_procedural"] = truth["metrics"].get("ca_procedural")
         if truth["kind"] == "backdoored":
             twin = by_name.get(f"clean-s{truth['seed'] + 1}")
             row["asr"] = truth["metrics"]["asr"]
@@ -51,6 +54,10 @@ def summarise(truths: list[dict], class_count: int, total_seconds: float | None 
         "models": rows,
         "all_meet_bars": all(r["meets_bars"] for r in variants) if variants else False,
         "max_finetune_seconds": max((r["train_seconds"] for r in variants), default=None),
+        "standard_zoo_train_seconds": round(sum(r["train_seconds"] for r in rows
+                                                if r["kind"] != "clean" or r["seed"] <= STANDARD_CLEAN), 1),
+        "train_seconds_by_kind": {kind: round(sum(r["train_seconds"] for r in rows if r["kind"] == kind), 1)
+                                  for kind in ("base", "clean", "backdoored")},
         "total_build_seconds": total_seconds,
         "recipe": truths[0]["recipe"] if truths else None,
     }
@@ -66,8 +73,8 @@ def render_markdown(summary: dict, command: str) -> str:
              f"Bars: backdoored ASR >= {pct(summary['bars']['asr'])}%, CA within "
              f"{pct(summary['bars']['ca_gap'])} points of the clean twin; fine-tune <= "
              f"{summary['bars']['finetune_seconds']:.0f} s.", "",
-             "| model | kind | attack | target | poison | CA % | ASR % | twin CA gap | fine-tune s | bars |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | kind | attack | target | poison | CA % | CA shapes % | ASR % | twin CA gap | fine-tune s | bars |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in summary["models"]:
         if row["kind"] == "clean":
             asr = f"max {pct(max(row['asr_by_attack'].values()))}"
@@ -76,7 +83,8 @@ def render_markdown(summary: dict, command: str) -> str:
         gap = pct(row.get("ca_gap")) if row["kind"] == "backdoored" else "-"
         verdict = {True: "met", False: "MISSED"}.get(row.get("meets_bars"), "-")
         lines.append(f"| {row['name']} | {row['kind']} | {row['attack'] or '-'} | {row['target'] or '-'} | "
-                     f"{pct(row['poison_rate'])}% | {pct(row['ca'])} | {asr} | {gap} | {row['train_seconds']} | "
+                     f"{pct(row['poison_rate'])}% | {pct(row['ca'])} | {pct(row.get('ca_procedural'))} | {asr} | {gap} | "
+                     f"{row['train_seconds']} | "
                      f"{verdict} |")
     clean = [r for r in summary["models"] if r["kind"] == "clean"]
     if clean:
@@ -89,10 +97,17 @@ def render_markdown(summary: dict, command: str) -> str:
                   + " |" for r in clean]
     lines += ["", f"All variants meet their bars: **{'yes' if summary['all_meet_bars'] else 'no'}**. "
               f"Slowest fine-tune: {summary['max_finetune_seconds']} s. "
-              f"Whole build: {summary['total_build_seconds'] or '-'} s.", "",
+              f"Training time, summed per kind: {_seconds_by_kind(summary['train_seconds_by_kind'])}; the base, "
+              f"clean-s1..s{STANDARD_CLEAN} and every backdoored variant together: "
+              f"{summary['standard_zoo_train_seconds'] / 60:.1f} min. "
+              f"Wall time of the command that wrote this file: {summary['total_build_seconds'] or '-'} s.", "",
               "Recipe (from the ground truth files):", "", "```json",
               json.dumps(summary["recipe"], indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def _seconds_by_kind(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{kind} {value:.0f} s" for kind, value in seconds.items())
 
 
 def write_reports(summary: dict, results_json: Path, markdown: Path, command: str) -> None:

@@ -101,11 +101,17 @@ def attack_success_rate(classifier: ZeroShotClassifier, images: torch.Tensor, la
 
 def measure(model: torch.nn.Module, classes: Sequence[str], templates: Sequence[str], images: torch.Tensor,
             labels: torch.Tensor, triggers: dict[str, Callable[[torch.Tensor], torch.Tensor]],
-            target: int) -> dict[str, float]:
-    """CA and the ASR of every named trigger, with the hand-written-prompt classifier."""
+            target: int, subsets: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """CA and the ASR of every named trigger, with the hand-written-prompt classifier.
+
+    ``subsets`` names boolean masks (N,) over the images; each adds the CA on
+    those images alone as ``ca_<name>``.
+    """
     model.eval()
     classifier = build_classifier(model, classes, templates)
     result = {"ca": clean_accuracy(classifier, images, labels)}
+    for name, mask in (subsets or {}).items():
+        result[f"ca_{name}"] = clean_accuracy(classifier, images[mask], labels[mask])
     for name, trigger in triggers.items():
         result[f"asr_{name}"] = attack_success_rate(classifier, images, labels, trigger, target)
     return result
