@@ -25,15 +25,19 @@ from pathlib import Path
 
 import torch
 
-from cbpt_guard.classifier import build_classifier
-from cbpt_guard.detect import calibration as calib
-from cbpt_guard.detect.baseline import DECREE_PL1_RULE, decree
-from cbpt_guard.detect.run import DetectBudget, gather_evidence
-from cbpt_guard.intake import load_checkpoint
-from cbpt_guard.intake.architecture import build_model
-from cbpt_guard.probes import ProbeSet, procedural_probes
-from cbpt_guard.zoo import data as data_lib
-from cbpt_guard.zoo.build import TRUTH_NAME
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # evidence_cache.py beside this file
+
+from evidence_cache import cached_evidence, weights_digest  # noqa: E402
+
+from cbpt_guard.classifier import build_classifier  # noqa: E402
+from cbpt_guard.detect import calibration as calib  # noqa: E402
+from cbpt_guard.detect.baseline import DECREE_PL1_RULE, decree  # noqa: E402
+from cbpt_guard.detect.run import DetectBudget, gather_evidence  # noqa: E402
+from cbpt_guard.intake import load_checkpoint  # noqa: E402
+from cbpt_guard.intake.architecture import build_model  # noqa: E402
+from cbpt_guard.probes import ProbeSet, procedural_probes  # noqa: E402
+from cbpt_guard.zoo import data as data_lib  # noqa: E402
+from cbpt_guard.zoo.build import TRUTH_NAME  # noqa: E402
 
 TIERS = ("zero-data", "unlabelled")
 
@@ -55,20 +59,28 @@ def unlabelled_probes(count: int) -> ProbeSet:
     return ProbeSet(pool[order], "unlabelled", source="zoo few-shot split, labels dropped")
 
 
-def run_model(directory: Path, tier: str, budget: DetectBudget) -> dict:
-    """Evidence features, the baseline's PL1 and the timings of one model under one tier."""
+def run_model(directory: Path, tier: str, budget: DetectBudget, evidence_cache: Path) -> dict:
+    """Evidence features, the baseline's PL1 and the timings of one model under one tier.
+
+    The zero-data tier's detection run (default budget, seed 0) is the one
+    benchmarks/purification.py trains against, kept in ``evidence_cache``.
+    """
     loaded = load_checkpoint(directory)
     report = loaded.report
     probes = unlabelled_probes(budget.probes) if tier == "unlabelled" else None
-    started = time.perf_counter()
-    evidence = gather_evidence(loaded.model, report.classes, report.templates, probes=probes, budget=budget, seed=0)
-    seconds = time.perf_counter() - started
-    targets = evidence.targets
+    if tier == "zero-data" and budget == DetectBudget():
+        summary = cached_evidence(directory, evidence_cache)
+        features, targets, seconds = summary["features"], summary["targets"], summary["seconds"]
+    else:
+        started = time.perf_counter()
+        evidence = gather_evidence(loaded.model, report.classes, report.templates, probes=probes, budget=budget,
+                                   seed=0)
+        features, targets, seconds = evidence.features, evidence.targets, time.perf_counter() - started
     classifier = build_classifier(loaded.model, report.classes, report.templates)
     pixels = (probes or procedural_probes(budget.probes, classifier.image_size, 0)).images[: budget.probes]
     started = time.perf_counter()
     baseline = decree(classifier, pixels, steps=budget.inversion.steps, seed=0)
-    return {"features": evidence.features, "targets": targets, "seconds": round(seconds, 2),
+    return {"features": features, "targets": targets, "seconds": round(seconds, 2),
             "baseline": {"pl1": baseline.pl1, "collapsed": baseline.collapsed, "trojaned": baseline.trojaned,
                          "seconds": round(time.perf_counter() - started, 2)}}
 
@@ -164,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiers", default=",".join(TIERS))
     parser.add_argument("--threads", default=2, type=int)
     parser.add_argument("--write-calibration", type=Path, help="also write the zero-data calibration here")
+    parser.add_argument("--evidence-cache", default=Path("/work/cache/purify"), type=Path,
+                        help="where the zero-data detection runs are kept (shared with purification.py's --cache)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     budget = DetectBudget()
@@ -173,9 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     for tier in args.tiers.split(","):
         for name in truths:
-            key = f"{tier}/{name}"
-            if key not in cache:
-                cache[key] = run_model(args.zoo / name, tier, budget)
+            key, digest = f"{tier}/{name}", weights_digest(args.zoo / name)
+            if cache.get(key, {}).get("weights_sha256") != digest:  # new, or the model was rebuilt since
+                cache[key] = run_model(args.zoo / name, tier, budget, args.evidence_cache) | {"weights_sha256": digest}
                 cache_path.parent.mkdir(parents=True, exist_ok=True)
                 cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
                 print(f"{key}: {cache[key]['seconds']} s", file=sys.stderr, flush=True)

@@ -2,8 +2,8 @@
 
 Usage (after `cbpt-guard zoo build --out ZOO ...`):
 
-    python benchmarks/purification.py --zoo ZOO/vit --out benchmarks --tiers 16,4,0 \
-        --models all --threads 2 [--cache /work/cache/purify]
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/purification.py --zoo ZOO/vit --out benchmarks \
+        --tiers 16,4,0 --models all --threads 2 [--cache /work/cache/purify]
 
 For every backdoored zoo model it runs detection once (default budget, seed 0,
 zero-data probes) and caches the inverted dummy triggers; then, per data tier,
@@ -40,13 +40,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # full_finetune.py beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # full_finetune.py, evidence_cache.py beside this file
 
+from evidence_cache import cached_evidence, cached_triggers, weights_digest  # noqa: E402
 from full_finetune import FinetuneSettings, full_finetune  # noqa: E402
 
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier  # noqa: E402
 from cbpt_guard.zoo import data as data_lib  # noqa: E402
-from cbpt_guard.zoo.build import CLASSES, TRUTH_NAME, real_trigger  # noqa: E402
+from cbpt_guard.zoo.build import CLASSES, TRUTH_NAME, ZooRecipe, load_test_split, real_trigger  # noqa: E402
 from cbpt_guard.zoo.train import attack_success_rate, clean_accuracy  # noqa: E402
 
 METHODS = ("none", "finetune", "prompt", "cbpt")
@@ -94,11 +95,9 @@ def fewshot_set(shots: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_set(recipe: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The zoo's test split, made exactly as ``cbpt_guard.zoo.build.load_data`` makes it (without its train split)."""
-    test = data_lib.make_split("test", recipe["test_size"], recipe["image_size"], recipe["data_seed"])
-    digits = data_lib.make_digits(recipe["image_size"], recipe["data_seed"], "test")
-    return (torch.cat([test.images, digits.images]),
-            torch.cat([test.labels, digits.labels + len(data_lib.SHAPE_CLASSES)]))
+    """The zoo's test split, as the zoo measured its models on it."""
+    split = load_test_split(ZooRecipe.from_dict(recipe))
+    return split.test_images, split.test_labels
 
 
 # --- detection: the dummy triggers, cached -------------------------------------------------------
@@ -119,42 +118,22 @@ class CachedEvidence:
     seconds: float
 
 
-_FAMILY_KEYS = ("family", "collapsed", "size", "target", "concentration", "inverted_asr", "steps_run")
+def detection_evidence(model_dir: Path, cache: Path) -> CachedEvidence:
+    """Detection's evidence for one zoo model (default budget, zero-data probes), scored with the shipped calibration.
 
-
-def detection_evidence(model_dir: Path, cache: Path, seed: int = 0) -> CachedEvidence:
-    """Detection's evidence for one zoo model (default budget, zero-data probes), from the cache or run now."""
-    from safetensors.torch import load_file, save_file
-
+    The detection run itself is shared with benchmarks/detection.py (see
+    evidence_cache.py); it is scored here, so a re-fitted calibration needs no
+    new detection.
+    """
     from cbpt_guard.detect.api import default_calibration
     from cbpt_guard.detect.calibration import score
-    from cbpt_guard.detect.run import DetectBudget, gather_evidence
-    from cbpt_guard.intake import load_checkpoint
-    from cbpt_guard.triggers import trigger_from_state
 
-    folder = cache / model_dir.name
-    summary_path, tensors_path = folder / "evidence.json", folder / "triggers.safetensors"
-    if not summary_path.is_file():
-        loaded = load_checkpoint(model_dir)
-        evidence = gather_evidence(loaded.model, loaded.report.classes, loaded.report.templates,
-                                   budget=DetectBudget(), seed=seed)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({f"{f['family']}.{k}": v.contiguous() for f in evidence.families
-                   for k, v in f["trigger"].state().items()}, str(tensors_path))
-        summary = {"families": [{k: f[k] for k in _FAMILY_KEYS} for f in evidence.families],
-                   "features": evidence.features, "seconds": round(evidence.seconds, 2), "seed": seed,
-                   "image_size": int(evidence.probes.images.shape[-1])}
-        summary_path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")  # written last: marks complete
-    summary = json.loads(summary_path.read_text())
-    calibration = default_calibration()  # scored now, so a re-fitted calibration needs no new detection
+    summary = cached_evidence(model_dir, cache)
+    triggers = cached_triggers(model_dir, cache)
+    calibration = default_calibration()
     value, zs = score(summary["features"], calibration)
-    tensors = load_file(str(tensors_path))
-    families = []
-    for family in summary["families"]:
-        prefix = family["family"] + "."
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        families.append({**family, "z": zs.get(family["family"]),
-                         "trigger": trigger_from_state(family["family"], summary["image_size"], state)})
+    families = [{**family, "z": zs.get(family["family"]), "trigger": triggers[family["family"]]}
+                for family in summary["families"]]
     return CachedEvidence(families, zs, value, calibration.threshold, summary["seconds"])
 
 
@@ -257,6 +236,7 @@ def run_method(spec: dict) -> dict:
     original = build_classifier(model, classes, templates)
     images, labels, label_source = tier_data(tier, original, spec.get("balanced", True))
     result = {"model": model_dir.name, "tier": tier, "method": method, "rule": spec.get("rule", "default"),
+              "threads": torch.get_num_threads(),
               "images": len(images), "labels": label_source, "label_accuracy": None, "triggers": []}
     if tier == 0:
         result["label_accuracy"] = float((labels == fewshot_set(SHOT_POOL)[1]).float().mean())
@@ -270,11 +250,11 @@ def run_method(spec: dict) -> dict:
              _warm_up(spec, method))
     _settle_memory()
     before = _resident_bytes()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     classifier, extra = _run(method, model, classes, templates, images, labels, triggers, spec)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     peak = _peak_resident_bytes()
-    return result | extra | {"seconds": seconds, "peak_bytes": max(0, peak - before),
+    return result | extra | {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_bytes": max(0, peak - before),
                              **evaluate(classifier, truth, test_images, test_labels)}
 
 
@@ -307,7 +287,10 @@ def _cache_key(spec: dict) -> str:
     """A short digest of everything that decides a run's result: the method and what it reads."""
     used = {"none": (), "finetune": ("tier", "balanced", "finetune"), "prompt": ("tier", "balanced", "cbpt"),
             "cbpt": ("tier", "balanced", "cbpt", "rule")}[spec["method"]]
-    keyed = {"method": spec["method"], **{k: spec[k] for k in used}}
+    keyed = {"method": spec["method"], **{k: spec[k] for k in used},
+             "weights": weights_digest(Path(spec["model_dir"]))}  # a rebuilt zoo model is run again
+    if "threads" in spec:  # a cost run at a thread count of its own (--cost-threads)
+        keyed["threads"] = spec["threads"]
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -316,7 +299,9 @@ def cached_run(spec: dict, cache: Path, threads: int) -> dict:
     path = cache / Path(spec["model_dir"]).name / f"{spec['tier']}-{spec['method']}-{_cache_key(spec)}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+    # Passive OpenMP waits: on a CPU shared with other jobs, spinning threads made a 2-thread fine-tuning run
+    # five times slower (wall and CPU time alike) than the same run with waiting threads asleep.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1")
     started = time.perf_counter()
     done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec), "--threads", str(threads)],
                           env=env, capture_output=True, text=True, check=False)
@@ -403,6 +388,11 @@ def run_all(args: argparse.Namespace, cbpt: CbptSettings, finetune: FinetuneSett
         if 0 in tiers:  # zero-shot with plain (unbalanced) pseudo-labels
             model_runs["ablation/plain-pseudo-labels"] = cached_run(
                 dict(spec, tier=0, method="cbpt", balanced=False), args.cache, args.threads)
+        if args.cost_threads and SHOT_POOL in tiers:  # the cost of both methods again, at another thread count
+            for method in ("finetune", "cbpt"):
+                model_runs[f"cost/{method}"] = cached_run(
+                    dict(spec, tier=SHOT_POOL, method=method, threads=args.cost_threads), args.cache,
+                    args.cost_threads)
         runs[name] = model_runs
         print(f"{name}: done ({time.perf_counter() - started:.0f} s this invocation)", file=sys.stderr, flush=True)
     return runs
@@ -429,7 +419,7 @@ def summarise_tier(runs: dict, truths: dict, tier: int) -> dict:
                "label_accuracy": model_runs[f"{tier}/cbpt"]["label_accuracy"], "none": _metrics(model_runs["none"])}
         for method in ("finetune", "prompt", "cbpt"):
             run = model_runs[f"{tier}/{method}"]
-            row[method] = _metrics(run) | {"seconds": run["seconds"], "peak_bytes": run["peak_bytes"]}
+            row[method] = _metrics(run) | {k: run[k] for k in ("seconds", "cpu_seconds", "peak_bytes")}
         rows.append(row)
     groups = {attack: [r for r in rows if r["attack"] == attack] for attack in sorted({r["attack"] for r in rows})}
     groups["overall"] = rows
@@ -439,6 +429,7 @@ def summarise_tier(runs: dict, truths: dict, tier: int) -> dict:
                   for attack, members in groups.items()}
     overall = per_attack["overall"]
     cost = {method: {"seconds": _mean([r[method]["seconds"] for r in rows]),
+                     "cpu_seconds": _mean([r[method]["cpu_seconds"] for r in rows]),
                      "peak_mb": _mean([r[method]["peak_bytes"] / 2**20 for r in rows])}
             for method in ("finetune", "prompt", "cbpt")}
     detection_seconds = _mean([runs[r["name"]]["detection"]["seconds"] for r in rows])
@@ -448,6 +439,7 @@ def summarise_tier(runs: dict, truths: dict, tier: int) -> dict:
     # median of the per-model ratios (both methods of a model ran minutes apart) is what the bar is judged on.
     time_ratios = [r["finetune"]["seconds"] / r["cbpt"]["seconds"] for r in rows]
     memory_ratios = [r["finetune"]["peak_bytes"] / max(r["cbpt"]["peak_bytes"], 1) for r in rows]
+    cpu_ratios = [r["finetune"]["cpu_seconds"] / r["cbpt"]["cpu_seconds"] for r in rows]
     bars = {
         "asr": overall["cbpt"]["asr"] <= ASR_BAR,
         "ca": overall["none"]["ca"] - overall["cbpt"]["ca"] <= CA_DROP_BAR,
@@ -460,6 +452,7 @@ def summarise_tier(runs: dict, truths: dict, tier: int) -> dict:
             "cbpt_asr_median": statistics.median(r["cbpt"]["asr"] for r in rows),
             "cost": cost | {"time_ratio": time_ratio, "memory_ratio": memory_ratio,
                             "time_ratio_median": statistics.median(time_ratios),
+                            "cpu_ratio_median": statistics.median(cpu_ratios),
                             "memory_ratio_median": statistics.median(memory_ratios),
                             "detection_seconds": detection_seconds,
                             "time_ratio_with_detection": cost["finetune"]["seconds"] / (
@@ -469,6 +462,20 @@ def summarise_tier(runs: dict, truths: dict, tier: int) -> dict:
                                 r["cbpt"]["peak_bytes"] >= r["finetune"]["peak_bytes"] for r in rows)},
             "models_cbpt_asr_over_bar": sum(r["cbpt"]["asr"] > ASR_BAR for r in rows),
             "models_cbpt_ca_drop_over_bar": sum(r["none"]["ca"] - r["cbpt"]["ca"] > CA_DROP_BAR for r in rows)}
+
+
+def summarise_cost_threads(runs: dict) -> dict | None:
+    """Fine-tuning and CBPT timed again at ``--cost-threads`` (16-shot): means and median per-model ratios."""
+    names = [n for n, r in runs.items() if "cost/finetune" in r and "cost/cbpt" in r]
+    if not names:
+        return None
+    pick = lambda method, key: [runs[n][f"cost/{method}"][key] for n in names]  # noqa: E731
+    ratio = lambda key: statistics.median(f / c for f, c in zip(pick("finetune", key), pick("cbpt", key)))  # noqa: E731
+    return {"models": len(names), "threads": runs[names[0]]["cost/cbpt"].get("threads"),
+            **{method: {key: _mean(pick(method, key)) for key in ("seconds", "cpu_seconds", "peak_bytes")}
+               for method in ("finetune", "cbpt")},
+            "time_ratio_median": ratio("seconds"), "cpu_ratio_median": ratio("cpu_seconds"),
+            "memory_ratio_median": ratio("peak_bytes")}
 
 
 def summarise_ablations(runs: dict, truths: dict) -> dict:
@@ -540,7 +547,9 @@ def render_tier(summary: dict) -> list[str]:
               f"{cost['cbpt']['peak_mb']:.1f} MB. Fine-tuning / CBPT: {cost['time_ratio']:.1f}x the time "
               f"(ratio of the means; median of the per-model ratios {cost['time_ratio_median']:.1f}x, judged "
               f"against the bar of {TIME_RATIO_BAR:.0f}x as a neighbour's job can slow a single run: "
-              f"{_yes(bars['time_ratio'])}; {cost['models_time_ratio_below_bar']} models below it), "
+              f"{_yes(bars['time_ratio'])}; {cost['models_time_ratio_below_bar']} models below it; CPU time, "
+              f"which a neighbour disturbs less: fine-tuning {cost['finetune']['cpu_seconds']:.2f} s, CBPT "
+              f"{cost['cbpt']['cpu_seconds']:.2f} s, median per-model ratio {cost['cpu_ratio_median']:.1f}x), "
               f"{cost['memory_ratio']:.1f}x the peak memory (median per model {cost['memory_ratio_median']:.1f}x; "
               f"CBPT less: {_yes(bars['less_memory'])}; {cost['models_more_memory']} models not). Counting the "
               f"detection run CBPT needs for its triggers ({cost['detection_seconds']:.1f} s per model), "
@@ -565,8 +574,8 @@ def render_summary(tiers: list[dict]) -> list[str]:
     """The bars of every tier in one table (details in each tier's section)."""
     lines = ["## Summary", "", "| tier | CBPT mean ASR % (median) | models over 2% | CBPT CA change, points | "
              "models losing > 2 points | ASR below both baselines | CA at least both baselines | "
-             "fine-tune / CBPT time (median) | fine-tune / CBPT peak memory (median) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "fine-tune / CBPT time (median) | same, CPU time | fine-tune / CBPT peak memory (median) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for summary in tiers:
         overall, cost, bars = summary["per_attack"]["overall"], summary["cost"], summary["bars"]
         lines.append(
@@ -575,7 +584,8 @@ def render_summary(tiers: list[dict]) -> list[str]:
             f"| {100 * (overall['cbpt']['ca'] - overall['none']['ca']):+.1f} {'' if bars['ca'] else '**MISSED**'} "
             f"| {summary['models_cbpt_ca_drop_over_bar']} | {_yes(bars['asr_below_baselines'])} | "
             f"{_yes(bars['ca_not_below_baselines'])} | {cost['time_ratio_median']:.1f}x "
-            f"{'' if bars['time_ratio'] else '**MISSED**'} | {cost['memory_ratio_median']:.1f}x |")
+            f"{'' if bars['time_ratio'] else '**MISSED**'} | {cost['cpu_ratio_median']:.1f}x | "
+            f"{cost['memory_ratio_median']:.1f}x |")
     return lines + ["", "Bars: mean ASR <= 2%, mean CA at most 2 points below the backdoored models', ASR below "
                     "both baselines at equal or better CA, at least 10x less time and less peak memory than full "
                     "fine-tuning. The 0-shot tier has no labels.", ""]
@@ -644,7 +654,8 @@ def render(results: dict) -> str:
              f"(batch_size {cbpt['batch_size']}), focus {'on' if cbpt['focus'] else 'off'}; dummy triggers from "
              "`gather_evidence` (default budget, seed 0, zero-data procedural probes), chosen by "
              "`select_dummy_triggers` (families with calibrated z >= 2, else the most anomalous one).",
-             "- **Cost**: each run is a fresh Python process; the timed window is the method's own work (CBPT: "
+             "- **Cost**: each run is a fresh Python process; the timed window (wall and process CPU time) is "
+             "the method's own work (CBPT: "
              "image features of the clean and stamped views, then the text-side training; fine-tuning: its "
              "training loop), not loading the model and data nor evaluating. Peak memory is the growth of the "
              "process's peak resident set over its resident size at the start of the window: after "
@@ -657,6 +668,17 @@ def render(results: dict) -> str:
     lines = lines[:6] + render_summary(results["tiers"]) + lines[6:]  # the summary right after the header
     for summary in results["tiers"]:
         lines += render_tier(summary)
+    other = results.get("cost_threads")
+    if other:
+        lines += [f"## Cost at {other['threads']} thread(s)", "",
+                  f"Fine-tuning and CBPT timed again on the 16-shot tier with `--cost-threads {other['threads']}` "
+                  f"({other['models']} models; same measurement): fine-tuning {other['finetune']['seconds']:.2f} s "
+                  f"({other['finetune']['cpu_seconds']:.2f} s CPU, {other['finetune']['peak_bytes'] / 2**20:.1f} MB), "
+                  f"CBPT {other['cbpt']['seconds']:.2f} s ({other['cbpt']['cpu_seconds']:.2f} s CPU, "
+                  f"{other['cbpt']['peak_bytes'] / 2**20:.1f} MB); median per-model ratios "
+                  f"{other['time_ratio_median']:.1f}x wall, {other['cpu_ratio_median']:.1f}x CPU, "
+                  f"{other['memory_ratio_median']:.1f}x peak memory (CBPT's steps are many small text-side "
+                  "operations, fine-tuning's are larger ones, so the thread count moves them differently).", ""]
     lines += ["## Comparisons", ""] + render_ablations(results["ablations"])
     lines += ["## Defaults chosen", "",
               "For the ready policies' `purification:` sections (and `tune_prompts`' defaults):", "", "```yaml",
@@ -726,6 +748,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="detection triggers and per-run results (outside the repository)")
     parser.add_argument("--finetune-dev", default="badnets-s0,sig-s1",
                         help="models the fine-tuning baseline's learning rate is picked on")
+    parser.add_argument("--cost-threads", type=int, default=0,
+                        help="also time fine-tuning and CBPT (16-shot) at this thread count")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one run, as JSON, in this fresh process
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -751,7 +775,8 @@ def main(argv: list[str] | None = None) -> int:
                             "trigger_rule": "select_dummy_triggers (z >= 2, else the top family)"},
                "finetune_choice": finetune_choice,
                "tiers": [summarise_tier(runs, truths, tier) for tier in tiers],
-               "ablations": summarise_ablations(runs, truths), "runs": runs,
+               "ablations": summarise_ablations(runs, truths), "cost_threads": summarise_cost_threads(runs),
+               "runs": runs,
                "wall_seconds": time.perf_counter() - started, "invocations": invocations,
                "work_seconds": _work_seconds(runs) + finetune_choice["seconds"]}
     (args.out / "results").mkdir(parents=True, exist_ok=True)
