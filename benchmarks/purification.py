@@ -692,12 +692,19 @@ def render(results: dict) -> str:
               "- Purification is as good as the dummy trigger: where detection's inverted triggers send images to "
               "a universal attractor of the small model rather than to the attacker's target, CBPT has little to "
               "train against (see the per-model rows with ASR above the bar).",
-              "- Several zoo models miss the zoo's own bars (ASR < 90% or CA far below their clean twin: leaky "
-              "WaNet, SSBA-like and blended backdoors, and label-consistent models the attack barely implanted); "
-              "they are reported as they are, marked in the per-model rows. Leaky models start with a low CA, so "
-              "purifying them raises the mean CA; the per-model rows and the count of models losing more than "
-              "2 points show the rest.", ""]
+              _zoo_bars_limit(results["tiers"][0]["rows"]) if results["tiers"] else "", ""]
     return "\n".join(lines)
+
+
+def _zoo_bars_limit(rows: list[dict]) -> str:
+    """The Limits bullet on zoo models that miss the zoo's own bars, from the rows themselves."""
+    missed = [row["name"] for row in rows if not row["zoo_bars_met"]]
+    if not missed:
+        return "- Every model here meets the zoo's own bars (benchmarks/ZOO.md)."
+    return (f"- {len(missed)} of {len(rows)} models miss the zoo's own bars (ASR < 90% with the real trigger, or "
+            f"CA more than 3 points from the clean twin; benchmarks/ZOO.md): {', '.join(missed)}. They are "
+            "reported as they are and marked in the per-model rows: a backdoor the attack barely implanted "
+            "starts with a low ASR, which flatters the means after purification.")
 
 
 def _log_invocation(cache: Path, seconds: float, executed: int) -> list[dict]:
