@@ -48,6 +48,7 @@ from full_finetune import FinetuneSettings, full_finetune  # noqa: E402
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier  # noqa: E402
 from cbpt_guard.zoo import data as data_lib  # noqa: E402
 from cbpt_guard.zoo.build import CLASSES, TRUTH_NAME, ZooRecipe, load_test_split, real_trigger  # noqa: E402
+from cbpt_guard.zoo.report import ASR_BAR as ZOO_ASR_BAR, CA_GAP_BAR as ZOO_CA_GAP_BAR  # noqa: E402
 from cbpt_guard.zoo.train import attack_success_rate, clean_accuracy  # noqa: E402
 
 METHODS = ("none", "finetune", "prompt", "cbpt")
@@ -692,7 +693,7 @@ def render(results: dict) -> str:
               "- Purification is as good as the dummy trigger: where detection's inverted triggers send images to "
               "a universal attractor of the small model rather than to the attacker's target, CBPT has little to "
               "train against (see the per-model rows with ASR above the bar).",
-              _zoo_bars_limit(results["tiers"][0]["rows"]) if results["tiers"] else "", ""]
+              _zoo_bars_limit(results["tiers"][0]["rows"]), ""]
     return "\n".join(lines)
 
 
@@ -701,8 +702,9 @@ def _zoo_bars_limit(rows: list[dict]) -> str:
     missed = [row["name"] for row in rows if not row["zoo_bars_met"]]
     if not missed:
         return "- Every model here meets the zoo's own bars (benchmarks/ZOO.md)."
-    return (f"- {len(missed)} of {len(rows)} models miss the zoo's own bars (ASR < 90% with the real trigger, or "
-            f"CA more than 3 points from the clean twin; benchmarks/ZOO.md): {', '.join(missed)}. They are "
+    return (f"- {len(missed)} of {len(rows)} models miss the zoo's own bars (ASR < {ZOO_ASR_BAR:.0%} with the real "
+            f"trigger, or CA more than {100 * ZOO_CA_GAP_BAR:.0f} points from the clean twin; benchmarks/ZOO.md): "
+            f"{', '.join(missed)}. They are "
             "reported as they are and marked in the per-model rows: a backdoor the attack barely implanted "
             "starts with a low ASR, which flatters the means after purification.")
 
