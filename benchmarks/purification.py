@@ -14,9 +14,8 @@ trigger term) and ``cbpt`` (prompt tuning with the dummy triggers chosen by
 :func:`cbpt_guard.purify.triggers_choice.select_dummy_triggers`). CA and the
 real trigger's ASR are measured on the zoo's test split with the zoo's own
 functions. Before that, the fine-tuning baseline's learning rate is picked on
-two development models; after it, three comparisons run: all three trigger
-families instead of the rule, the literal METHOD.md loss instead of the
-focused one, and plain instead of class-balanced pseudo-labels. Every run is
+two development models; after it, the comparisons in :data:`COMPARISONS` run,
+each changing one choice of the default CBPT run. Every run is
 cached, so an interrupted benchmark resumes. It writes OUT/PURIFICATION.md and
 OUT/results/purification.json; nothing in them is typed by hand. The real
 trigger is only ever used to *measure*.
@@ -56,6 +55,16 @@ SHOT_POOL = 16  # the zoo's few-shot split holds 16 images per class
 ASR_BAR = 0.02
 CA_DROP_BAR = 0.02
 TIME_RATIO_BAR = 10.0
+COMPARISONS = {
+    "evidence-rule": ("Which dummy triggers: every family (default) vs the evidence rule (families with z >= 2, "
+                      "else the top one)", {"rule": "evidence"}),
+    "reclassify": ("The backdoor term: leave the drawn class (default) vs METHOD.md's cross-entropy toward the "
+                   "clean label", {"backdoor": "reclassify"}),
+    "no-distill": ("Distillation of the clean predictions: on (default) vs off", {"l_distill": 0.0}),
+    "strength-1": ("Dummy stamps: at strength 2 (default) vs as detection inverted them (strength 1)",
+                   {"strength": 1.0}),
+}
+"""Each comparison changes one choice of the default CBPT run (a trigger ``rule`` or CbptSettings fields)."""
 
 
 @dataclass(frozen=True)
@@ -67,10 +76,12 @@ class CbptSettings:
     lr: float = 1e-2
     l_bd: float = 1.0
     l_drift: float = 1.0
+    l_distill: float = 10.0
+    strength: float = 2.0
+    backdoor: str = "leave"
     batch_size: int | None = None  # the whole few-shot set in every step
     optimiser: str = "adamw"
     seed: int = 0
-    focus: bool = True
 
     def as_dict(self) -> dict:
         """JSON-ready form."""
@@ -203,12 +214,10 @@ def _peak_resident_bytes() -> int:
 
 
 def choose_triggers(evidence: CachedEvidence, rule: str) -> list:
-    """The dummy triggers for CBPT: the product's rule ("default"), or "all" three families (the comparison)."""
-    from cbpt_guard.purify.triggers_choice import select_dummy_triggers
+    """The dummy triggers for CBPT: the product's choice ("default": every family), or the "evidence" rule."""
+    from cbpt_guard.purify.triggers_choice import EVIDENCE_Z, select_dummy_triggers
 
-    if rule == "all":
-        return [family["trigger"] for family in evidence.families]
-    return select_dummy_triggers(evidence, evidence.zs)
+    return select_dummy_triggers(evidence, evidence.zs, min_z=EVIDENCE_Z if rule == "evidence" else None)
 
 
 def run_method(spec: dict) -> dict:
@@ -375,17 +384,17 @@ def run_all(args: argparse.Namespace, cbpt: CbptSettings, finetune: FinetuneSett
             for method in ("finetune", "prompt", "cbpt"):
                 model_runs[f"{tier}/{method}"] = cached_run(dict(spec, tier=tier, method=method), args.cache,
                                                             args.threads)
-        # Comparisons, 16-shot: all three families, and the literal METHOD.md loss (no focus).
-        if SHOT_POOL in tiers:
+        if SHOT_POOL in tiers:  # the comparisons, 16-shot: one choice of the default run changed in each
             default = model_runs[f"{SHOT_POOL}/cbpt"]
-            if sorted(default["triggers"]) == sorted(f["family"] for f in evidence.families):
-                model_runs["ablation/all-families"] = dict(default, rule="all", same_run=True)  # same triggers
-            else:
-                model_runs["ablation/all-families"] = cached_run(
-                    dict(spec, tier=SHOT_POOL, method="cbpt", rule="all"), args.cache, args.threads)
-            model_runs["ablation/no-focus"] = cached_run(
-                dict(spec, tier=SHOT_POOL, method="cbpt", cbpt=dict(cbpt.as_dict(), focus=False)), args.cache,
-                args.threads)
+            for comparison, (_, change) in COMPARISONS.items():
+                rule = change.get("rule", "default")
+                changed = dict(spec, tier=SHOT_POOL, method="cbpt", rule=rule,
+                               cbpt=dict(cbpt.as_dict(), **{k: v for k, v in change.items() if k != "rule"}))
+                if rule != "default" and sorted(choose_triggers(evidence, rule), key=id) == sorted(
+                        choose_triggers(evidence, "default"), key=id):
+                    model_runs[f"ablation/{comparison}"] = dict(default, rule=rule, same_run=True)  # same triggers
+                else:
+                    model_runs[f"ablation/{comparison}"] = cached_run(changed, args.cache, args.threads)
         if 0 in tiers:  # zero-shot with plain (unbalanced) pseudo-labels
             model_runs["ablation/plain-pseudo-labels"] = cached_run(
                 dict(spec, tier=0, method="cbpt", balanced=False), args.cache, args.threads)
@@ -481,8 +490,7 @@ def summarise_cost_threads(runs: dict) -> dict | None:
 
 def summarise_ablations(runs: dict, truths: dict) -> dict:
     """Per attack and overall, mean CA and ASR of each comparison beside the default CBPT run it varies."""
-    pairs = {"all-families": f"{SHOT_POOL}/cbpt", "no-focus": f"{SHOT_POOL}/cbpt",
-             "plain-pseudo-labels": "0/cbpt"}
+    pairs = {**dict.fromkeys(COMPARISONS, f"{SHOT_POOL}/cbpt"), "plain-pseudo-labels": "0/cbpt"}
     out = {}
     for ablation, default in pairs.items():
         key = f"ablation/{ablation}"
@@ -593,11 +601,9 @@ def render_summary(tiers: list[dict]) -> list[str]:
 
 
 def render_ablations(ablations: dict) -> list[str]:
-    """The comparisons: which dummy triggers, the focus of the backdoor term, balanced pseudo-labels."""
-    titles = {"all-families": "Which dummy triggers: the rule (families with z >= 2, else the top one) "
-                              "vs all three families (16-shot)",
-              "no-focus": "The backdoor term: with focus (default) vs METHOD.md section 5 to the letter (16-shot)",
-              "plain-pseudo-labels": "Zero-shot labels: class-balanced (default) vs plain top-1 pseudo-labels"}
+    """The comparisons: each changes one choice of the default CBPT run; and balanced pseudo-labels."""
+    titles = {name: f"{title} (16-shot)" for name, (title, _) in COMPARISONS.items()} | {
+        "plain-pseudo-labels": "Zero-shot labels: class-balanced (default) vs plain top-1 pseudo-labels"}
     lines = []
     for ablation, result in ablations.items():
         lines += [f"### {titles[ablation]}", "", f"| attack | default CA | default ASR | {ablation} CA | "
@@ -606,7 +612,7 @@ def render_ablations(ablations: dict) -> list[str]:
             lines.append(f"| {'**overall**' if attack == 'overall' else attack} | {_pct(row['default']['ca'])} | "
                          f"{_pct(row['default']['asr'])} | {_pct(row[ablation]['ca'])} | "
                          f"{_pct(row[ablation]['asr'])} |")
-        if ablation == "all-families":
+        if ablation == "evidence-rule":
             changed = result["models_with_other_triggers"]
             lines += ["", f"The rule left out at least one family on {len(changed)} of {result['models']} models"
                       + ("." if len(changed) == result["models"] else
@@ -651,10 +657,11 @@ def render(results: dict) -> str:
              f"CA bar: {_finetune_choice(results['finetune_choice'])}.",
              "- **prompt**: the CBPT trainer with no trigger (`triggers=[]`), same settings as CBPT.",
              f"- **CBPT**: `tune_prompts` with n_ctx {cbpt['n_ctx']}, {cbpt['steps']} steps, lr {cbpt['lr']}, "
-             f"l_bd {cbpt['l_bd']}, l_drift {cbpt['l_drift']}, {cbpt['optimiser']}, the whole set in every step "
-             f"(batch_size {cbpt['batch_size']}), focus {'on' if cbpt['focus'] else 'off'}; dummy triggers from "
+             f"l_bd {cbpt['l_bd']}, l_drift {cbpt['l_drift']}, l_distill {cbpt['l_distill']}, backdoor term "
+             f"\"{cbpt['backdoor']}\", dummy stamps at strength {cbpt['strength']}, {cbpt['optimiser']}, the whole "
+             f"set in every step (batch_size {cbpt['batch_size']}); dummy triggers from "
              "`gather_evidence` (default budget, seed 0, zero-data procedural probes), chosen by "
-             "`select_dummy_triggers` (families with calibrated z >= 2, else the most anomalous one).",
+             "`select_dummy_triggers` (every inverted family).",
              "- **Cost**: each run is a fresh Python process; the timed window (wall and process CPU time) is "
              "the method's own work (CBPT: "
              "image features of the clean and stamped views, then the text-side training; fine-tuning: its "
@@ -684,9 +691,10 @@ def render(results: dict) -> str:
     lines += ["## Defaults chosen", "",
               "For the ready policies' `purification:` sections (and `tune_prompts`' defaults):", "", "```yaml",
               "purification:", f"  n_ctx: {cbpt['n_ctx']}", f"  steps: {cbpt['steps']}", f"  lr: {cbpt['lr']}",
-              "  loss_weights:", f"    l_bd: {cbpt['l_bd']}", f"    l_drift: {cbpt['l_drift']}", "```", "",
+              "  loss_weights:", f"    l_bd: {cbpt['l_bd']}", f"    l_drift: {cbpt['l_drift']}",
+              f"    l_distill: {cbpt['l_distill']}", "```", "",
               f"Not policy keys, fixed in `tune_prompts`: optimiser {cbpt['optimiser']}, the whole set in every "
-              "step, focus on, attractor share 2x uniform.", "",
+              f"step, backdoor term \"{cbpt['backdoor']}\", dummy stamps at strength {cbpt['strength']}.", "",
               "## Limits", "",
               "- The encoders still carry the backdoor: the protection holds for the tuned class prompts only "
               "(not for retrieval, new class names or other prompts).",
@@ -781,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"command": command, "zoo": str(args.zoo), "models": list(runs), "threads": args.threads,
                "test_images": len(test_set(recipe)[1]),
                "settings": {"cbpt": cbpt.as_dict(), "finetune": finetune.as_dict(),
-                            "trigger_rule": "select_dummy_triggers (z >= 2, else the top family)"},
+                            "trigger_rule": "select_dummy_triggers (every inverted family)"},
                "finetune_choice": finetune_choice,
                "tiers": [summarise_tier(runs, truths, tier) for tier in tiers],
                "ablations": summarise_ablations(runs, truths), "cost_threads": summarise_cost_threads(runs),

@@ -357,9 +357,11 @@ def test_exported_purified_model_gives_the_same_real_trigger_asr_as_pytorch(tiny
     test_digits = data_lib.make_digits(recipe["image_size"], recipe["data_seed"], "test")
     images = torch.cat([test.images, test_digits.images])
     stamped = trigger(images[torch.cat([test.labels, test_digits.labels + offset]) != target])  # non-target only
-    # Purify: tune the class prompts so that triggered copies of the few shots keep their labels.
+    # Purify: tune the class prompts so that triggered copies of the few shots keep their labels (given as
+    # clean images, so no distillation: it would hold the copies' predictions where the backdoor put them).
     tuned = tune_prompts(loaded.model, report.classes, report.templates, torch.cat([shots, trigger(shots)]),
-                         torch.cat([labels, labels]), [], steps=100, lr=2e-3, batch_size=64, optimiser="adamw")
+                         torch.cat([labels, labels]), [], steps=100, lr=2e-3, batch_size=64, optimiser="adamw",
+                         l_distill=0.0)
     save_prompts(tmp_path / "prompts", ctx=tuned.ctx, class_embeddings=tuned.class_embeddings,
                  original_embeddings=tuned.original_embeddings, source_digest=report.checkpoint_sha256,
                  classes=report.classes, settings={"steps": 100}, metrics={})

@@ -1,4 +1,4 @@
-"""The dummy-trigger rule: every family with evidence, strongest first, else the single most anomalous one."""
+"""The dummy-trigger choice: every family strongest first, or with the evidence rule those at the bar."""
 
 from __future__ import annotations
 
@@ -21,9 +21,17 @@ def _families(triggers) -> list[str]:
     return [trigger.family for trigger in triggers]
 
 
-def test_keeps_every_family_at_or_above_the_bar_strongest_first():
+def test_by_default_keeps_every_family_strongest_first():
     evidence = _evidence("patch", "additive", "warp")
     chosen = select_dummy_triggers(evidence, {"patch": 2.5, "additive": 6.0, "warp": -0.6, "anomaly": 9.0})
+    assert _families(chosen) == ["additive", "patch", "warp"]
+    assert chosen[0] is evidence.families[1]["trigger"]  # the inverted modules themselves, not copies
+
+
+def test_the_rule_keeps_every_family_at_or_above_the_bar_strongest_first():
+    evidence = _evidence("patch", "additive", "warp")
+    chosen = select_dummy_triggers(evidence, {"patch": 2.5, "additive": 6.0, "warp": -0.6, "anomaly": 9.0},
+                                   min_z=EVIDENCE_Z)
     assert _families(chosen) == ["additive", "patch"]
     assert chosen[0] is evidence.families[1]["trigger"]  # the inverted modules themselves, not copies
 
@@ -31,21 +39,24 @@ def test_keeps_every_family_at_or_above_the_bar_strongest_first():
 def test_the_bar_is_inclusive_and_can_be_moved():
     evidence = _evidence("patch", "additive", "warp")
     zs = {"patch": EVIDENCE_Z, "additive": 1.5, "warp": 0.2}
-    assert _families(select_dummy_triggers(evidence, zs)) == ["patch"]
+    assert _families(select_dummy_triggers(evidence, zs, min_z=EVIDENCE_Z)) == ["patch"]
     assert _families(select_dummy_triggers(evidence, zs, min_z=1.0)) == ["patch", "additive"]
     assert _families(select_dummy_triggers(evidence, zs, min_z=-math.inf)) == ["patch", "additive", "warp"]
 
 
 def test_without_evidence_falls_back_to_the_most_anomalous_family():
     evidence = _evidence("patch", "additive", "warp")
-    assert _families(select_dummy_triggers(evidence, {"patch": -0.2, "additive": 1.1, "warp": -0.4})) == ["additive"]
+    zs = {"patch": -0.2, "additive": 1.1, "warp": -0.4}
+    assert _families(select_dummy_triggers(evidence, zs, min_z=EVIDENCE_Z)) == ["additive"]
 
 
 def test_missing_or_nan_z_counts_as_no_evidence():
     evidence = _evidence("patch", "additive", "warp")
-    chosen = select_dummy_triggers(evidence, {"patch": float("nan"), "warp": 0.5})
+    chosen = select_dummy_triggers(evidence, {"patch": float("nan"), "warp": 0.5}, min_z=EVIDENCE_Z)
     assert _families(chosen) == ["warp"]
-    assert _families(select_dummy_triggers(evidence, {})) == ["patch"]  # nothing scored: detection's first family
+    assert _families(select_dummy_triggers(evidence, {"patch": float("nan"), "warp": 0.5})) == ["warp", "patch",
+                                                                                              "additive"]
+    assert _families(select_dummy_triggers(evidence, {}, min_z=EVIDENCE_Z)) == ["patch"]  # nothing scored: the first
 
 
 def test_families_without_a_trigger_are_skipped_and_nothing_inverted_gives_nothing():
@@ -57,7 +68,7 @@ def test_families_without_a_trigger_are_skipped_and_nothing_inverted_gives_nothi
 
 def test_chosen_triggers_stamp_images_as_detection_left_them():
     evidence = _evidence("patch", "additive", "warp")
-    (chosen,) = select_dummy_triggers(evidence, {"patch": 0.0, "additive": 3.0, "warp": 0.0})
+    (chosen,) = select_dummy_triggers(evidence, {"patch": 0.0, "additive": 3.0, "warp": 0.0}, min_z=EVIDENCE_Z)
     images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     expected = evidence.families[1]["trigger"](images)
     torch.testing.assert_close(chosen(images), expected)

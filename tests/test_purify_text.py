@@ -18,6 +18,10 @@ torch.set_num_threads(1)
 
 PROMPTS = ["a photo of a cat.", "a blurry photo of a traffic light in the rain.", "itap of a hippopotamus.", "x"]
 CLASSES = ["cat", "traffic light", "hippopotamus"]  # one, two and three BPE tokens
+PARITY_ATOL = 1e-5
+"""The encoder skips the positions after the last pooled token (the causal mask makes them irrelevant), so its
+sums run in another order than encode_text's: ulp-level differences (1e-6 measured), against the 1e-3 and more
+that a missing mask or a wrong pooling position gives."""
 
 
 def _tokens(model) -> torch.Tensor:
@@ -49,7 +53,7 @@ def test_encoder_matches_encode_text_for_every_tiny_family(family):
         ours = EmbeddingTextEncoder(model)(model.token_embedding(tokens), tokens)  # (4, d)
         reference = model.encode_text(tokens)  # (4, d)
     assert ours.shape == reference.shape
-    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours, reference, atol=PARITY_ATOL, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -72,7 +76,7 @@ def test_encoder_matches_encode_text_for_text_tower_variants(text_cfg, custom_te
     with torch.no_grad():
         ours = encoder(_text_parts(model).token_embedding(tokens), tokens)
         reference = model.encode_text(tokens)
-    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours, reference, atol=PARITY_ATOL, rtol=0)
 
 
 def test_encoder_accepts_pooled_positions_instead_of_token_ids():
@@ -81,7 +85,7 @@ def test_encoder_accepts_pooled_positions_instead_of_token_ids():
     encoder = EmbeddingTextEncoder(model)
     with torch.no_grad():
         ours = encoder(model.token_embedding(tokens), positions=tokens.argmax(dim=-1))
-    torch.testing.assert_close(ours, model.encode_text(tokens), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours, model.encode_text(tokens), atol=PARITY_ATOL, rtol=0)
 
 
 def test_dropping_the_causal_mask_changes_the_features(monkeypatch):

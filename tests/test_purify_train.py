@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from cbpt_guard.classifier import build_classifier
 from cbpt_guard.errors import UsageError
 from cbpt_guard.intake.architecture import build_model
-from cbpt_guard.purify.losses import backdoor_loss, clean_loss, drift_loss, total_loss
-from cbpt_guard.purify.trainer import attractors, pseudo_labels, tune_prompts
+from cbpt_guard.purify.losses import distill_loss, drift_loss, leave_loss, reclassify_loss
+from cbpt_guard.purify.trainer import _features, attractors, pseudo_labels, tune_prompts
 from cbpt_guard.triggers import PatchTrigger
 from tiny_models import TINY_CONFIGS
 
@@ -52,24 +52,52 @@ def test_drift_loss_is_zero_for_the_original_and_one_for_orthogonal_embeddings()
     assert drift_loss(torch.eye(2), torch.eye(2).flip(0)) == pytest.approx(1.0)
 
 
-def test_backdoor_loss_scores_stamped_images_against_the_clean_labels():
+def test_reclassify_loss_scores_stamped_images_against_the_clean_labels():
     text = torch.eye(3)  # (C, d)
     stamped = torch.eye(3)[[2, 2]]  # both stamped images land on class 2
-    wrong, right = (backdoor_loss(stamped, text, torch.tensor(y), 10.0) for y in ([0, 1], [2, 2]))
+    wrong, right = (reclassify_loss(stamped, text, torch.tensor(y), 10.0) for y in ([0, 1], [2, 2]))
     assert right < 1e-3 < wrong
-    assert backdoor_loss(stamped[:0], text, torch.tensor([], dtype=torch.long), 10.0) == 0
+    assert reclassify_loss(stamped[:0], text, torch.tensor([], dtype=torch.long), 10.0) == 0
 
 
-def test_total_loss_weights_the_parts_and_reports_them_as_floats():
+def test_leave_loss_is_the_drawn_class_unlikelihood_over_all_copies():
+    text = torch.eye(3)  # (C, d)
+    stamped = torch.eye(3)[[2, 2, 0]]  # (N, d)
+    drawn = torch.tensor([2, 2, 0])  # where the hand-written prompts sent each copy
+    labels = torch.tensor([0, 2, 0])  # copy 1 and copy 2 were drawn to their own class: nothing to undo
+    stay = torch.softmax(10.0 * stamped @ text.T, dim=-1)[0, 2]
+    expected = -torch.log(1 - stay) / 3  # only copy 0 counts, divided by all three copies
+    assert leave_loss(stamped, text, drawn, labels, 10.0).item() == pytest.approx(expected.item())
+    assert leave_loss(stamped, text, drawn, drawn, 10.0) == 0
+    moved = torch.eye(3)[[1, 2, 0]]  # copy 0 now sits on class 1, away from the class it was drawn to
+    assert leave_loss(moved, text, drawn, labels, 10.0) < 0.01 * leave_loss(stamped, text, drawn, labels, 10.0)
+    assert leave_loss(stamped[:0], text, drawn[:0], labels[:0], 10.0) == 0
+
+
+def test_distill_loss_is_zero_at_the_hand_written_prompts_and_grows_as_predictions_move():
     generator = torch.Generator().manual_seed(0)
-    image, stamped = (F.normalize(torch.randn(4, 8, generator=generator), dim=-1) for _ in range(2))
-    text, original = (F.normalize(torch.randn(3, 8, generator=generator), dim=-1) for _ in range(2))
-    labels = torch.tensor([0, 1, 2, 0])
-    total, parts = total_loss(image, stamped, text, original, labels, labels, 5.0, l_bd=2.0, l_drift=3.0)
-    assert set(parts) == {"total", "clean", "backdoor", "drift"}
-    assert all(isinstance(value, float) for value in parts.values())
-    assert parts["clean"] == pytest.approx(clean_loss(image, text, labels, 5.0).item())
-    assert total.item() == pytest.approx(parts["clean"] + 2.0 * parts["backdoor"] + 3.0 * parts["drift"], rel=1e-6)
+    images = F.normalize(torch.randn(6, 8, generator=generator), dim=-1)  # (N, d)
+    original = F.normalize(torch.randn(3, 8, generator=generator), dim=-1)  # (C, d)
+    assert distill_loss(images, original, original, 10.0).abs() < 1e-6
+    near = F.normalize(original + 0.1 * torch.randn(3, 8, generator=generator), dim=-1)
+    assert 0 < distill_loss(images, near, original, 10.0) < distill_loss(images, original.flip(0), original, 10.0)
+
+
+def test_stamps_are_extrapolated_by_the_strength_and_clipped():
+    classifier = build_classifier(_model(), CLASSES, TEMPLATES)
+    images, _ = _data(8)
+    trigger = _corner_patch()
+    with torch.no_grad():
+        torch.testing.assert_close(_features(classifier, images, trigger, 1.0), classifier.features(trigger(images)))
+        doubled = (2 * trigger(images) - images).clamp(0, 1)  # x + 2 (A(x) - x)
+        torch.testing.assert_close(_features(classifier, images, trigger, 2.0), classifier.features(doubled))
+    assert not torch.equal(doubled, trigger(images))  # the corner pattern does differ at strength 2
+
+
+def test_unknown_backdoor_term_is_a_usage_error():
+    images, labels = _data(8)
+    with pytest.raises(UsageError, match="backdoor term"):
+        tune_prompts(_model(), CLASSES, TEMPLATES, images, labels, [], steps=1, backdoor="focus")
 
 
 @pytest.mark.parametrize("family", ["vit", "resnet"])  # resnet: batch-norm statistics must not move either
@@ -110,13 +138,14 @@ def test_trigger_term_lowers_the_backdoor_loss_and_curves_are_recorded():
         torch.testing.assert_close(trigger(images)[:, :, 12:, 12:], images[:, :, 12:, 12:], atol=1e-6, rtol=0)
         pattern = trigger.pattern()[:, :, :12, :12].expand(32, -1, -1, -1)  # (N, 3, 12, 12)
         torch.testing.assert_close(trigger(images)[:, :, :12, :12], pattern, atol=1e-6, rtol=0)
-    result = tune_prompts(model, CLASSES, TEMPLATES, images, labels, [trigger],
-                          n_ctx=4, steps=40, lr=2e-3, batch_size=16, seed=0)
-    before = backdoor_loss(stamped, result.original_embeddings, labels, classifier.scale).item()
-    after = backdoor_loss(stamped, result.class_embeddings, labels, classifier.scale).item()
+    result = tune_prompts(model, CLASSES, TEMPLATES, images, labels, [trigger], n_ctx=4, steps=40, lr=2e-3,
+                          batch_size=16, seed=0, strength=1.0, backdoor="reclassify", l_distill=0.0)
+    before = reclassify_loss(stamped, result.original_embeddings, labels, classifier.scale).item()
+    after = reclassify_loss(stamped, result.class_embeddings, labels, classifier.scale).item()
     assert after < 0.5 * before
     assert {name: len(curve) for name, curve in result.curves.items()} == dict.fromkeys(
-        ["total", "clean", "backdoor", "drift"], 40)
+        ["total", "clean", "backdoor", "drift", "distill"], 40)
+    assert result.curves["distill"][0] == pytest.approx(0.0, abs=1e-6)
     assert result.curves["drift"][0] == pytest.approx(0.0, abs=1e-6)  # tuning starts at the hand-written prompts
     assert sum(result.curves["backdoor"][-5:]) < sum(result.curves["backdoor"][:5])
     assert all(math.isfinite(value) for curve in result.curves.values() for value in curve)
@@ -155,18 +184,6 @@ def test_pseudo_labels_are_the_classifiers_clean_predictions():
     assert torch.equal(labels, classifier(images).argmax(dim=-1))
 
 
-def test_weighted_backdoor_loss_counts_weighted_copies_over_all_copies():
-    text = torch.eye(3)  # (C, d)
-    stamped = torch.eye(3)[[2, 2, 0]]  # (N, d)
-    labels = torch.tensor([0, 1, 0])
-    plain = backdoor_loss(stamped, text, labels, 10.0)
-    assert backdoor_loss(stamped, text, labels, 10.0, torch.ones(3)) == pytest.approx(plain.item())
-    assert backdoor_loss(stamped, text, labels, 10.0, torch.zeros(3)) == 0
-    each = F.cross_entropy(10.0 * stamped @ text.T, labels, reduction="none")  # (N,)
-    partial = backdoor_loss(stamped, text, labels, 10.0, torch.tensor([1.0, 0.0, 1.0]))
-    assert partial.item() == pytest.approx((each[0] + each[2]).item() / 3)  # divided by all copies, not by 2
-
-
 def test_attractors_are_the_most_frequent_class_and_every_class_over_the_share():
     classifier = build_classifier(_model(), CLASSES, TEMPLATES)
     text = classifier.text  # (C, d): a stamped copy equal to a class embedding is predicted as that class
@@ -177,35 +194,36 @@ def test_attractors_are_the_most_frequent_class_and_every_class_over_the_share()
     assert attractors(classifier, stamped, share=1.0)[0].tolist() == [True, True, False, False]
 
 
-def test_focus_leaves_out_every_copy_whose_label_its_trigger_attracts():
+def test_leave_term_ignores_copies_drawn_to_their_own_label():
     model = _model()
     images, _ = _data(16)
     trigger = _corner_patch()
     classifier = build_classifier(model, CLASSES, TEMPLATES)
     with torch.no_grad():
-        drawn = attractors(classifier, classifier.features(trigger(images))[None])[0]  # (C,)
-    labels = torch.full((16,), int(drawn.nonzero()[0]))  # every image labelled with an attracted class
-    focused = tune_prompts(model, CLASSES, TEMPLATES, images, labels, [trigger], steps=3)
-    literal = tune_prompts(model, CLASSES, TEMPLATES, images, labels, [trigger], steps=3, focus=False)
-    assert focused.attractors == [drawn.nonzero().flatten().tolist()]
-    assert focused.curves["backdoor"] == [0.0, 0.0, 0.0]
+        drawn = classifier.logits_from_features(_features(classifier, images, trigger, 2.0)).argmax(-1)  # (N,)
+    leave = tune_prompts(model, CLASSES, TEMPLATES, images, drawn, [trigger], steps=3)
+    literal = tune_prompts(model, CLASSES, TEMPLATES, images, (drawn + 1) % len(CLASSES), [trigger], steps=3,
+                           backdoor="reclassify")
+    assert leave.curves["backdoor"] == [0.0, 0.0, 0.0]  # every copy was labelled with the class it went to
     assert all(value > 0 for value in literal.curves["backdoor"])
 
 
-def test_focus_stops_pulling_copies_once_no_trigger_sends_them_to_an_attractor():
+def test_leave_term_moves_stamped_copies_off_the_class_the_trigger_chose():
     model = _model()
     images, labels = _data()
     trigger = _corner_patch()
-    result = tune_prompts(model, CLASSES, TEMPLATES, images, labels, [trigger], steps=60)
+    result = tune_prompts(model, CLASSES, TEMPLATES, images, labels, [trigger], steps=60, strength=1.0,
+                          l_distill=0.0)  # the leave term alone: the distillation term restrains it
     classifier = build_classifier(model, CLASSES, TEMPLATES)
     with torch.no_grad():
         stamped = classifier.features(trigger(images))  # (N, d)
-    drawn = torch.tensor(result.attractors[0])
-    usable = ~torch.isin(labels, drawn)
-    before = torch.isin(classifier.logits_from_features(stamped).argmax(-1), drawn)[usable].float().mean()
-    after = torch.isin((stamped @ result.class_embeddings.T).argmax(-1), drawn)[usable].float().mean()
-    assert before > 0.5 and after < 0.5 * before
-    assert result.curves["backdoor"][0] > 0 and result.curves["backdoor"][-1] < result.curves["backdoor"][0]
+    drawn = classifier.logits_from_features(stamped).argmax(-1)  # (N,)
+    usable = drawn != labels
+    stays = (stamped @ result.class_embeddings.T).argmax(-1) == drawn  # (N,)
+    assert usable.sum() >= 8  # the untuned prompts send at least a quarter of the copies off their own class
+    assert stays[usable].float().mean() < 0.25
+    assert result.attractors == [attractors(classifier, stamped[None])[0].nonzero().flatten().tolist()]
+    assert result.curves["backdoor"][0] > 0 and result.curves["backdoor"][-1] < 0.5 * result.curves["backdoor"][0]
 
 
 class _FixedLogits(torch.nn.Module):

@@ -197,10 +197,16 @@ class EvidenceRules(_Section):
 
 
 class LossWeights(_Section):
-    """The CBPT loss weights: L = L_clean + l_bd * L_bd + l_drift * L_drift (METHOD.md section 5)."""
+    """The CBPT loss weights: L = L_clean + l_bd * L_bd + l_drift * L_drift + l_distill * L_distill.
+
+    METHOD.md section 5 has the first three; the distillation term (clean
+    predictions held to the hand-written prompts') is cbpt_guard's, see
+    :func:`cbpt_guard.purify.losses.distill_loss`.
+    """
 
     l_bd: Annotated[Float, Field(ge=0.0, le=1000.0)] = 1.0
     l_drift: Annotated[Float, Field(ge=0.0, le=1000.0)] = 1.0
+    l_distill: Annotated[Float, Field(ge=0.0, le=1000.0)] = 10.0
 
 
 class PurificationSettings(_Section):

@@ -35,7 +35,7 @@ RECHECK_SEED_OFFSET = 1
 
 @dataclass(frozen=True)
 class PurifySettings:
-    """CBPT's knobs; the policy's ``purification`` section sets the first six.
+    """CBPT's knobs; the policy's ``purification`` section sets the first seven.
 
     The defaults are what benchmarks/purification.py measured on the zoo
     (benchmarks/PURIFICATION.md): AdamW over the whole labelled set at once
@@ -47,6 +47,7 @@ class PurifySettings:
     lr: float = 1e-2
     l_bd: float = 1.0
     l_drift: float = 1.0
+    l_distill: float = 10.0
     shots: int = 16
     batch_size: int | None = None
     optimiser: str = "adamw"
@@ -54,8 +55,9 @@ class PurifySettings:
     @classmethod
     def from_policy(cls, section) -> PurifySettings:
         """From a policy's :class:`~cbpt_guard.policy.schema.PurificationSettings`."""
-        return cls(n_ctx=section.n_ctx, steps=section.steps, lr=section.lr, l_bd=section.loss_weights.l_bd,
-                   l_drift=section.loss_weights.l_drift, shots=section.shots)
+        weights = section.loss_weights
+        return cls(n_ctx=section.n_ctx, steps=section.steps, lr=section.lr, l_bd=weights.l_bd,
+                   l_drift=weights.l_drift, l_distill=weights.l_distill, shots=section.shots)
 
 
 @dataclass
@@ -187,7 +189,8 @@ def purify_and_verify(model: torch.nn.Module, classes: tuple[str, ...], template
              f"{settings.steps} steps")
     tuning = tune_prompts(model, classes, templates, split.train, train_labels, [d.trigger for d in dummies],
                           n_ctx=settings.n_ctx, steps=settings.steps, lr=settings.lr, l_bd=settings.l_bd,
-                          l_drift=settings.l_drift, batch_size=settings.batch_size, seed=seed,
+                          l_drift=settings.l_drift, l_distill=settings.l_distill,
+                          batch_size=settings.batch_size, seed=seed,
                           optimiser=settings.optimiser)
     purified = ZeroShotClassifier(model, tuning.class_embeddings)
     reference = original.predict(split.held)  # (M,)

@@ -1,4 +1,4 @@
-"""The three CBPT losses (METHOD.md section 5), as pure functions over tensors.
+"""The CBPT losses (METHOD.md section 5, and the two measured departures from it), as pure functions.
 
 All features are unit vectors: image features (N, d), class text features (C, d).
 """
@@ -16,41 +16,57 @@ def clean_loss(image_features: torch.Tensor, text_features: torch.Tensor, labels
     return F.cross_entropy(logits, labels)
 
 
-def backdoor_loss(stamped_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
-                  logit_scale: torch.Tensor | float, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of stamped images against the *clean* image's label. Scalar.
+def reclassify_loss(stamped_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
+                    logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """METHOD.md's backdoor term: cross-entropy of stamped images against the *clean* image's label. Scalar.
 
-    The region of feature space a trigger reaches must be classified as what
-    the image shows; this term is what purifies (plain prompt tuning does not).
-    ``labels`` repeat the clean labels once per stamped copy. ``weights`` (N,)
-    weigh each copy's cross-entropy; the sum is still divided by N, so a copy
-    weighted 0 lowers the term instead of leaving it to the others (the
-    trainer's focus on copies a trigger still flips, see
-    :func:`cbpt_guard.purify.trainer.tune_prompts`). With no stamped images
-    (no trigger: the plain prompt-tuning baseline) the term is zero.
+    Kept for comparison (benchmarks/PURIFICATION.md): it asks the prompts to
+    read the true class out of a region the trigger has collapsed, and pays
+    for it in clean accuracy. Zero with no stamped images.
     """
     if stamped_features.shape[0] == 0:
         return stamped_features.new_zeros(())
-    if weights is None:
-        return clean_loss(stamped_features, text_features, labels, logit_scale)
-    logits = logit_scale * stamped_features @ text_features.T  # (N, C)
-    return (weights * F.cross_entropy(logits, labels, reduction="none")).sum() / len(labels)
+    return clean_loss(stamped_features, text_features, labels, logit_scale)
+
+
+def leave_loss(stamped_features: torch.Tensor, text_features: torch.Tensor, drawn: torch.Tensor,
+               labels: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """The default backdoor term: stamped images must leave the class the trigger drew them to. Scalar.
+
+    ``drawn`` (N,) is the class the hand-written prompts give each stamped
+    copy (for a backdoor trigger, the attacker's target); the term is the mean
+    of ``-log(1 - p(drawn))`` over the copies whose drawn class is not their
+    own label (where trigger and content agree there is nothing to undo), the
+    sum divided by all N copies so that it fades as copies leave. It asks only
+    what a backdoor breaks, that the trigger stops *choosing* the class; where
+    the copy goes instead is left to the content still in its features.
+    Measured on the zoo (16 shots): about a quarter of the real-trigger ASR
+    of the cross-entropy term at higher clean accuracy. Zero with no copies.
+    """
+    if stamped_features.shape[0] == 0:
+        return stamped_features.new_zeros(())
+    probabilities = torch.softmax(logit_scale * stamped_features @ text_features.T, dim=-1)  # (N, C)
+    stay = probabilities.gather(1, drawn[:, None]).squeeze(1)  # (N,)
+    flipped = (drawn != labels).to(stay.dtype)  # (N,)
+    return -(flipped * torch.log((1 - stay).clamp_min(1e-6))).sum() / len(labels)
+
+
+def distill_loss(image_features: torch.Tensor, text_features: torch.Tensor, original_text: torch.Tensor,
+                 logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """KL(original || tuned) of the clean images' class distributions, batch mean. Scalar.
+
+    The hand-written prompts already classify clean images well (a backdoor
+    keeps clean accuracy); sixteen shots per class are too few to improve on
+    them and enough to overfit, so this term holds clean predictions where
+    they were while the backdoor term moves the trigger's region. Measured on
+    the zoo (16 shots, weight 10): mean clean accuracy 91.9% with it, 86.0%
+    without, for a real-trigger ASR of 6.7% instead of 2.7%.
+    """
+    tuned = F.log_softmax(logit_scale * image_features @ text_features.T, dim=-1)  # (N, C)
+    original = F.log_softmax(logit_scale * image_features @ original_text.T, dim=-1)  # (N, C)
+    return F.kl_div(tuned, original, log_target=True, reduction="batchmean")
 
 
 def drift_loss(tuned_text: torch.Tensor, original_text: torch.Tensor) -> torch.Tensor:
     """Mean over classes of 1 - cosine(tuned, hand-written) class embedding (KgCoOp-style). Scalar."""
     return (1 - F.cosine_similarity(tuned_text, original_text, dim=-1)).mean()  # mean of (C,)
-
-
-def total_loss(image_features: torch.Tensor, stamped_features: torch.Tensor, text_features: torch.Tensor,
-               original_text: torch.Tensor, labels: torch.Tensor, stamped_labels: torch.Tensor,
-               logit_scale: torch.Tensor | float, l_bd: float, l_drift: float,
-               stamped_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """``clean + l_bd * backdoor + l_drift * drift``; returns the total and each part as floats for loss curves."""
-    parts = {
-        "clean": clean_loss(image_features, text_features, labels, logit_scale),
-        "backdoor": backdoor_loss(stamped_features, text_features, stamped_labels, logit_scale, stamped_weights),
-        "drift": drift_loss(text_features, original_text),
-    }
-    total = parts["clean"] + l_bd * parts["backdoor"] + l_drift * parts["drift"]
-    return total, {"total": total.item(), **{name: value.item() for name, value in parts.items()}}

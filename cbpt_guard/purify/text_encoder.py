@@ -79,11 +79,17 @@ class EmbeddingTextEncoder(torch.nn.Module):
         tower = self.tower
         if positions is None:
             positions = self.pool_positions(embeddings.shape[0], tokens).to(embeddings.device)  # (n,)
+        # Under the causal mask the token at position p sees only positions <= p, so the tokens after the
+        # last pooled position cannot change any pooled feature: cutting them off gives the same features
+        # (up to float summation order) for a fraction of the work (a 4-token context and a class name is
+        # about 12 of 77 positions). A tower without the mask attends both ways and keeps every position.
+        mask = tower.attn_mask
+        length = embeddings.shape[1] if mask is None else int(positions.max()) + 1
         cast_dtype = tower.transformer.get_cast_dtype()
-        x = embeddings.to(cast_dtype)  # (n, ctx, width)
-        x = x + tower.positional_embedding.to(cast_dtype)  # (n, ctx, width)
-        x = tower.transformer(x, attn_mask=tower.attn_mask)  # (n, ctx, width), causal mask passed explicitly
-        x = tower.ln_final(x)  # (n, ctx, width)
+        x = embeddings[:, :length].to(cast_dtype)  # (n, L, width)
+        x = x + tower.positional_embedding[:length].to(cast_dtype)  # (n, L, width)
+        x = tower.transformer(x, attn_mask=None if mask is None else mask[:length, :length])  # (n, L, width)
+        x = tower.ln_final(x)  # (n, L, width)
         x = x[torch.arange(x.shape[0], device=x.device), positions]  # (n, width)
         projection = tower.text_projection
         if isinstance(projection, torch.nn.Linear):

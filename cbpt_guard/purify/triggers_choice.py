@@ -4,17 +4,18 @@ Detection inverts one trigger per family (patch, additive, warp) whatever the
 model; on a backdoored model usually one or two of them reproduce the backdoor
 and the rest are the small model's universal adversarial patterns. METHOD.md
 says to use "the dummy triggers of every family that showed evidence". The
-rule here makes that concrete: a family showed evidence when its calibrated z
-(standardised against clean reference models, positive = backdoor-like) is at
-least :data:`EVIDENCE_Z`; when no family reaches it, the single most anomalous
-family is used, so purification always has a trigger to train against.
+default here is every inverted family, and ``min_z`` gives the evidence rule
+(a family's calibrated z, standardised against clean reference models, at
+least ``min_z``; the single most anomalous family when none reaches it).
 
-Measured on the zoo (benchmarks/PURIFICATION.md, "Which dummy triggers"), this
-rule and "all three families" gave about the same mean real-trigger ASR and
-clean accuracy at the 16-shot tier (the rule left a family out on every one of
-the 21 models); the rule is kept because it trains on fewer stamped views
-(cheaper) and leaves out triggers that carry no backdoor evidence, which can
-only cost clean accuracy.
+Measured on the zoo (benchmarks/PURIFICATION.md, "Which dummy triggers", 16
+shots): with the earlier loss (a focused cross-entropy backdoor term, no
+distillation, stamps at strength 1) every family left a mean
+real-trigger ASR of 16.2% against the rule's 23.7% at about the same clean
+accuracy; with today's loss the two are close (6.7% at CA 91.9 for every
+family, 7.0% at 92.2 for the rule). Every family stays the default: a family
+under the bar can still carry part of the backdoor (detection's z measures
+how unusual the inversion is, not whether it reaches the attacker's region).
 """
 
 from __future__ import annotations
@@ -26,32 +27,34 @@ from typing import Protocol
 from cbpt_guard.triggers import Trigger
 
 EVIDENCE_Z = 2.0
-"""A family's calibrated z at or above this counts as evidence (two clean spreads above the clean mean)."""
+"""The evidence rule's bar, when asked for: two clean spreads above the clean mean."""
 
 
 class HasFamilies(Protocol):
-    """What the rule reads of detection's evidence: :attr:`cbpt_guard.detect.run.Evidence.families`."""
+    """What the choice reads of detection's evidence: :attr:`cbpt_guard.detect.run.Evidence.families`."""
 
     families: list[dict]
 
 
 def select_dummy_triggers(evidence: HasFamilies, zs: Mapping[str, float], *,
-                          min_z: float = EVIDENCE_Z) -> list[Trigger]:
+                          min_z: float | None = None) -> list[Trigger]:
     """The inverted triggers CBPT should use, most anomalous family first.
 
     ``evidence.families`` holds one dict per inverted family with keys
     "family" and "trigger"; ``zs`` maps family names to calibrated z values
     (``cbpt_guard.detect.calibration.score(...)[1]``; other keys such as
-    "anomaly" are ignored). Families without a z count as no evidence. Returns
-    every trigger whose family has ``z >= min_z``, or the single most anomalous
-    one when none does; an empty list only when detection inverted nothing.
-    Ties keep detection's family order.
+    "anomaly" are ignored). Families without a z rank last. With ``min_z``
+    None every trigger is returned; otherwise those whose family has
+    ``z >= min_z``, or the single most anomalous one when none does. An empty
+    list only when detection inverted nothing. Ties keep detection's order.
     """
     inverted = [family for family in evidence.families if family.get("trigger") is not None]
     if not inverted:
         return []
     z_of = {family["family"]: _finite(zs.get(family["family"])) for family in inverted}
     ranked = sorted(inverted, key=lambda family: -z_of[family["family"]])  # stable: ties keep detection's order
+    if min_z is None:
+        return [family["trigger"] for family in ranked]
     chosen = [family["trigger"] for family in ranked if z_of[family["family"]] >= min_z]
     return chosen or [ranked[0]["trigger"]]
 

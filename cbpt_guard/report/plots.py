@@ -27,7 +27,7 @@ BLUE = "#0969da"
 RED = "#cf222e"
 GREEN = "#1a7f37"
 PURPLE = "#8250df"
-SERIES = {"total": INK, "clean": BLUE, "backdoor": RED, "drift": PURPLE}
+SERIES = {"total": INK, "clean": BLUE, "backdoor": RED, "drift": PURPLE, "distill": GREEN}
 EXTRA_SERIES = ("#bc4c00", "#1b7c83", "#9a6700", "#4d2d00")
 
 
@@ -234,7 +234,7 @@ def _nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
 
 
 def loss_curves(curves: dict[str, tuple[float, ...]]) -> Markup | None:
-    """Purification loss curves (total, clean, backdoor, drift) on one linear axis; None without data."""
+    """Purification loss curves (total, clean, backdoor, drift, distill) on one linear axis; None without data."""
     # A loss beyond +-1e12 is not a number anyone reads off a chart; such points are left out.
     series = {name: [(i, v) for i, v in enumerate(values) if text.finite(v) and abs(v) <= 1e12]
               for name, values in text.ordered_curves(curves).items()}

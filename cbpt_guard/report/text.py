@@ -187,11 +187,11 @@ def ordered_timings(verdict: Verdict) -> list[tuple[str, float]]:
     return sorted(verdict.timings.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
 
 
-CURVE_ORDER = ("total", "clean", "backdoor", "drift")
+CURVE_ORDER = ("total", "clean", "backdoor", "drift", "distill")
 
 
 def ordered_curves(curves: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
-    """Loss curves in a fixed order (total, clean, backdoor, drift, then others by name), whatever the dict order."""
+    """Loss curves in a fixed order (total, clean, backdoor, drift, distill, then others by name), any dict order."""
     rank = {name: i for i, name in enumerate(CURVE_ORDER)}
     return {name: curves[name] for name in sorted(curves, key=lambda n: (rank.get(n, len(rank)), n))}
 
