@@ -390,8 +390,8 @@ def run_all(args: argparse.Namespace, cbpt: CbptSettings, finetune: FinetuneSett
                 rule = change.get("rule", "default")
                 changed = dict(spec, tier=SHOT_POOL, method="cbpt", rule=rule,
                                cbpt=dict(cbpt.as_dict(), **{k: v for k, v in change.items() if k != "rule"}))
-                if rule != "default" and sorted(choose_triggers(evidence, rule), key=id) == sorted(
-                        choose_triggers(evidence, "default"), key=id):
+                if rule != "default" and {id(t) for t in choose_triggers(evidence, rule)} == {
+                        id(t) for t in choose_triggers(evidence, "default")}:
                     model_runs[f"ablation/{comparison}"] = dict(default, rule=rule, same_run=True)  # same triggers
                 else:
                     model_runs[f"ablation/{comparison}"] = cached_run(changed, args.cache, args.threads)
