@@ -14,7 +14,7 @@ from cbpt_guard.errors import UsageError
 from cbpt_guard.intake.architecture import build_model
 from cbpt_guard.purify.losses import distill_loss, drift_loss, leave_loss, reclassify_loss
 from cbpt_guard.purify.trainer import _features, attractors, pseudo_labels, tune_prompts
-from cbpt_guard.triggers import PatchTrigger
+from cbpt_guard.triggers import AdditiveTrigger, PatchTrigger, WarpTrigger
 from tiny_models import TINY_CONFIGS
 
 torch.set_num_threads(1)
@@ -92,6 +92,38 @@ def test_stamps_are_extrapolated_by_the_strength_and_clipped():
         doubled = (2 * trigger(images) - images).clamp(0, 1)  # x + 2 (A(x) - x)
         torch.testing.assert_close(_features(classifier, images, trigger, 2.0), classifier.features(doubled))
     assert not torch.equal(doubled, trigger(images))  # the corner pattern does differ at strength 2
+
+
+def test_amplified_additive_trigger_scales_its_offset():
+    trigger = AdditiveTrigger(32, generator=torch.Generator().manual_seed(0))
+    images = torch.full((2, 3, 32, 32), 0.5)  # mid-grey: no clipping for |2 delta| <= 0.24
+    with torch.no_grad():
+        torch.testing.assert_close(trigger.amplified(images, 1.0), trigger(images))
+        torch.testing.assert_close(trigger.amplified(images, 2.0) - images, 2 * trigger.delta().expand(2, -1, -1, -1))
+
+
+def test_amplified_warp_moves_pixels_further_instead_of_extrapolating_them():
+    """A constant horizontal flow of u pixels on a horizontal wave samples it u columns on; at strength 2, 2u."""
+    side, period = 32, 16.0
+    trigger = WarpTrigger(side)
+    with torch.no_grad():
+        trigger.control.zero_()
+        trigger.control[:, 0] = 2.0  # x displacement max_shift * tanh(2) everywhere, y none
+    shift = trigger.max_shift * math.tanh(2.0) * (side - 1) / 2  # in pixels, about 3.7
+
+    def wave(columns: torch.Tensor) -> torch.Tensor:  # (S,) -> (1, 3, S, S), constant down each column
+        return (0.5 + 0.4 * torch.sin(2 * math.pi * columns / period)).expand(1, 3, side, side).contiguous()
+
+    columns = torch.arange(side, dtype=torch.float32)
+    image = wave(columns)
+    inner = slice(0, side - 9)  # columns still inside the image after moving 2u (about 7.5 px)
+    with torch.no_grad():
+        torch.testing.assert_close(trigger.amplified(image, 1.0), trigger(image))
+        twice = trigger.amplified(image, 2.0)  # (1, 3, S, S)
+        extrapolated = (image + 2 * (trigger(image) - image)).clamp(0, 1)  # what a pixel-space strength gives
+    expected = wave(columns + 2 * shift)  # the wave read 2u columns on (bilinear sampling is off by < 0.01)
+    torch.testing.assert_close(twice[..., inner], expected[..., inner], atol=0.02, rtol=0)
+    assert (extrapolated[..., inner] - expected[..., inner]).abs().max() > 0.1
 
 
 def test_unknown_backdoor_term_is_a_usage_error():
