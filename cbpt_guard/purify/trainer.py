@@ -42,8 +42,8 @@ class TuningResult:
 
 TRIGGER_STRENGTH = 2.0
 """How far dummy stamps are extrapolated (see :func:`_features`). Measured on the zoo (16 shots,
-benchmarks/PURIFICATION.md): strength 2 left a mean real-trigger ASR of 6.7% against 11.3% at strength 1, for
-0.5 points of clean accuracy; a development sweep at 1.5 and 3 landed between the two."""
+benchmarks/PURIFICATION.md): strength 2 left a mean real-trigger ASR of 6.1% against 11.3% at strength 1, for
+0.7 points of clean accuracy; a development sweep at 1.5 and 3 landed between the two."""
 BACKDOOR_TERMS = ("leave", "reclassify")
 ATTRACTOR_SHARE = 2.0
 """A class is a trigger's attractor when it gets at least this many times the uniform share of the stamped images."""
@@ -164,7 +164,7 @@ def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: S
     (:func:`~cbpt_guard.purify.losses.distill_loss`) holds the clean
     predictions of the hand-written prompts. Measured on the zoo (21
     backdoored models, 16 shots; benchmarks/PURIFICATION.md): "leave" with
-    distillation cut the real triggers' mean ASR to about a quarter of the
+    distillation cut the real triggers' mean ASR to about a fifth of the
     cross-entropy term's at higher clean accuracy.
     """
     started = time.perf_counter()
