@@ -45,6 +45,7 @@ from evidence_cache import cached_evidence, cached_triggers, weights_digest  # n
 from full_finetune import FinetuneSettings, full_finetune  # noqa: E402
 
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier  # noqa: E402
+from cbpt_guard.purify.trainer import TRIGGER_STRENGTH  # noqa: E402
 from cbpt_guard.zoo import data as data_lib  # noqa: E402
 from cbpt_guard.zoo.build import CLASSES, TRUTH_NAME, ZooRecipe, load_test_split, real_trigger  # noqa: E402
 from cbpt_guard.zoo.report import ASR_BAR as ZOO_ASR_BAR, CA_GAP_BAR as ZOO_CA_GAP_BAR  # noqa: E402
@@ -77,7 +78,7 @@ class CbptSettings:
     l_bd: float = 1.0
     l_drift: float = 1.0
     l_distill: float = 10.0
-    strength: float = 2.0
+    strength: float = TRIGGER_STRENGTH  # the product's own amplification, not a copy of its value
     backdoor: str = "leave"
     batch_size: int | None = None  # the whole few-shot set in every step
     optimiser: str = "adamw"

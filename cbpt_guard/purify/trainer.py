@@ -41,9 +41,10 @@ class TuningResult:
 
 
 TRIGGER_STRENGTH = 2.0
-"""How far dummy stamps are extrapolated (see :func:`_features`). Measured on the zoo (16 shots,
-benchmarks/PURIFICATION.md): strength 2 left a mean real-trigger ASR of 6.1% against 11.3% at strength 1, for
-0.7 points of clean accuracy; a development sweep at 1.5 and 3 landed between the two."""
+"""How much stronger than inverted the dummy stamps are (:meth:`~cbpt_guard.triggers.Trigger.amplified`).
+Measured on the zoo (16 shots, benchmarks/PURIFICATION.md): strength 2 left a mean real-trigger ASR of 6.1%
+against 11.3% at strength 1, for 0.7 points of clean accuracy; a development sweep at 1.5 and 3 landed between
+the two."""
 BACKDOOR_TERMS = ("leave", "reclassify")
 ATTRACTOR_SHARE = 2.0
 """A class is a trigger's attractor when it gets at least this many times the uniform share of the stamped images."""
