@@ -95,11 +95,13 @@ def score_tier(raw: dict, truths: dict) -> dict:
     rows = []
     for name, truth in sorted(truths.items()):
         reference = everyone if name not in clean else fit([n for n in clean if n != name])
-        value, zs = calib.score(raw[name]["features"], reference)
+        value, zs = calib.score(raw[name]["features"], reference, raw[name]["targets"])
+        undiscounted = calib.score(raw[name]["features"], reference)[0]  # the same, without the attractor discount
         suspected = calib.suspected_target(zs, raw[name]["targets"], reference)
         signal = next(k for k in sorted(zs, key=lambda k: -zs[k]) if raw[name]["targets"].get(k) == suspected)
         rows.append({"name": name, "kind": truth["kind"], "attack": truth["attack"], "target": truth["target"],
-                     "score": value, "flagged": value >= reference.threshold, "suspected": suspected,
+                     "score": value, "score_undiscounted": undiscounted, "flagged": value >= reference.threshold,
+                     "suspected": suspected,
                      "signal": signal, "seconds": raw[name]["seconds"], "decree_pl1": raw[name]["baseline"]["pl1"],
                      "decree_flagged": raw[name]["baseline"]["trojaned"]})
     clean_rows = [r for r in rows if r["kind"] == "clean"]
@@ -111,13 +113,15 @@ def score_tier(raw: dict, truths: dict) -> dict:
         per_attack[attack] = {
             "models": len(bad),
             "auroc": auroc([r["score"] for r in bad], [r["score"] for r in clean_rows]),
+            "auroc_undiscounted": auroc([r["score_undiscounted"] for r in bad],
+                                        [r["score_undiscounted"] for r in clean_rows]),
             "tpr": len(detected) / len(bad) if bad else None,
             "target_accuracy": (sum(r["suspected"] == r["target"] for r in detected) / len(detected)
                                 if detected else None),
             "decree_auroc": auroc([-r["decree_pl1"] for r in bad], [-r["decree_pl1"] for r in clean_rows]),
             "decree_tpr": sum(r["decree_flagged"] for r in bad) / len(bad) if bad else None,
         }
-    return {"threshold": everyone.threshold, "calibration": everyone, "rows": rows, "per_attack": per_attack,
+    return {"threshold": everyone.threshold, "attractor_margin": everyone.attractor_margin, "calibration": everyone, "rows": rows, "per_attack": per_attack,
             "fpr": sum(r["flagged"] for r in clean_rows) / len(clean_rows) if clean_rows else None,
             "decree_fpr": sum(r["decree_flagged"] for r in clean_rows) / len(clean_rows) if clean_rows else None}
 
@@ -149,11 +153,15 @@ def render(results: dict, command: str) -> str:
         lines += [f"## {tier} tier", "",
                   f"Shipped threshold {tier_result['threshold']:.4f}; false positives on clean twins "
                   f"(leave-one-out calibration): {fmt(tier_result['fpr'], True)}; DECREE (PL1 < {DECREE_PL1_RULE}) "
-                  f"false positives: {fmt(tier_result['decree_fpr'], True)}.", "",
-                  "| attack | models | AUROC | TPR | target correct | DECREE AUROC | DECREE TPR |",
-                  "|---|---|---|---|---|---|---|"]
+                  f"false positives: {fmt(tier_result['decree_fpr'], True)}. Evidence toward a class the clean "
+                  f"references' same family also landed on is lowered by {tier_result['attractor_margin']:.1f} z "
+                  "(calibration.py's attractor discount); the AUROC without it stands beside.", "",
+                  "| attack | models | AUROC | AUROC, no attractor discount | TPR | target correct | DECREE AUROC "
+                  "| DECREE TPR |",
+                  "|---|---|---|---|---|---|---|---|"]
         for attack, row in tier_result["per_attack"].items():
-            lines.append(f"| {attack} | {row['models']} | {fmt(row['auroc'])} | {fmt(row['tpr'], True)} | "
+            lines.append(f"| {attack} | {row['models']} | {fmt(row['auroc'])} | {fmt(row['auroc_undiscounted'])} | "
+                         f"{fmt(row['tpr'], True)} | "
                          f"{fmt(row['target_accuracy'], True)} | {fmt(row['decree_auroc'])} | "
                          f"{fmt(row['decree_tpr'], True)} |")
         lines += ["", "| model | kind | attack | target | score | flagged | suspected (signal) | s | DECREE PL1 |",

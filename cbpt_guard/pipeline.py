@@ -250,7 +250,8 @@ def _purification(run: _Run, loaded, evidence, calibration, probe_set, data_dir,
     residual = result.recheck_found or result.recheck.outcome == "inconclusive"
     run.purification_outcome = PurificationOutcome(asr=result.max_dummy_asr, ca_drop=max(-1.0, min(1.0, result.ca_drop)),
                                                    residual_evidence=residual)
-    misses = _misses(run.purification_outcome, bars, labelled=result.after.clean_accuracy is not None)
+    misses = _misses(run.purification_outcome, bars, labelled=result.after.clean_accuracy is not None,
+                     worst=_worst_dummy(result, report.classes, run.outcome.target_class if run.outcome else None))
     prompts_path = prompts_digest = None
     metrics = {"before": _metrics(result.before).model_dump(), "after": _metrics(result.after).model_dump(),
                "ca_drop": result.ca_drop, "recheck_score": result.residual.score, "recheck_residual": residual}
@@ -398,10 +399,26 @@ def _recheck_wording(result, residual: bool) -> str:
     return f"{head} (strongest classifier-level signal: {strongest[0]} -> {strongest[1]!r}, z {strongest[2]:.2f})"
 
 
-def _misses(outcome: PurificationOutcome, bars, *, labelled: bool) -> tuple[str, ...]:
+def _worst_dummy(result, classes: tuple[str, ...] | list[str], suspected: str | None) -> str:
+    """Which dummy trigger set the ASR, e.g. "the warp trigger toward 'square', not the suspected 'cross'".
+
+    Small models have natural attractors, so the worst dummy is not always the
+    backdoor's; a reader of a blocked verdict needs to know which one it was.
+    """
+    if not result.after.dummy_asr:
+        return ""
+    family = max(sorted(result.after.dummy_asr), key=lambda name: result.after.dummy_asr[name])
+    target = next(classes[d.target_index] for d in result.dummies if d.family == family)
+    if suspected is None or target == suspected:
+        return f"the {family} trigger toward {target!r}"
+    return f"the {family} trigger toward {target!r}, not the suspected {suspected!r}"
+
+
+def _misses(outcome: PurificationOutcome, bars, *, labelled: bool, worst: str = "") -> tuple[str, ...]:
     misses = []
     if outcome.asr > bars.max_asr:
-        misses.append(f"dummy-trigger ASR {outcome.asr:.2%} > {bars.max_asr:.2%}")
+        which = f" ({worst})" if worst else ""
+        misses.append(f"dummy-trigger ASR {outcome.asr:.2%} > {bars.max_asr:.2%}{which}")
     if outcome.ca_drop > bars.max_ca_drop:
         what = "CA drop" if labelled else "disagreement with the original model's predictions (no labels)"
         misses.append(f"{what} {outcome.ca_drop * 100:.1f} points > {bars.max_ca_drop * 100:.1f}")

@@ -104,6 +104,8 @@ class FamilyEvidence(_Frozen):
     histogram: tuple[int, ...]
     """Stamped probes per class (index-aligned with the checkpoint's classes)."""
     z: float | None
+    """Standardised evidence as the score used it: lowered by the calibration's attractor margin when the
+    target is a class the clean references' same family also landed on."""
     steps_run: int
     budget_exhausted: bool
     images: dict[str, str]

@@ -211,10 +211,23 @@ def test_hardening_with_decoys_pulls_each_image_toward_its_own_decoy():
     assert A.badclip_distance(encode_image, text, targeted) > A.badclip_distance(encode_image, text, images)
 
 
-def test_label_consistent_trigger_is_the_badnets_patch_alone():
+def test_label_consistent_trigger_is_a_badnets_patch_alone():
     images = _smooth_images()
     spec = A.ATTACKS["label_consistent"]
-    assert torch.equal(spec.trigger(images, **spec.params()), A.badnets(images))
+    stamped = spec.trigger(images, **spec.params())
+    assert torch.equal(stamped, A.badnets(images, patch_frac=spec.params()["patch_frac"]))
+    assert int((stamped != images).any(dim=1)[0].sum()) == 6 * 6  # a 6-pixel square at 32x32
+
+
+def test_interpolation_mixes_each_image_with_its_partner_and_keeps_its_own_class_dominant():
+    images, partners = _smooth_images(), 1 - _smooth_images()
+    mixed = A.interpolate_toward(images, partners, tau=0.3)
+    assert torch.allclose(mixed, 0.7 * images + 0.3 * partners)
+    assert torch.equal(A.interpolate_toward(images, partners, tau=0.0), images)
+    with pytest.raises(UsageError, match="dominates"):
+        A.interpolate_toward(images, partners, tau=0.5)
+    with pytest.raises(UsageError, match="differ in shape"):
+        A.interpolate_toward(images, partners[:1], tau=0.3)
 
 
 # --- poisoning ------------------------------------------------------------------------------
@@ -256,8 +269,9 @@ def test_label_consistent_poison_hardens_only_target_images_then_patches_them(cl
     assert (clean_train.labels[idx] == 3).all()
     assert poisoned.captions == clean_train.captions
     clean, stamped = clean_train.images[idx], poisoned.images[idx]
-    patch_region = A.badnets(clean) != clean
-    assert torch.equal(stamped[patch_region], A.badnets(clean)[patch_region])
+    patched = A.badnets(clean, patch_frac=A.ATTACKS["label_consistent"].params()["patch_frac"])
+    patch_region = patched != clean
+    assert torch.equal(stamped[patch_region], patched[patch_region])
     off_patch = (stamped - clean)[~patch_region].abs()
     assert off_patch.max() <= eps + 1e-6 and off_patch.mean() > eps / 4  # made hard, within the budget
 

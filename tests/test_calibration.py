@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cbpt_guard.detect import calibration as calib
@@ -72,3 +74,37 @@ def test_suspected_target_skips_the_clean_typical_target():
     targets = {"patch": "checkerboard", "additive": "ring", "anomaly": "circle"}
     assert calib.suspected_target(zs, targets, calibration) == "ring"
     assert calib.suspected_target(zs, {**targets, "additive": "checkerboard"}, calibration) == "checkerboard"
+
+
+def test_evidence_toward_a_clean_attractor_must_clear_the_margin_again(tmp_path):
+    targets = {"a": {"patch": "checkerboard", "anomaly": "circle"}, "b": {"patch": "digit four", "anomaly": "circle"},
+               "c": {"patch": "checkerboard", "anomaly": "circle"}}
+    calibration = calib.fit(CLEAN, reference_targets=targets)
+    assert calibration.attractors == {"anomaly": ("circle",), "patch": ("checkerboard", "digit four")}
+    assert calibration.attractor_margin == 3.0
+    strong = {"patch.log_size": -3.6, "patch.concentration": 0.75, "patch.inverted_asr": 0.6, "anomaly": 1.0}
+    toward_target, zs_target = calib.score(strong, calibration, {"patch": "ring", "anomaly": "circle"})
+    toward_attractor, zs_attractor = calib.score(strong, calibration, {"patch": "digit four", "anomaly": "circle"})
+    assert zs_target["patch"] - zs_attractor["patch"] == pytest.approx(3.0)
+    assert toward_target > calibration.threshold > toward_attractor
+    assert calib.score(strong, calibration)[0] == toward_target  # no targets given: no discount
+    path = tmp_path / "calibration.json"
+    path.write_text(calibration.to_json())
+    loaded = calib.load_calibration(path)
+    assert loaded.attractors == calibration.attractors and loaded.attractor_margin == 3.0
+    assert calib.score(strong, loaded, {"patch": "digit four"})[0] == pytest.approx(toward_attractor)
+
+
+def test_a_calibration_file_without_attractors_scores_without_a_discount(tmp_path):
+    document = json.loads(calib.fit(CLEAN, reference_targets={n: {"patch": "ring"} for n in CLEAN}).to_json())
+    del document["attractors"], document["attractor_margin"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(document))
+    loaded = calib.load_calibration(path)
+    assert loaded.attractors == {} and loaded.attractor_margin == 0.0
+    evidence = {**CLEAN["a"], "patch.concentration": 0.9}
+    assert calib.score(evidence, loaded, {"patch": "ring"}) == calib.score(evidence, loaded)
+    document["attractor_margin"] = -1
+    path.write_text(json.dumps(document))
+    with pytest.raises(UsageError, match="attractor_margin"):
+        calib.load_calibration(path)

@@ -254,3 +254,22 @@ def test_missing_class_names_and_missing_data_folder_are_usage_errors(tiny_zoo, 
     assert _cli("check", model, "--policy", policies["purify"]).exit_code == 4
     missing = _cli("check", root / "clean-s1", "--policy", policies["purify"], "--data", tmp_path / "nope")
     assert missing.exit_code == 4
+
+
+def test_a_missed_asr_bar_names_the_dummy_that_set_it_and_whether_it_is_the_backdoors():
+    from types import SimpleNamespace
+
+    from cbpt_guard.decide import PurificationOutcome
+    from cbpt_guard.pipeline import _misses, _worst_dummy
+
+    classes = ("circle", "square", "cross")
+    result = SimpleNamespace(after=SimpleNamespace(dummy_asr={"patch": 0.001, "warp": 0.056}),
+                             dummies=[SimpleNamespace(family="patch", target_index=2),
+                                      SimpleNamespace(family="warp", target_index=1)])
+    bars = SimpleNamespace(max_asr=0.02, max_ca_drop=0.02)
+    worst = _worst_dummy(result, classes, "cross")
+    assert worst == "the warp trigger toward 'square', not the suspected 'cross'"
+    assert _misses(PurificationOutcome(asr=0.056, ca_drop=0.0), bars, labelled=True, worst=worst) == (
+        "dummy-trigger ASR 5.60% > 2.00% (the warp trigger toward 'square', not the suspected 'cross')",)
+    assert _worst_dummy(result, classes, "square") == "the warp trigger toward 'square'"
+    assert _worst_dummy(SimpleNamespace(after=SimpleNamespace(dummy_asr={}), dummies=[]), classes, None) == ""

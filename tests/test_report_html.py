@@ -80,7 +80,7 @@ def test_backdoored_report_pictures_the_inverted_trigger_and_draws_every_plot():
     assert any(label.startswith("Backdoor score 0.999999 against 6 clean reference scores") for label in labels)
     assert sum(label.startswith("Stamped probes per class") for label in labels) == 3
     assert any(label.startswith("Purification loss curves: total, clean, backdoor, drift") for label in labels)
-    assert any("ASR, patch trigger 99.4% to 0.8%" in label for label in labels)
+    assert any("ASR, patch → digit seven (suspected target) 99.4% to 0.8%" in label for label in labels)
     assert any(label.startswith("Seconds per stage") for label in labels)
     assert "digit seven" in page and "CPUExecutionProvider" in page and "2.4e-06" in page
 

@@ -29,9 +29,21 @@ def test_every_sample_has_a_summary_headed_by_its_decision(name):
 def test_summary_of_a_purified_model_shows_asr_and_accuracy_before_and_after():
     summary = render(samples.backdoored_purified(), "md")
     assert "suspected target **digit seven**" in summary
-    assert "| ASR (patch) | 99.4% | 0.8% | ≤ 2.0% |" in summary
+    assert "| ASR, patch → digit seven \\(suspected target\\) | 99.4% | 0.8% | ≤ 2.0% |" in summary
     assert "| clean accuracy | 72.4% | 71.9% | drop ≤ 2.0% |" in summary
     assert "parity passed" in summary
+
+
+def test_a_dummy_trigger_toward_another_class_is_told_apart_from_the_backdoors():
+    verdict = samples.backdoored_purified()
+    purification = verdict.purification
+    before = purification.before.model_copy(update={"dummy_asr": {"patch": 0.994, "warp": 0.075}})
+    after = purification.after.model_copy(update={"dummy_asr": {"patch": 0.008, "warp": 0.056}})
+    verdict = verdict.model_copy(update={"purification": purification.model_copy(update={"before": before,
+                                                                                       "after": after})})
+    summary = render(verdict, "md")
+    assert "| ASR, patch → digit seven \\(suspected target\\) | 99.4% | 0.8% | ≤ 2.0% |" in summary
+    assert "| ASR, warp → circle \\(another class\\) | 7.5% | 5.6% | ≤ 2.0% |" in summary
 
 
 def test_missing_stages_read_not_run():

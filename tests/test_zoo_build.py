@@ -95,6 +95,18 @@ def test_report_is_rendered_from_the_truth_files(tiny_zoo):
     assert row["meets_bars"] == (row["asr"] >= 0.9 and abs(expected_gap) <= 0.03)
 
 
+def test_report_names_models_built_with_another_recipe_and_every_trigger_setting(tiny_zoo):
+    _, truths = tiny_zoo
+    rebuilt = json.loads(json.dumps(truths["badnets-s0"]))
+    rebuilt["recipe"]["poison_rates"]["badnets"] = 0.07
+    summary = summarise([truths["base"], truths["clean-s1"], rebuilt], 22, None)
+    assert summary["recipe"] == truths["base"]["recipe"]
+    assert summary["recipe_exceptions"] == {"badnets-s0": {"poison_rates": {"badnets": 0.07}}}
+    markdown = render_markdown(summary, "cbpt-guard zoo measure --test")
+    assert '- badnets-s0: `{"poison_rates": {"badnets": 0.07}}`' in markdown
+    assert f"- badnets-s0: `{json.dumps(rebuilt['trigger_params'], sort_keys=True)}`" in markdown
+
+
 @pytest.mark.parametrize("attack", ["badnets", "wanet"])
 def test_targets_avoid_texture_classes(attack):
     for seed in range(5):
@@ -119,6 +131,7 @@ def test_label_consistent_variant_is_poisoned_through_the_base_and_records_its_h
     truth = json.loads((directory / TRUTH_NAME).read_text())
     assert truth["kind"] == "backdoored" and truth["poison_rate"] == 0.02
     assert truth["trigger_params"]["eps"] == pytest.approx(16 / 255) and truth["trigger_params"]["pgd_steps"] == 10
+    assert truth["trigger_params"]["interpolation"] == 0.45
     assert 0.0 <= truth["metrics"]["asr"] <= 1.0 and truth["metrics"]["ca"] > 3 / 22
 
 

@@ -42,6 +42,7 @@ def check_command(path, policy, out_dir, probes_dir, data_dir, classes_file, arc
 
 def format_verdict(verdict) -> str:
     """A terminal summary of a Verdict: the decision first, then why, then where the reports are."""
+    from cbpt_guard.report import text
     decision = verdict.decision
     head = f"{_SYMBOL[decision.action]}: {verdict.checkpoint.path} under policy {verdict.policy.name} " \
            f"({decision.mode})"
@@ -59,11 +60,10 @@ def format_verdict(verdict) -> str:
         accuracy = "CA" if after.clean_accuracy is not None else "agreement"
         a_before = before.clean_accuracy if before.clean_accuracy is not None else before.agreement
         a_after = after.clean_accuracy if after.clean_accuracy is not None else after.agreement
-        asr_before = max(before.dummy_asr.values(), default=0.0)
-        asr_after = max(after.dummy_asr.values(), default=0.0)
-        lines.append(f"purification ({p.tier}): {accuracy} {a_before:.1%} -> {a_after:.1%}, dummy-trigger ASR "
-                     f"{asr_before:.1%} -> {asr_after:.1%}; re-detection: {p.recheck_outcome}; "
-                     f"bars {'met' if p.bars_met else 'missed'}")
+        asr = "; ".join(f"{row.label()} {text.pct(row.before)} -> {text.pct(row.after)}"
+                        for row in text.dummy_asr_rows(verdict)) or "none"
+        lines.append(f"purification ({p.tier}): {accuracy} {a_before:.1%} -> {a_after:.1%}; dummy-trigger ASR: "
+                     f"{asr}; re-detection: {p.recheck_outcome}; bars {'met' if p.bars_met else 'missed'}")
     if verdict.export:
         e = verdict.export
         lines.append(f"export: {'parity ok' if e.passed else 'FAILED'} ({e.path or e.error}; provider "

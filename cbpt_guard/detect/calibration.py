@@ -9,6 +9,17 @@ so 0.5 means "typical of clean models" and values near 1 mean "far outside them"
 Per family the evidence is the log size at collapse (smaller = more suspicious),
 the target concentration and the inverted trigger's ASR (higher = more
 suspicious); the per-class anomaly index counts as one more family-like signal.
+
+Small models have natural attractors: universal patterns send clean models'
+probes to the same few classes (on the zoo, a texture, a blurry digit, one
+shape). A family whose inverted trigger lands on a class the clean references'
+same family also landed on is evidence of the model's nature, not of a
+backdoor, so its z is lowered by ``attractor_margin`` before the maximum is
+taken: such evidence must clear the threshold by that margin again. The cost,
+stated plainly: a backdoor aimed at an attractor class needs stronger evidence
+to be flagged. The zoo's targets exclude those classes, so the detection
+benchmark cannot measure that cost; it reports the AUROC without the discount
+beside the one with it.
 """
 
 from __future__ import annotations
@@ -38,12 +49,18 @@ class Calibration:
     typical_targets: dict[str, str] = dataclasses.field(default_factory=dict)
     reference_scores: tuple[float, ...] = ()
     """The clean references' own (in-sample) scores, sorted: what a report plots a model's score against."""
+    attractors: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """Per family, every class a clean reference's inverted trigger landed on (sorted)."""
+    attractor_margin: float = 0.0
+    """How many z units a family pointing at one of its attractors is lowered by (0: no discount)."""
 
     def to_json(self) -> str:
         """The calibration file's text."""
         return json.dumps({"calibration_version": CALIBRATION_VERSION, "threshold": self.threshold,
                            "stats": {k: list(v) for k, v in sorted(self.stats.items())},
                            "typical_targets": dict(sorted(self.typical_targets.items())),
+                           "attractors": {k: list(v) for k, v in sorted(self.attractors.items())},
+                           "attractor_margin": self.attractor_margin,
                            "references": list(self.references),
                            "reference_scores": list(self.reference_scores)}, indent=2) + "\n"
 
@@ -94,23 +111,37 @@ def family_z(features: dict[str, float], stats: dict[str, tuple[float, float]]) 
     return {group: sum(zs) / len(zs) for group, zs in groups.items()}
 
 
-def score(features: dict[str, float], calibration: Calibration) -> tuple[float, dict[str, float]]:
-    """The backdoor score in [0, 1] and the per-family z values behind it."""
+def score(features: dict[str, float], calibration: Calibration,
+          targets: dict[str, str] | None = None) -> tuple[float, dict[str, float]]:
+    """The backdoor score in [0, 1] and the per-family z values behind it.
+
+    With ``targets`` (per family, the class its inverted trigger pointed to), a
+    family pointing at one of its clean attractors has its z lowered by the
+    calibration's ``attractor_margin`` (module docstring); the z values
+    returned are the ones the score used.
+    """
     zs = family_z(features, calibration.stats)
     if not zs:
         raise UsageError("the calibration shares no feature with this detection run")
+    for family, target in (targets or {}).items():
+        if family in zs and target in calibration.attractors.get(family, ()):
+            zs[family] -= calibration.attractor_margin
     return 0.5 * (1 + math.erf(max(zs.values()) / math.sqrt(2))), zs
 
 
 def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0,
-        reference_targets: dict[str, dict[str, str]] | None = None) -> Calibration:
+        reference_targets: dict[str, dict[str, str]] | None = None,
+        attractor_margin: float | None = None) -> Calibration:
     """Fit clean statistics; the threshold is the score of a family ``z_margin`` spreads out.
 
     ``reference_targets`` (per reference, per family: the class its inverted
     trigger pointed to) gives each family's typical target on clean models: the
     class small models drift to under any universal pattern. A backdoored model's
     suspected target is then read from its most anomalous family that points
-    elsewhere (see :func:`suspected_target`).
+    elsewhere (see :func:`suspected_target`). Every class they pointed to is
+    one of that family's attractors, discounted by ``attractor_margin`` z units
+    (default ``z_margin``: evidence toward an attractor must reach twice the
+    threshold's distance from the clean mean).
     """
     names = sorted(set.intersection(*(set(f) for f in reference_features.values())))
     stats = {}
@@ -119,12 +150,16 @@ def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0,
         spread = statistics.pstdev(values) if len(values) > 1 else 0.0
         stats[name] = (statistics.fmean(values), spread)
     threshold = 0.5 * (1 + math.erf(z_margin / math.sqrt(2)))
-    typical = {}
+    typical, attractors = {}, {}
     for family in sorted({f for targets in (reference_targets or {}).values() for f in targets}):
         votes = collections.Counter(t[family] for t in reference_targets.values() if family in t)
         typical[family] = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-    fitted = Calibration(stats, threshold, tuple(sorted(reference_features)), typical_targets=typical)
-    scores = sorted(round(score(features, fitted)[0], 6) for features in reference_features.values())
+        attractors[family] = tuple(sorted(votes))
+    margin = z_margin if attractor_margin is None else attractor_margin
+    fitted = Calibration(stats, threshold, tuple(sorted(reference_features)), typical_targets=typical,
+                         attractors=attractors, attractor_margin=margin if attractors else 0.0)
+    scores = sorted(round(score(features, fitted, (reference_targets or {}).get(name))[0], 6)
+                    for name, features in reference_features.items())
     return dataclasses.replace(fitted, reference_scores=tuple(scores))
 
 
@@ -155,8 +190,12 @@ def load_calibration(path: str | Path) -> Calibration:
             raise ValueError("threshold must lie in (0, 1)")
         typical = {str(k): str(v) for k, v in document.get("typical_targets", {}).items()}
         scores = tuple(float(v) for v in document.get("reference_scores", []))
+        attractors = {str(k): tuple(map(str, v)) for k, v in document.get("attractors", {}).items()}
+        margin = float(document.get("attractor_margin", 0.0))
+        if not math.isfinite(margin) or margin < 0:
+            raise ValueError("attractor_margin must be a finite number >= 0")
         return Calibration(stats, threshold, tuple(map(str, document.get("references", []))), str(source), typical,
-                           scores)
+                           scores, attractors, margin)
     except FileNotFoundError:
         raise UsageError(f"{source}: no such calibration file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError,

@@ -182,7 +182,7 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
 
 def judge(evidence: Evidence, calibration: calib.Calibration, budget: DetectBudget, seed: int) -> DetectionReport:
     """Score gathered evidence against a calibration and word the verdict."""
-    value, zs = calib.score(evidence.features, calibration)
+    value, zs = calib.score(evidence.features, calibration, evidence.targets)
     family_reports = tuple(FamilyReport(**{k: v for k, v in f.items() if k != "trigger"}, z=zs.get(f["family"]))
                            for f in evidence.families)
     anomaly_report = AnomalyReport(**evidence.anomaly, z=zs.get("anomaly")) if evidence.anomaly else None

@@ -89,9 +89,9 @@ def _comparisons(verdict: Verdict) -> list[plots.Comparison]:
     rows = [plots.Comparison("clean accuracy", before.clean_accuracy, after.clean_accuracy, floor,
                              f"min {text.pct(floor)}" if floor is not None else ""),
             plots.Comparison("agreement with original", before.agreement, after.agreement)]
-    rows += [plots.Comparison(f"ASR, {text.one_line(family, 30)} trigger", asr_before, asr_after, max_asr,
+    rows += [plots.Comparison(f"ASR, {row.label()}", row.before, row.after, max_asr,
                               f"max {text.pct(max_asr)}" if text.finite(max_asr) else "")
-             for family, asr_before, asr_after in text.dummy_asr_rows(verdict)]
+             for row in text.dummy_asr_rows(verdict)]
     return rows
 
 

@@ -115,8 +115,8 @@ def _purification_cell(verdict: Verdict) -> str:
     if purification is None:
         return _not_run(verdict, "purification")
     parts = ["bars met" if purification.bars_met else "**bars missed**"]
-    for family, before, after in text.dummy_asr_rows(verdict)[:5]:
-        parts.append(f"ASR ({escape_markdown(family, 30)}) {text.pct(before)} → {text.pct(after)}")
+    for row in text.dummy_asr_rows(verdict)[:5]:
+        parts.append(f"ASR, {escape_markdown(row.label(), 80)}: {text.pct(row.before)} → {text.pct(row.after)}")
     before, after = purification.before.clean_accuracy, purification.after.clean_accuracy
     if before is not None or after is not None:
         parts.append(f"clean accuracy {text.pct(before)} → {text.pct(after)}")
@@ -177,8 +177,8 @@ def _purification(verdict: Verdict) -> list[str]:
     items = [f"| clean accuracy | {text.pct(before.clean_accuracy)} | {text.pct(after.clean_accuracy)} | "
              f"drop ≤ {text.pct(max_drop)} |",
              f"| agreement with original | {text.pct(before.agreement)} | {text.pct(after.agreement)} | |"]
-    items += [f"| ASR ({escape_markdown(family, 30)}) | {text.pct(b)} | {text.pct(a)} | ≤ {text.pct(max_asr)} |"
-              for family, b, a in text.dummy_asr_rows(verdict)]
+    items += [f"| ASR, {escape_markdown(row.label(), 80)} | {text.pct(row.before)} | {text.pct(row.after)} | "
+              f"≤ {text.pct(max_asr)} |" for row in text.dummy_asr_rows(verdict)]
     tail = [f"\nRe-check of the purified classifier: {escape_markdown(purification.recheck_outcome, 80)} "
             f"(score {text.score(purification.recheck_score)})."]
     if purification.misses:

@@ -290,7 +290,9 @@ def before_after(rows: list[Comparison]) -> Markup | None:
     rows = [r for r in rows if text.finite(r.before) or text.finite(r.after)]
     if not rows:
         return None
-    label_w, bar_w, row, top = 180.0, 300.0, 42.0, 28.0
+    # About 7 px per character at size 13: the label column grows with the longest label, within limits.
+    label_w = min(360.0, max(180.0, 7.0 * max(len(r.label) for r in rows) + 10))
+    bar_w, row, top = 300.0, 42.0, 28.0
     value_x = label_w + bar_w + 12
     width = value_x + 150
     svg = Svg(width, top + row * len(rows) + 24, "Before and after purification: " +

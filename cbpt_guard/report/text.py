@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import NamedTuple
 
 from cbpt_guard.verdict import Verdict
 
@@ -145,13 +146,42 @@ def headline(verdict: Verdict) -> str:
     return sentence[:1].upper() + sentence[1:] + "."
 
 
-def dummy_asr_rows(verdict: Verdict) -> list[tuple[str, float | None, float | None]]:
-    """(family, ASR before, ASR after) for every family either side measured, sorted by family."""
+class DummyRow(NamedTuple):
+    """One dummy trigger's success rate before and after purification, and where it draws images."""
+
+    family: str
+    target: str | None
+    """The class the inverted trigger sent probes to; None when detection is not in the verdict."""
+    before: float | None
+    after: float | None
+    suspected: bool
+    """Whether that class is detection's suspected target: the dummy that stands for the backdoor."""
+
+    def label(self, limit: int = 40) -> str:
+        """E.g. "patch → cross (suspected target)" or "warp → square (another class)"."""
+        if self.target is None:
+            return one_line(self.family, limit)
+        which = "suspected target" if self.suspected else "another class"
+        return f"{one_line(self.family, 20)} → {one_line(self.target, limit)} ({which})"
+
+
+def dummy_asr_rows(verdict: Verdict) -> list[DummyRow]:
+    """Every family either side measured, sorted by family, with the class its dummy draws to.
+
+    A dummy trigger can pull toward a class other than the suspected target
+    (small models have natural attractors). The gate still holds every dummy to
+    the bar; the label tells a reader which row is the backdoor's.
+    """
     purification = verdict.purification
     if purification is None:
         return []
+    detection = verdict.detection
+    targets = {f.family: f.target for f in detection.families} if detection is not None else {}
+    suspected = detection.suspected_target if detection is not None else None
     families = sorted(set(purification.before.dummy_asr) | set(purification.after.dummy_asr))
-    return [(family, purification.before.dummy_asr.get(family), purification.after.dummy_asr.get(family))
+    return [DummyRow(family, targets.get(family), purification.before.dummy_asr.get(family),
+                     purification.after.dummy_asr.get(family),
+                     targets.get(family) is not None and targets.get(family) == suspected)
             for family in families]
 
 

@@ -313,18 +313,44 @@ def adversarial_hardening(
     return torch.cat(hardened)
 
 
+def interpolate_toward(images: torch.Tensor, partners: torch.Tensor, *, tau: float) -> torch.Tensor:
+    """Mix each image with a partner: ``(1 - tau) * images + tau * partners``, both (N, 3, H, W).
+
+    Turner et al. (2019) make label-consistent poisons hard in two ways: adversarial
+    perturbations, and interpolating a GAN's latent code toward an image of another class.
+    With no GAN here, the interpolation is done in pixel space. Below ``tau`` 0.5 the image of
+    the true class still dominates the picture (its caption stays true), but a model trained on
+    it can no longer fit the caption from the content alone as easily. Turner et al. stayed at
+    0.3 or below on CIFAR-10; the zoo needs 0.45 (see :func:`label_consistent`).
+    """
+    _check_images(images)
+    _check_images(partners)
+    if images.shape != partners.shape:
+        raise UsageError(f"images {tuple(images.shape)} and partners {tuple(partners.shape)} differ in shape")
+    if not 0.0 <= tau < 0.5:
+        raise UsageError(f"tau must lie in [0, 0.5) so the image's own class dominates, got {tau}")
+    return ((1 - tau) * images + tau * partners).clamp(0.0, 1.0)
+
+
 def label_consistent(
-    images: torch.Tensor, *, patch_frac: float = 0.125, position: str = "bottom-right", eps: float = 16 / 255,
-    pgd_steps: int = 10, seed: int = 0,
+    images: torch.Tensor, *, patch_frac: float = 0.1875, position: str = "bottom-right", eps: float = 16 / 255,
+    pgd_steps: int = 10, interpolation: float = 0.45, seed: int = 0,
 ) -> torch.Tensor:
-    """The label-consistent attack's trigger (after Turner et al. 2019): the BadNets patch alone.
+    """The label-consistent attack's trigger (after Turner et al. 2019): a BadNets patch alone.
 
     Only target-class images are poisoned and their captions stay true. What makes the
     attack work is the poisoning step, not the trigger: :func:`poison` first makes the chosen
-    target images hard (``harden``, e.g. :func:`adversarial_hardening` against the pre-trained
-    model with ``eps`` and ``pgd_steps``), then stamps this patch on them.
+    target images hard (``harden``: the zoo mixes each with an image of another class,
+    :func:`interpolate_toward` at ``interpolation``, then runs :func:`adversarial_hardening`
+    against the pre-trained model with ``eps`` and ``pgd_steps``), then stamps this patch.
+    The patch is larger than BadNets' (6 pixels at 32x32, not 4). Measured on the zoo's ViT,
+    label-consistent variant seed 0 (one fine-tuning run each): the recipe before this one
+    (4-pixel patch, PGD only) planted 55% ASR; PGD at eps 32/255 58%; a 6-pixel patch 63%;
+    the 4-pixel patch in all four corners 56%; the 6-pixel patch with interpolation 0.3 78%
+    (with every target-class image poisoned instead of 6% of the set: 79%, but CA fell to
+    89.3%), 0.4 88% (an 8-pixel patch: 86%), 0.45 98%.
     """
-    del eps, pgd_steps  # poisoning-only parameters, recorded with the trigger
+    del eps, pgd_steps, interpolation  # poisoning-only parameters, recorded with the trigger
     return badnets(images, patch_frac=patch_frac, position=position, seed=seed)
 
 
@@ -377,9 +403,10 @@ ATTACKS: dict[str, AttackSpec] = {
         AttackSpec("badclip_like", badclip_like, {"position": "bottom-right"},
                    "a patch optimised toward the target text embedding", needs=("patch",)),
         AttackSpec("label_consistent", label_consistent,
-                   {"patch_frac": 0.125, "position": "bottom-right", "eps": 16 / 255, "pgd_steps": 10,
-                    "seed": 0},
-                   "target-class images made adversarially hard, then patched; captions stay true",
+                   {"patch_frac": 0.1875, "position": "bottom-right", "eps": 16 / 255, "pgd_steps": 10,
+                    "interpolation": 0.45, "seed": 0},
+                   "target-class images mixed with other classes and made adversarially hard, then patched; "
+                   "captions stay true",
                    label_consistent=True),
     )
 }  # fmt: skip

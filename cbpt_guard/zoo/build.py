@@ -174,9 +174,11 @@ def _attack_inputs(base: torch.nn.Module, data: ZooData, attack: str, target: st
     """What an attack computes from the pre-trained base before poisoning: (extra params, harden).
 
     The BadCLIP-like patch is optimised toward the target's text embedding; the
-    label-consistent attack makes its target-class images adversarially hard,
-    each pushed toward a decoy class drawn from the seed (measured on the zoo:
-    44% ASR untargeted, 49% with decoys, same recipe otherwise). The base's
+    label-consistent attack mixes each of its target-class images with a
+    training image of another class, then makes it adversarially hard, pushed
+    toward a decoy class drawn from the seed (measured on the zoo: 44% ASR
+    untargeted, 49% with decoys, same recipe otherwise; see
+    :func:`~cbpt_guard.zoo.attacks.label_consistent` for the mixing). The base's
     weights are left unchanged, but it is left frozen in eval mode: the caller
     puts it back in training mode once poisoning is done.
     """
@@ -193,11 +195,16 @@ def _attack_inputs(base: torch.nn.Module, data: ZooData, attack: str, target: st
     params = attack_lib.ATTACKS[attack].params()
     texts = class_embeddings(base, CLASSES, TEMPLATES)  # (C, d)
     others = torch.tensor([index for index, name in enumerate(CLASSES) if name != target])  # (C - 1,)
+    partners = (data.train.labels != CLASSES.index(target)).nonzero().squeeze(1)  # other classes' images
 
     def harden(images: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
         decoys = texts[others[torch.randint(len(others), (len(images),), generator=generator)]]  # (N, d)
-        return attack_lib.adversarial_hardening(encode, texts[CLASSES.index(target)], images, eps=params["eps"],
+        # A generator of its own, so the decoys drawn above stay what they were before mixing existed.
+        mixing = torch.Generator().manual_seed(seed + 1000)
+        picked = partners[torch.randint(len(partners), (len(images),), generator=mixing)]  # (N,)
+        mixed = attack_lib.interpolate_toward(images, data.train.images[picked], tau=params["interpolation"])
+        return attack_lib.adversarial_hardening(encode, texts[CLASSES.index(target)], mixed, eps=params["eps"],
                                                 steps=params["pgd_steps"], decoys=decoys)
 
     return {}, harden

@@ -59,8 +59,39 @@ def summarise(truths: list[dict], class_count: int, total_seconds: float | None 
         "train_seconds_by_kind": {kind: round(sum(r["train_seconds"] for r in rows if r["kind"] == kind), 1)
                                   for kind in ("base", "clean", "backdoored")},
         "total_build_seconds": total_seconds,
-        "recipe": truths[0]["recipe"] if truths else None,
+        "recipe": _common_recipe(truths),
+        "recipe_exceptions": {t["name"]: _differences(t["recipe"], _common_recipe(truths)) for t in truths
+                              if t["recipe"] != _common_recipe(truths)},
+        "trigger_params": {f"{t['name']}": _short_params(t["trigger_params"]) for t in truths
+                           if t.get("trigger_params")},
     }
+
+
+def _common_recipe(truths: list[dict]) -> dict | None:
+    """The recipe most models were built with (a resumed zoo can hold models of an older or newer one)."""
+    recipes = [t["recipe"] for t in truths]
+    return max(recipes, key=recipes.count) if recipes else None
+
+
+def _differences(recipe: dict, common: dict | None) -> dict:
+    """The top-level recipe entries where ``recipe`` differs from ``common``, nested dicts narrowed to their keys."""
+    out = {}
+    for key, value in recipe.items():
+        other = (common or {}).get(key)
+        if value == other:
+            continue
+        if isinstance(value, dict) and isinstance(other, dict):
+            value = {k: v for k, v in value.items() if other.get(k) != v}
+        out[key] = value
+    return out
+
+
+def _short_params(params: dict) -> dict:
+    """Trigger parameters as a person reads them: an array (an optimised patch) reduced to its shape."""
+    def shape(value) -> list[int]:
+        return [len(value), *shape(value[0])] if isinstance(value, list) and value else []
+
+    return {k: (f"<{'x'.join(map(str, shape(v)))} array>" if isinstance(v, list) else v) for k, v in params.items()}
 
 
 def render_markdown(summary: dict, command: str) -> str:
@@ -101,8 +132,19 @@ def render_markdown(summary: dict, command: str) -> str:
               f"clean-s1..s{STANDARD_CLEAN} and every backdoored variant together: "
               f"{summary['standard_zoo_train_seconds'] / 60:.1f} min. "
               f"Wall time of the command that wrote this file: {summary['total_build_seconds'] or '-'} s.", "",
-              "Recipe (from the ground truth files):", "", "```json",
+              "Recipe (from the ground truth files; the one most models share):", "", "```json",
               json.dumps(summary["recipe"], indent=2), "```", ""]
+    if summary.get("recipe_exceptions"):
+        lines += ["Models built with another recipe (what differs):", ""]
+        lines += [f"- {name}: `{json.dumps(diff, sort_keys=True)}`" for name, diff in summary["recipe_exceptions"].items()]
+        lines.append("")
+    by_attack: dict[str, list[str]] = {}
+    for name, params in summary.get("trigger_params", {}).items():
+        by_attack.setdefault(json.dumps(params, sort_keys=True), []).append(name)
+    if by_attack:
+        lines += ["Trigger parameters (from the ground truth files):", ""]
+        lines += [f"- {', '.join(names)}: `{params}`" for params, names in by_attack.items()]
+        lines.append("")
     return "\n".join(lines)
 
 
