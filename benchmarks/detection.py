@@ -121,7 +121,8 @@ def score_tier(raw: dict, truths: dict) -> dict:
             "decree_auroc": auroc([-r["decree_pl1"] for r in bad], [-r["decree_pl1"] for r in clean_rows]),
             "decree_tpr": sum(r["decree_flagged"] for r in bad) / len(bad) if bad else None,
         }
-    return {"threshold": everyone.threshold, "attractor_margin": everyone.attractor_margin, "calibration": everyone, "rows": rows, "per_attack": per_attack,
+    return {"threshold": everyone.threshold, "attractor_margin": everyone.attractor_margin, "calibration": everyone,
+            "rows": rows, "per_attack": per_attack,
             "fpr": sum(r["flagged"] for r in clean_rows) / len(clean_rows) if clean_rows else None,
             "decree_fpr": sum(r["decree_flagged"] for r in clean_rows) / len(clean_rows) if clean_rows else None}
 

@@ -43,6 +43,7 @@ def check_command(path, policy, out_dir, probes_dir, data_dir, classes_file, arc
 def format_verdict(verdict) -> str:
     """A terminal summary of a Verdict: the decision first, then why, then where the reports are."""
     from cbpt_guard.report import text
+
     decision = verdict.decision
     head = f"{_SYMBOL[decision.action]}: {verdict.checkpoint.path} under policy {verdict.policy.name} " \
            f"({decision.mode})"

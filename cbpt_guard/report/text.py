@@ -180,8 +180,7 @@ def dummy_asr_rows(verdict: Verdict) -> list[DummyRow]:
     suspected = detection.suspected_target if detection is not None else None
     families = sorted(set(purification.before.dummy_asr) | set(purification.after.dummy_asr))
     return [DummyRow(family, targets.get(family), purification.before.dummy_asr.get(family),
-                     purification.after.dummy_asr.get(family),
-                     targets.get(family) is not None and targets.get(family) == suspected)
+                     purification.after.dummy_asr.get(family), family in targets and targets[family] == suspected)
             for family in families]
 
 

@@ -47,6 +47,7 @@ def summarise(truths: list[dict], class_count: int, total_seconds: float | None 
                 at_chance(v, row["natural_by_attack"][name]) for name, v in row["asr_by_attack"].items())
         rows.append(row)
     variants = [r for r in rows if r["kind"] != "base"]
+    common = _common_recipe(truths)
     return {
         "class_count": class_count,
         "chance_margin": CHANCE_MARGIN,
@@ -59,11 +60,9 @@ def summarise(truths: list[dict], class_count: int, total_seconds: float | None 
         "train_seconds_by_kind": {kind: round(sum(r["train_seconds"] for r in rows if r["kind"] == kind), 1)
                                   for kind in ("base", "clean", "backdoored")},
         "total_build_seconds": total_seconds,
-        "recipe": _common_recipe(truths),
-        "recipe_exceptions": {t["name"]: _differences(t["recipe"], _common_recipe(truths)) for t in truths
-                              if t["recipe"] != _common_recipe(truths)},
-        "trigger_params": {f"{t['name']}": _short_params(t["trigger_params"]) for t in truths
-                           if t.get("trigger_params")},
+        "recipe": common,
+        "recipe_exceptions": {t["name"]: _differences(t["recipe"], common) for t in truths if t["recipe"] != common},
+        "trigger_params": {t["name"]: _short_params(t["trigger_params"]) for t in truths if t.get("trigger_params")},
     }
 
 
