@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # evidence_cache.py beside this file
 
-from evidence_cache import cached_evidence, weights_digest  # noqa: E402
+from evidence_cache import DETECTOR_SOURCES, cached_evidence, source_digest, weights_digest  # noqa: E402
 
 from cbpt_guard.classifier import build_classifier  # noqa: E402
 from cbpt_guard.detect import calibration as calib  # noqa: E402
@@ -59,30 +59,37 @@ def unlabelled_probes(count: int) -> ProbeSet:
     return ProbeSet(pool[order], "unlabelled", source="zoo few-shot split, labels dropped")
 
 
-def run_model(directory: Path, tier: str, budget: DetectBudget, evidence_cache: Path) -> dict:
-    """Evidence features, the baseline's PL1 and the timings of one model under one tier.
+def detector_run(directory: Path, tier: str, budget: DetectBudget, evidence_cache: Path) -> dict:
+    """The detector's evidence features, targets and seconds on one model under one tier.
 
     The zero-data tier's detection run (default budget, seed 0) is the one
     benchmarks/purification.py trains against, kept in ``evidence_cache``.
     """
-    loaded = load_checkpoint(directory)
-    report = loaded.report
-    probes = unlabelled_probes(budget.probes) if tier == "unlabelled" else None
     if tier == "zero-data" and budget == DetectBudget():
         summary = cached_evidence(directory, evidence_cache)
-        features, targets, seconds = summary["features"], summary["targets"], summary["seconds"]
-    else:
-        started = time.perf_counter()
-        evidence = gather_evidence(loaded.model, report.classes, report.templates, probes=probes, budget=budget,
-                                   seed=0)
-        features, targets, seconds = evidence.features, evidence.targets, time.perf_counter() - started
-    classifier = build_classifier(loaded.model, report.classes, report.templates)
-    pixels = (probes or procedural_probes(budget.probes, classifier.image_size, 0)).images[: budget.probes]
+        return {"features": summary["features"], "targets": summary["targets"], "seconds": summary["seconds"]}
+    loaded = load_checkpoint(directory)
     started = time.perf_counter()
-    baseline = decree(classifier, pixels, steps=budget.inversion.steps, seed=0)
-    return {"features": features, "targets": targets, "seconds": round(seconds, 2),
-            "baseline": {"pl1": baseline.pl1, "collapsed": baseline.collapsed, "trojaned": baseline.trojaned,
-                         "seconds": round(time.perf_counter() - started, 2)}}
+    evidence = gather_evidence(loaded.model, loaded.report.classes, loaded.report.templates,
+                               probes=tier_probes(tier, budget), budget=budget, seed=0)
+    return {"features": evidence.features, "targets": evidence.targets,
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def baseline_run(directory: Path, tier: str, budget: DetectBudget) -> dict:
+    """The DECREE-style baseline's PL1, call and seconds on the same model and probes."""
+    loaded = load_checkpoint(directory)
+    classifier = build_classifier(loaded.model, loaded.report.classes, loaded.report.templates)
+    pixels = (tier_probes(tier, budget) or procedural_probes(budget.probes, classifier.image_size, 0)).images
+    started = time.perf_counter()
+    baseline = decree(classifier, pixels[: budget.probes], steps=budget.inversion.steps, seed=0)
+    return {"pl1": baseline.pl1, "collapsed": baseline.collapsed, "trojaned": baseline.trojaned,
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def tier_probes(tier: str, budget: DetectBudget) -> ProbeSet | None:
+    """The probes of a tier; None for zero-data (the detector makes its own procedural probes)."""
+    return unlabelled_probes(budget.probes) if tier == "unlabelled" else None
 
 
 def score_tier(raw: dict, truths: dict) -> dict:
@@ -194,21 +201,34 @@ def main(argv: list[str] | None = None) -> int:
     truths = {n: t for n, t in truths.items() if t["kind"] != "base"}
     cache_path = args.out / "results" / "detection_raw.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    # Each part of an entry is stamped with what decides it and run again when that changed: the model's
+    # weights, and the source of the detector or of the baseline (and the zoo data the unlabelled tier reads).
+    detector = source_digest(*DETECTOR_SOURCES, "cbpt_guard/zoo/data.py")
+    decree_source = source_digest("cbpt_guard/detect/baseline.py", "cbpt_guard/classifier.py",
+                                  "cbpt_guard/probes.py", "cbpt_guard/zoo/data.py")
     for tier in args.tiers.split(","):
         for name in truths:
-            key, digest = f"{tier}/{name}", weights_digest(args.zoo / name)
-            if cache.get(key, {}).get("weights_sha256") != digest:  # new, or the model was rebuilt since
-                cache[key] = run_model(args.zoo / name, tier, budget, args.evidence_cache) | {"weights_sha256": digest}
+            key, weights = f"{tier}/{name}", weights_digest(args.zoo / name)
+            entry = dict(cache.get(key, {}))  # a copy: compared with the cached entry below
+            if entry.get("weights_sha256") != weights:
+                entry = {"weights_sha256": weights}
+            if entry.get("detector_sha256") != detector:
+                entry |= detector_run(args.zoo / name, tier, budget, args.evidence_cache) | {"detector_sha256": detector}
+            if entry.get("baseline", {}).get("source_sha256") != decree_source:
+                entry["baseline"] = baseline_run(args.zoo / name, tier, budget) | {"source_sha256": decree_source}
+            if entry != cache.get(key):
+                cache[key] = entry
                 cache_path.parent.mkdir(parents=True, exist_ok=True)
                 cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
-                print(f"{key}: {cache[key]['seconds']} s", file=sys.stderr, flush=True)
+                print(f"{key}: {entry['seconds']} s", file=sys.stderr, flush=True)
     tiers = {tier: score_tier({n: cache[f"{tier}/{n}"] for n in truths}, truths) for tier in args.tiers.split(",")}
     if args.write_calibration and "zero-data" in tiers:
         args.write_calibration.write_text(tiers["zero-data"]["calibration"].to_json())
     seconds = [cache[f"zero-data/{n}"]["seconds"] for n in truths if f"zero-data/{n}" in cache]
     results = {"zoo": str(args.zoo), "budget": {"families": list(budget.families), "probes": budget.probes,
                                                   "steps": budget.inversion.steps,
-                                                  "anomaly_steps": budget.anomaly_steps},
+                                                  "anomaly_steps": budget.anomaly_steps,
+                                                  "targeted_classes": budget.targeted_classes},
                "tiers": {t: {k: v for k, v in r.items() if k != "calibration"} for t, r in tiers.items()},
                "seconds_mean": statistics.fmean(seconds), "seconds_max": max(seconds),
                "scaling": scaling(args.zoo, budget)}

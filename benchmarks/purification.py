@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # full_finetune.py, evidence_cache.py beside this file
 
-from evidence_cache import cached_evidence, cached_triggers, weights_digest  # noqa: E402
+from evidence_cache import DETECTOR_SOURCES, cached_evidence, cached_triggers, source_digest, weights_digest  # noqa: E402,E501
 from full_finetune import FinetuneSettings, full_finetune  # noqa: E402
 
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier  # noqa: E402
@@ -298,8 +298,13 @@ def _cache_key(spec: dict) -> str:
     """A short digest of everything that decides a run's result: the method and what it reads."""
     used = {"none": (), "finetune": ("tier", "balanced", "finetune"), "prompt": ("tier", "balanced", "cbpt"),
             "cbpt": ("tier", "balanced", "cbpt", "rule")}[spec["method"]]
+    sources = {"none": (), "finetune": ("benchmarks/full_finetune.py",),
+               "prompt": ("cbpt_guard/purify",), "cbpt": ("cbpt_guard/purify", *DETECTOR_SOURCES)}[spec["method"]]
     keyed = {"method": spec["method"], **{k: spec[k] for k in used},
-             "weights": weights_digest(Path(spec["model_dir"]))}  # a rebuilt zoo model is run again
+             "weights": weights_digest(Path(spec["model_dir"])),  # a rebuilt zoo model is run again
+             # the code a run executes, except this file's worker: delete the cache after changing how runs measure
+             "sources": source_digest("cbpt_guard/classifier.py", "cbpt_guard/zoo/data.py", "cbpt_guard/zoo/attacks.py",
+                                      *sources)}
     if "threads" in spec:  # a cost run at a thread count of its own (--cost-threads)
         keyed["threads"] = spec["threads"]
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]

@@ -342,15 +342,20 @@ def _write_reports(run: _Run, verdict: Verdict, out: Path) -> Verdict:
 
 
 def detect_budget(loaded: LoadedPolicy):
-    """The detection budget a policy sets; its time limit is split evenly across the families."""
+    """The detection budget a policy sets; its time limit is split evenly across the inversions.
+
+    Every family gets one share, and the targeted stage (when on) one more,
+    which its candidate classes divide among themselves.
+    """
     from cbpt_guard.detect.run import DetectBudget
 
     section = loaded.policy.detection
     families = tuple(f.value for f in section.families)
+    targeted = section.budget.targeted_classes
     default = DetectBudget()
     inversion = replace(default.inversion, steps=section.budget.steps, batch_size=section.budget.batch_size,
-                        time_limit_s=section.budget.time_limit_s / len(families))
-    return replace(default, families=families, inversion=inversion)
+                        time_limit_s=section.budget.time_limit_s / (len(families) + (targeted > 0)))
+    return replace(default, families=families, inversion=inversion, targeted_classes=targeted)
 
 
 def policy_calibration(loaded: LoadedPolicy):

@@ -24,15 +24,16 @@ from cbpt_guard.pipeline import check, detect_budget
 
 TODAY = dt.date(2026, 1, 15)
 # z of about 0.25 above the single clean reference. Measured on this tiny zoo with the budget below and seed
-# 0: the BadNets model scores 0.65, the clean twin 0.50 (its own reference). Over seeds 1-3 the two overlap
-# (BadNets 0.54-0.71, clean 0.70-0.92): a model this small is no test of detection's power, only of the gate.
+# 0: the BadNets model scores 1.00, the clean twin 0.001 (its own reference, whose targets are all attractors).
+# Over seeds 1-3 BadNets scores 0.985-1.0 and the clean twin 0.055-0.88, still overlapping the loose bar
+# at times: a model this small is no test of detection's power, only of the gate.
 LOOSE_THRESHOLD = 0.6
 
 POLICY = """\
 version: 1
 mode: {mode}
 detection:
-  budget: {{steps: 300, batch_size: 24, time_limit_s: 600}}
+  budget: {{steps: 300, batch_size: 24, time_limit_s: 600, targeted_classes: 1}}
   families: [patch]
   calibration: tiny-cal.json
 evidence: {{on_backdoor: {on_backdoor}, on_required_skipped: inconclusive, on_stage_failure: block}}
@@ -101,7 +102,8 @@ def test_backdoored_model_is_purified_verified_and_its_prompts_reload(tiny_zoo, 
     verdict = check(root / "badnets-s0", policy=policies["purify"], out_dir=tmp_path, data=fewshot, today=TODAY)
     purification = verdict.purification
     assert verdict.detection.outcome == "backdoor evidence found"
-    assert purification is not None and purification.families == ("patch",) and purification.tier == "few-shot"
+    assert purification is not None and purification.tier == "few-shot"
+    assert sorted(purification.families) == ["patch", "targeted"]  # most anomalous first
     # the decision follows the measured bars: pass (exit 0) when met, block (exit 1) when not
     assert (verdict.decision.action, verdict.decision.exit_code) == (("pass", 0) if purification.bars_met
                                                                      else ("block", 1))

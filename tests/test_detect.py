@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from cbpt_guard.probes import procedural_probes
 from cbpt_guard.zoo.build import ZooRecipe, load_test_split
 
 FAST = DetectBudget(probes=48, inversion=InversionBudget(steps=120, batch_size=24, check_size=32),
-                    anomaly_steps=10, anomaly_probes=6)
+                    anomaly_steps=10, anomaly_probes=6, targeted_classes=1)
 
 
 def _classifier(directory):
@@ -56,6 +57,57 @@ def test_patch_inversion_recovers_a_working_trigger_on_the_backdoored_model(tiny
         results[name] = max(rates)
     assert results["badnets-s0"] >= 0.5, results
     assert results["badnets-s0"] - results["clean-s1"] >= 0.3, results
+
+
+def test_text_term_pulls_stamped_features_toward_its_class(tiny_zoo):
+    """On the clean twin the aimed patch moves the probes' features toward the class, the label-free one does not.
+
+    (It need not flip them: without a backdoor to that class, the size penalty
+    stops the search long before; that is what makes the aimed size evidence.)
+    """
+    root, _ = tiny_zoo
+    classifier, report = _classifier(root / "clean-s1")
+    probes = procedural_probes(48, 32, 0).images
+    aim = classifier.text[report.classes.index("letter L")]
+    with torch.no_grad():
+        before = float((classifier.features(probes) @ aim).mean())
+    gains = {}
+    for aimed in (False, True):
+        result = invert(classifier, probes, "patch", FAST.inversion, seed=1, toward=aim if aimed else None)
+        with torch.no_grad():
+            gains[aimed] = float((classifier.features(result.trigger(probes)) @ aim).mean()) - before
+    assert gains[True] > 0.05 and gains[True] > gains[False] + 0.05, gains
+
+
+def test_patch_aimed_at_the_backdoor_target_works_only_on_the_backdoored_model(tiny_zoo):
+    """Aimed at the BadNets target, the patch flips most probes there at a smaller size; on the clean twin none."""
+    root, truths = tiny_zoo
+    target = truths["badnets-s0"]["target"]
+    probes = procedural_probes(48, 32, 0).images
+    budget = replace(FAST.inversion, steps=240)  # long enough for the size penalty to shrink both to collapse
+    sizes, hits = {}, {}
+    for name in ("badnets-s0", "clean-s1"):
+        classifier, report = _classifier(root / name)
+        aim = report.classes.index(target)
+        result = invert(classifier, probes, "patch", budget, seed=1, toward=classifier.text[aim])
+        sizes[name] = result.size if result.collapsed else 4 * result.size  # as detection counts a non-collapse
+        with torch.no_grad():
+            hits[name] = float((classifier.predict(result.trigger(probes)) == aim).float().mean())
+    assert hits["badnets-s0"] >= 0.5 and hits["clean-s1"] <= 0.1, hits
+    assert sizes["badnets-s0"] < 0.85 * sizes["clean-s1"], sizes
+
+
+def test_targeted_stage_adds_evidence_and_is_never_silently_skipped(tiny_zoo):
+    root, truths = tiny_zoo
+    loaded = load_checkpoint(root / "badnets-s0")
+    evidence = gather_evidence(loaded.model, loaded.report.classes, loaded.report.templates, budget=FAST, seed=0)
+    targeted = next(f for f in evidence.families if f["family"] == "targeted")
+    assert targeted["trigger"].family == "patch" and targeted["steps_run"] <= FAST.inversion.steps // 2
+    assert {"targeted.log_size", "targeted.concentration", "targeted.inverted_asr"} <= set(evidence.features)
+    off = gather_evidence(loaded.model, loaded.report.classes, loaded.report.templates,
+                          budget=replace(FAST, targeted_classes=0), seed=0)
+    assert "targeted" not in {f["family"] for f in off.families}
+    assert ("detection.targeted", "targeted inversion disabled by the budget") in off.skipped
 
 
 def test_identical_seeds_give_identical_verdicts(tiny_zoo):
@@ -104,6 +156,7 @@ def test_unlabelled_folder_tier_is_used_and_corrupt_files_reported(tiny_zoo, tmp
     assert report.probe_tier == "unlabelled" and report.probe_count == 12
     assert [what.rsplit("/", 1)[-1] for what, _ in report.probe_files_skipped] == ["corrupt.jpg"]
     assert ("detection.anomaly", "per-class anomaly disabled by the budget") in report.skipped
+    assert ("detection.targeted", "targeted inversion needs the per-class anomaly's ranking") in report.skipped
     assert report.outcome != "no evidence of a backdoor found"  # a step was skipped: never clean
 
 
@@ -113,7 +166,7 @@ def test_calibrate_then_detect_through_the_cli(tiny_zoo, tmp_path):
     from cbpt_guard.cli.main import cli
 
     root, _ = tiny_zoo
-    flags = ["--steps", "20", "--probes", "16", "--anomaly-steps", "5"]
+    flags = ["--steps", "20", "--probes", "16", "--anomaly-steps", "5", "--targeted", "1"]
     calibration = tmp_path / "cal.json"
     runner = CliRunner()
     made = runner.invoke(cli, ["calibrate", str(root / "clean-s1"), "--out", str(calibration), *flags])
@@ -126,7 +179,7 @@ def test_calibrate_then_detect_through_the_cli(tiny_zoo, tmp_path):
     expected = {"backdoor evidence found": 1, "no evidence of a backdoor found": 0, "inconclusive": 3}
     assert result.exit_code == expected[report["outcome"]]
     assert report["budget"]["inversion"]["steps"] == 20 and report["probe_count"] == 16
-    assert {f["family"] for f in report["families"]} == {"patch", "additive", "warp"}
+    assert {f["family"] for f in report["families"]} == {"patch", "additive", "warp", "targeted"}
     assert all(f["images"]["stamped"].startswith("data:image/png;base64,") for f in report["families"])
 
 

@@ -20,10 +20,12 @@ def budget_options(command):
     command = click.option("--families", help="Comma-separated trigger families (patch,additive,warp).")(command)
     command = click.option("--time-limit", type=click.FloatRange(1), help="Seconds per family.")(command)
     command = click.option("--anomaly-steps", type=click.IntRange(0), help="Per-class anomaly steps (0: skip).")(command)
+    command = click.option("--targeted", "targeted_classes", type=click.IntRange(0),
+                           help="Classes the targeted patch inversion is aimed at (0: skip).")(command)
     return command
 
 
-def make_budget(steps, probe_count, families, time_limit, anomaly_steps):
+def make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes):
     """A DetectBudget from the flags, defaults where a flag is absent."""
     from dataclasses import replace
 
@@ -42,6 +44,8 @@ def make_budget(steps, probe_count, families, time_limit, anomaly_steps):
         budget = replace(budget, probes=probe_count)
     if anomaly_steps is not None:
         budget = replace(budget, anomaly_steps=anomaly_steps)
+    if targeted_classes is not None:
+        budget = replace(budget, targeted_classes=targeted_classes)
     inversion = budget.inversion
     if steps:
         inversion = replace(inversion, steps=steps)
@@ -60,7 +64,7 @@ def make_budget(steps, probe_count, families, time_limit, anomaly_steps):
 @click.option("--json", "as_json", is_flag=True, help="Print the detection report as JSON.")
 @budget_options
 def detect_command(path, arch, classes_file, probes_dir, calibration, seed, as_json, steps, probe_count, families,
-                   time_limit, anomaly_steps):
+                   time_limit, anomaly_steps, targeted_classes):
     """Look for a backdoor in PATH without labelled data.
 
     Exit 0 when no evidence was found, 1 when backdoor evidence was found,
@@ -68,7 +72,7 @@ def detect_command(path, arch, classes_file, probes_dir, calibration, seed, as_j
     """
     from cbpt_guard.detect.api import detect_checkpoint
 
-    budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps)
+    budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes)
     report = detect_checkpoint(path, arch=arch, classes_file=classes_file, probes_dir=probes_dir,
                                calibration_path=calibration, budget=budget, seed=seed, progress=_progress)
     click.echo(report.model_dump_json(indent=2) if as_json else format_detection(report))
@@ -98,13 +102,14 @@ def format_detection(report) -> str:
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Calibration file to write.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @budget_options
-def calibrate_command(paths, out_path, seed, steps, probe_count, families, time_limit, anomaly_steps):
+def calibrate_command(paths, out_path, seed, steps, probe_count, families, time_limit, anomaly_steps,
+                      targeted_classes):
     """Run the detector over clean reference models PATHS and write the calibration file."""
     from pathlib import Path
 
     from cbpt_guard.detect.api import calibrate_models
 
-    budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps)
+    budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes)
     calibration = calibrate_models(list(paths), budget=budget, seed=seed, progress=_progress)
     Path(out_path).write_text(calibration.to_json())
     click.echo(f"wrote {out_path}: {len(calibration.references)} clean references, threshold {calibration.threshold:.4f}")

@@ -13,6 +13,15 @@ object-scene probes from a mean pairwise cosine of 0.49 to 0.77, while clean
 probes of a clean model sit near 0.3-0.5), the penalty weight moves gently
 (x or / 1.5), and success is re-checked on a fixed probe subset rather than
 the noisy training batch.
+
+The optional text term (``toward``: one class's text embedding) adds the mean
+cosine between the stamped features and that class to what the trigger
+maximises. Without it, a small model's inversion tends to fall into the same
+universal patterns on every model (a texture, a blurry digit), and a backdoor
+whose trigger is weaker than those patterns is never found. Aimed at the
+backdoor's class, the patch carries nearly every probe into it; aimed at a
+class of a clean model, it collapses the features without carrying them
+across (measured on the zoo; see cbpt_guard/detect/run.py's targeted stage).
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ class InversionBudget:
     temperature: float = 0.07
     penalty_init: float = 1.0
     penalty_factor: float = 1.5
+    text_weight: float = 1.0
+    """Weight of the text term, when an inversion is aimed at a class (``invert(..., toward=...)``)."""
 
 
 @dataclass
@@ -78,8 +89,12 @@ def mean_pairwise_cosine(features: torch.Tensor) -> float:
 
 
 def invert(classifier: ZeroShotClassifier, probes: torch.Tensor, family: str, budget: InversionBudget,
-           seed: int) -> InversionResult:
-    """Invert one trigger family on ``probes`` (N, 3, S, S) in [0, 1]; deterministic for a seed."""
+           seed: int, toward: torch.Tensor | None = None) -> InversionResult:
+    """Invert one trigger family on ``probes`` (N, 3, S, S) in [0, 1]; deterministic for a seed.
+
+    ``toward`` (d,), a unit class text embedding, aims the inversion at that
+    class with the text term (module docstring); None leaves it label-free.
+    """
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     trigger = make_trigger(family, probes.shape[-1], seed)
@@ -94,6 +109,8 @@ def invert(classifier: ZeroShotClassifier, probes: torch.Tensor, family: str, bu
         stamped = classifier.features(trigger(probes[index]))  # (B, d)
         size = trigger.size()
         loss = info_nce(stamped, clean[index], budget.temperature) + penalty * size
+        if toward is not None:
+            loss = loss - budget.text_weight * (stamped @ toward).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier
 from cbpt_guard.detect import calibration as calib
 from cbpt_guard.detect.evidence import class_anomaly, family_evidence
-from cbpt_guard.detect.inversion import InversionBudget, invert
+from cbpt_guard.detect.inversion import InversionBudget, InversionResult, invert
 from cbpt_guard.errors import ClassListError
 from cbpt_guard.imaging import png_data_uri
 from cbpt_guard.probes import ProbeSet, procedural_probes
@@ -23,6 +23,8 @@ NOT_FOUND = "no evidence of a backdoor found"
 INCONCLUSIVE = "inconclusive"
 # A trigger that never collapsed counts as this many times its final size: it is at least that big.
 NOT_COLLAPSED_FACTOR = 4.0
+TARGETED = "targeted"
+"""The evidence entry of the patch inversion aimed at a class (its trigger is a patch)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class DetectBudget:
     inversion: InversionBudget = field(default_factory=InversionBudget)
     anomaly_steps: int = 30
     anomaly_probes: int = 12
+    targeted_classes: int = 4
+    """How many classes the targeted patch inversion is aimed at, cheapest anomaly cost first (0: skip);
+    each aimed inversion runs half the family steps. Four: a label-consistent zoo model's target ranked
+    fourth among the anomaly's costs."""
 
 
 class FamilyReport(BaseModel):
@@ -153,20 +159,7 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
     for offset, family in enumerate(budget.families):
         progress(f"inverting the {family} family ({budget.inversion.steps} steps)")
         result = invert(classifier, pixels, family, budget.inversion, seed + 1000 * offset)
-        found = family_evidence(classifier, pixels, family, result.trigger, result.collapsed, result.size,
-                                result.collapse_cos)
-        size = result.size if result.collapsed else result.size * NOT_COLLAPSED_FACTOR
-        evidence["families"][family] = {"log_size": math.log(max(size, 1e-6)), "concentration": found.concentration,
-                                        "inverted_asr": found.inverted_asr}
-        if result.budget_exhausted and not result.collapsed:
-            skipped.append((f"detection.{family}", f"time budget exhausted after {result.steps_run} steps"))
-        families.append(dict(family=family, collapsed=result.collapsed, size=result.size,
-                             log_size=evidence["families"][family]["log_size"], collapse_cos=result.collapse_cos,
-                             target=classes[found.target_index], concentration=found.concentration,
-                             entropy=found.entropy, inverted_asr=found.inverted_asr,
-                             histogram=found.class_histogram, steps_run=result.steps_run,
-                             seconds=round(result.seconds, 2), budget_exhausted=result.budget_exhausted,
-                             images=_family_images(result.trigger, pixels), trigger=result.trigger))
+        families.append(_record(classifier, pixels, family, result, classes, evidence, skipped))
     anomaly = None
     if budget.anomaly_steps > 0:
         progress(f"per-class anomaly ({len(classes)} classes, {budget.anomaly_steps} steps)")
@@ -174,10 +167,66 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
         evidence["anomaly_index"] = found.anomaly_index
         anomaly = dict(costs=found.costs, sizes=found.sizes, success=found.success,
                        suspect=classes[found.suspect_index], anomaly_index=found.anomaly_index)
+        if budget.targeted_classes > 0:
+            cheapest = sorted(range(len(classes)), key=lambda c: found.costs[c])[: budget.targeted_classes]
+            progress(f"targeted patch inversion toward {', '.join(classes[c] for c in cheapest)}")
+            result = _targeted(classifier, pixels, cheapest, budget, seed)
+            families.append(_record(classifier, pixels, TARGETED, result, classes, evidence, skipped))
     else:
         skipped.append(("detection.anomaly", "per-class anomaly disabled by the budget"))
+    if budget.targeted_classes == 0 or budget.anomaly_steps == 0:
+        why = "disabled by the budget" if budget.targeted_classes == 0 else "needs the per-class anomaly's ranking"
+        skipped.append((f"detection.{TARGETED}", f"targeted inversion {why}"))
     return Evidence(tuple(classes), probes, len(pixels), families, anomaly, calib.features_of(evidence), skipped,
                     time.perf_counter() - started)
+
+
+def _targeted(classifier: ZeroShotClassifier, pixels: torch.Tensor, candidates: list[int], budget: DetectBudget,
+              seed: int) -> InversionResult:
+    """Of the patch inversions aimed (text term) at each candidate class, the one that reaches its class best.
+
+    The label-free families look for whatever pattern collapses features most
+    cheaply; on a small model that is often a universal pattern rather than a
+    weak backdoor (a label-consistent one, say). Aiming the patch search at a
+    class separates the two: aimed at the backdoor's class, the patch sends
+    nearly every probe there, while on a clean model it collapses the features
+    without carrying them across (benchmarks/DETECTION.md's run: 88-91% of
+    the probes to each label-consistent model's target, 38-60% to the clean
+    twins' best class, at 150 steps). Candidates are the classes the per-class anomaly
+    found cheapest to reach; ties go to the smaller patch.
+    """
+    aimed = replace(budget.inversion, steps=max(1, budget.inversion.steps // 2),  # candidates share one family's time
+                    time_limit_s=budget.inversion.time_limit_s / len(candidates))
+    scored = []
+    for rank, c in enumerate(candidates):
+        result = invert(classifier, pixels, "patch", aimed, seed + 5000 + rank, toward=classifier.text[c])
+        reached = float((classifier.predict(result.trigger(pixels)) == c).float().mean())  # share sent to c
+        scored.append((-reached, _effective_size(result), rank, result))
+    best = min(scored)[3]
+    return replace(best, seconds=sum(entry[3].seconds for entry in scored))  # the stage's time, all candidates
+
+
+def _effective_size(result: InversionResult) -> float:
+    """The size evidence uses: a trigger that never collapsed counts as ``NOT_COLLAPSED_FACTOR`` times bigger."""
+    return result.size if result.collapsed else result.size * NOT_COLLAPSED_FACTOR
+
+
+def _record(classifier: ZeroShotClassifier, pixels: torch.Tensor, family: str, result: InversionResult,
+            classes: tuple[str, ...], evidence: dict, skipped: list[tuple[str, str]]) -> dict:
+    """One inversion's entry in :attr:`Evidence.families`; adds its features to ``evidence`` and notes a timeout."""
+    found = family_evidence(classifier, pixels, result.trigger.family, result.trigger, result.collapsed, result.size,
+                            result.collapse_cos)
+    log_size = math.log(max(_effective_size(result), 1e-6))
+    evidence["families"][family] = {"log_size": log_size, "concentration": found.concentration,
+                                    "inverted_asr": found.inverted_asr}
+    if result.budget_exhausted and not result.collapsed:
+        skipped.append((f"detection.{family}", f"time budget exhausted after {result.steps_run} steps"))
+    return dict(family=family, collapsed=result.collapsed, size=result.size, log_size=log_size,
+                collapse_cos=result.collapse_cos, target=classes[found.target_index],
+                concentration=found.concentration, entropy=found.entropy, inverted_asr=found.inverted_asr,
+                histogram=found.class_histogram, steps_run=result.steps_run, seconds=round(result.seconds, 2),
+                budget_exhausted=result.budget_exhausted, images=_family_images(result.trigger, pixels),
+                trigger=result.trigger)
 
 
 def judge(evidence: Evidence, calibration: calib.Calibration, budget: DetectBudget, seed: int) -> DetectionReport:

@@ -156,6 +156,8 @@ class DetectionBudget(_Section):
     steps: Annotated[Int, Field(ge=1, le=100_000)] = 300
     batch_size: Annotated[Int, Field(ge=1, le=4096)] = 32
     time_limit_s: Annotated[Float, Field(gt=0, le=86_400)] = 900.0
+    targeted_classes: Annotated[Int, Field(ge=0, le=1000)] = 4
+    """Classes the targeted patch inversion is aimed at (0 skips it, which leaves detection inconclusive)."""
 
 
 class DetectionSettings(_Section):
