@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # evidence_cache.py beside this file
 
-from evidence_cache import DETECTOR_SOURCES, cached_evidence, source_digest, weights_digest  # noqa: E402
+from evidence_cache import (  # noqa: E402
+    BASELINE_SOURCES, DETECTOR_SOURCES, cached_evidence, source_digest, weights_digest)
 
 from cbpt_guard.classifier import build_classifier  # noqa: E402
 from cbpt_guard.detect import calibration as calib  # noqa: E402
@@ -204,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     # Each part of an entry is stamped with what decides it and run again when that changed: the model's
     # weights, and the source of the detector or of the baseline (and the zoo data the unlabelled tier reads).
     detector = source_digest(*DETECTOR_SOURCES, "cbpt_guard/zoo/data.py")
-    decree_source = source_digest("cbpt_guard/detect/baseline.py", "cbpt_guard/classifier.py",
-                                  "cbpt_guard/probes.py", "cbpt_guard/zoo/data.py")
+    decree_source = source_digest(*BASELINE_SOURCES, "cbpt_guard/zoo/data.py")
     for tier in args.tiers.split(","):
         for name in truths:
             key, weights = f"{tier}/{name}", weights_digest(args.zoo / name)

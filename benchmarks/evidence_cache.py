@@ -15,6 +15,7 @@ names; a changed detector finds other triggers).
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -25,8 +26,11 @@ FAMILY_KEYS = ("family", "collapsed", "size", "target", "concentration", "invert
 ROOT = Path(__file__).resolve().parent.parent
 DETECTOR_SOURCES = ("cbpt_guard/detect", "cbpt_guard/triggers.py", "cbpt_guard/probes.py", "cbpt_guard/classifier.py")
 """What decides a detection run's result, besides the weights: a cached run of other sources is stale."""
+BASELINE_SOURCES = ("cbpt_guard/detect/baseline.py", "cbpt_guard/classifier.py", "cbpt_guard/probes.py")
+"""The same for the DECREE-style baseline that benchmarks/detection.py runs beside the detector."""
 
 
+@functools.cache  # the sources do not change while a benchmark runs; it asks once per cached run
 def source_digest(*names: str) -> str:
     """SHA-256 over the code of the Python files (or folders of them) named, relative to the repository root.
 

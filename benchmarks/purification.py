@@ -41,7 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # full_finetune.py, evidence_cache.py beside this file
 
-from evidence_cache import DETECTOR_SOURCES, cached_evidence, cached_triggers, source_digest, weights_digest  # noqa: E402,E501
+from evidence_cache import (  # noqa: E402
+    DETECTOR_SOURCES, cached_evidence, cached_triggers, source_digest, weights_digest)
 from full_finetune import FinetuneSettings, full_finetune  # noqa: E402
 
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier  # noqa: E402
