@@ -65,6 +65,8 @@ COMPARISONS = {
     "no-distill": ("Distillation of the clean predictions: on (default) vs off", {"l_distill": 0.0}),
     "strength-1": ("Dummy stamps: at strength 2 (default) vs as detection inverted them (strength 1)",
                    {"strength": 1.0}),
+    "longer": ("Training length: 100 steps with l_bd 1 (default) vs 300 steps with l_bd 2, three times the text-side "
+               "work", {"steps": 300, "l_bd": 2.0}),
 }
 """Each comparison changes one choice of the default CBPT run (a trigger ``rule`` or CbptSettings fields)."""
 
@@ -511,7 +513,9 @@ def summarise_ablations(runs: dict, truths: dict) -> dict:
             table[attack] = {variant: {m: _mean([runs[n][k][m] for n in members]) for m in ("ca", "asr")}
                              for variant, k in (("default", default), (ablation, key))}
         changed = [n for n in names if sorted(runs[n][key]["triggers"]) != sorted(runs[n][default]["triggers"])]
-        out[ablation] = {"default_run": default, "models": len(names), "per_attack": table,
+        seconds = {variant: _mean([runs[n][k]["seconds"] for n in names])
+                   for variant, k in (("default", default), (ablation, key))}
+        out[ablation] = {"default_run": default, "models": len(names), "per_attack": table, "seconds": seconds,
                          "models_with_other_triggers": changed,
                          "label_accuracy": {n: {"default": runs[n][default]["label_accuracy"],
                                                 ablation: runs[n][key]["label_accuracy"]} for n in names}
@@ -619,6 +623,8 @@ def render_ablations(ablations: dict) -> list[str]:
             lines.append(f"| {'**overall**' if attack == 'overall' else attack} | {_pct(row['default']['ca'])} | "
                          f"{_pct(row['default']['asr'])} | {_pct(row[ablation]['ca'])} | "
                          f"{_pct(row[ablation]['asr'])} |")
+        lines += ["", f"CBPT time, mean per model: default {result['seconds']['default']:.2f} s, {ablation} "
+                  f"{result['seconds'][ablation]:.2f} s."]
         if ablation == "evidence-rule":
             changed = result["models_with_other_triggers"]
             lines += ["", f"The rule left out at least one family on {len(changed)} of {result['models']} models"

@@ -130,10 +130,9 @@ class WarpTrigger(Trigger):
 
         Extrapolating a warp in pixel space (``x + s * (A(x) - x)``) adds edge
         ghosts instead of moving pixels further. Measured on the zoo's three
-        WaNet models (16 shots, strength 2): mean
-        real-trigger ASR after purification 10.0% with the flow scaled
-        (benchmarks/PURIFICATION.md), 13.8% with the pixels extrapolated (the
-        same benchmark's previous run).
+        WaNet models (16 shots, strength 2, the zoo's previous build): mean
+        real-trigger ASR after purification 10.0% with the flow scaled, 13.8%
+        with the pixels extrapolated (benchmarks/PURIFICATION.md, two runs).
         """
         return self._warp(pixels, strength * self.flow())
 

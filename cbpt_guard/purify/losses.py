@@ -40,8 +40,8 @@ def leave_loss(stamped_features: torch.Tensor, text_features: torch.Tensor, draw
     sum divided by all N copies so that it fades as copies leave. It asks only
     what a backdoor breaks, that the trigger stops *choosing* the class; where
     the copy goes instead is left to the content still in its features.
-    Measured on the zoo (16 shots): about a fifth of the real-trigger ASR
-    of the cross-entropy term at higher clean accuracy. Zero with no copies.
+    Measured on the zoo (16 shots): a mean real-trigger ASR of 4.5% against
+    the cross-entropy term's 29.0%, at clean accuracy 91.9% against 91.1%. Zero with no copies.
     """
     if stamped_features.shape[0] == 0:
         return stamped_features.new_zeros(())
@@ -59,8 +59,8 @@ def distill_loss(image_features: torch.Tensor, text_features: torch.Tensor, orig
     keeps clean accuracy); sixteen shots per class are too few to improve on
     them and enough to overfit, so this term holds clean predictions where
     they were while the backdoor term moves the trigger's region. Measured on
-    the zoo (16 shots, weight 10): mean clean accuracy 91.7% with it, 85.4%
-    without, for a real-trigger ASR of 6.1% instead of 2.8%.
+    the zoo (16 shots, weight 10): mean clean accuracy 91.9% with it, 86.1%
+    without, for a real-trigger ASR of 4.5% instead of 1.4%.
     """
     tuned = F.log_softmax(logit_scale * image_features @ text_features.T, dim=-1)  # (N, C)
     original = F.log_softmax(logit_scale * image_features @ original_text.T, dim=-1)  # (N, C)

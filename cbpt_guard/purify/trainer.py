@@ -42,8 +42,8 @@ class TuningResult:
 
 TRIGGER_STRENGTH = 2.0
 """How much stronger than inverted the dummy stamps are (:meth:`~cbpt_guard.triggers.Trigger.amplified`).
-Measured on the zoo (16 shots, benchmarks/PURIFICATION.md): strength 2 left a mean real-trigger ASR of 6.1%
-against 11.3% at strength 1, for 0.7 points of clean accuracy; a development sweep at 1.5 and 3 landed between
+Measured on the zoo (16 shots, benchmarks/PURIFICATION.md): strength 2 left a mean real-trigger ASR of 4.5%
+against 9.6% at strength 1, for 0.5 points of clean accuracy; a development sweep at 1.5 and 3 landed between
 the two."""
 BACKDOOR_TERMS = ("leave", "reclassify")
 ATTRACTOR_SHARE = 2.0
@@ -165,7 +165,7 @@ def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: S
     (:func:`~cbpt_guard.purify.losses.distill_loss`) holds the clean
     predictions of the hand-written prompts. Measured on the zoo (21
     backdoored models, 16 shots; benchmarks/PURIFICATION.md): "leave" with
-    distillation cut the real triggers' mean ASR to about a fifth of the
+    distillation cut the real triggers' mean ASR to about a sixth of the
     cross-entropy term's at higher clean accuracy.
     """
     started = time.perf_counter()
