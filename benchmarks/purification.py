@@ -507,14 +507,14 @@ def summarise_ablations(runs: dict, truths: dict) -> dict:
         if not names:
             continue
         attacks = sorted({truths[n]["attack"] for n in names}) + ["overall"]
+        variants = (("default", default), (ablation, key))
         table = {}
         for attack in attacks:
             members = [n for n in names if attack == "overall" or truths[n]["attack"] == attack]
             table[attack] = {variant: {m: _mean([runs[n][k][m] for n in members]) for m in ("ca", "asr")}
-                             for variant, k in (("default", default), (ablation, key))}
+                             for variant, k in variants}
         changed = [n for n in names if sorted(runs[n][key]["triggers"]) != sorted(runs[n][default]["triggers"])]
-        seconds = {variant: _mean([runs[n][k]["seconds"] for n in names])
-                   for variant, k in (("default", default), (ablation, key))}
+        seconds = {variant: _mean([runs[n][k]["seconds"] for n in names]) for variant, k in variants}
         out[ablation] = {"default_run": default, "models": len(names), "per_attack": table, "seconds": seconds,
                          "models_with_other_triggers": changed,
                          "label_accuracy": {n: {"default": runs[n][default]["label_accuracy"],

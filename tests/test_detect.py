@@ -13,7 +13,7 @@ from cbpt_guard.classifier import build_classifier
 from cbpt_guard.detect import calibration as calib
 from cbpt_guard.detect.api import detect_checkpoint
 from cbpt_guard.detect.inversion import InversionBudget, info_nce, invert, mean_pairwise_cosine
-from cbpt_guard.detect.run import DetectBudget, detect, gather_evidence
+from cbpt_guard.detect.run import DetectBudget, _effective_size, detect, gather_evidence
 from cbpt_guard.errors import ClassListError, NothingScannableError
 from cbpt_guard.intake import load_checkpoint
 from cbpt_guard.probes import procedural_probes
@@ -90,7 +90,7 @@ def test_patch_aimed_at_the_backdoor_target_works_only_on_the_backdoored_model(t
         classifier, report = _classifier(root / name)
         aim = report.classes.index(target)
         result = invert(classifier, probes, "patch", budget, seed=1, toward=classifier.text[aim])
-        sizes[name] = result.size if result.collapsed else 4 * result.size  # as detection counts a non-collapse
+        sizes[name] = _effective_size(result)  # as detection counts a trigger that never collapsed
         with torch.no_grad():
             hits[name] = float((classifier.predict(result.trigger(probes)) == aim).float().mean())
     assert hits["badnets-s0"] >= 0.5 and hits["clean-s1"] <= 0.1, hits
