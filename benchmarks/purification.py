@@ -65,8 +65,11 @@ COMPARISONS = {
     "no-distill": ("Distillation of the clean predictions: on (default) vs off", {"l_distill": 0.0}),
     "strength-1": ("Dummy stamps: at strength 2 (default) vs as detection inverted them (strength 1)",
                    {"strength": 1.0}),
-    "longer": ("Training length: 100 steps with l_bd 1 (default) vs 300 steps with l_bd 2, three times the text-side "
-               "work", {"steps": 300, "l_bd": 2.0}),
+    "leave-any": ("Which stamped copies must leave: those drawn to the trigger's target (default) vs every copy "
+                  "drawn off its own class", {"leave": "any"}),
+    "no-margin": ("The leave term's margin: the default vs none", {"margin": 0.0}),
+    "first-leave": ("The leave term as first measured (every drawn copy, no margin, l_bd 1, l_distill 10) vs the "
+                    "default", {"leave": "any", "margin": 0.0, "l_bd": 1.0, "l_distill": 10.0}),
 }
 """Each comparison changes one choice of the default CBPT run (a trigger ``rule`` or CbptSettings fields)."""
 
@@ -78,9 +81,11 @@ class CbptSettings:
     n_ctx: int = 4
     steps: int = 100
     lr: float = 1e-2
-    l_bd: float = 1.0
+    l_bd: float = 2.0
     l_drift: float = 1.0
-    l_distill: float = 10.0
+    l_distill: float = 100.0
+    margin: float = 8.0
+    leave: str = "target"
     strength: float = TRIGGER_STRENGTH  # the product's own amplification, not a copy of its value
     backdoor: str = "leave"
     batch_size: int | None = None  # the whole few-shot set in every step
@@ -670,10 +675,10 @@ def render(results: dict) -> str:
              f"CA bar: {_finetune_choice(results['finetune_choice'])}.",
              "- **prompt**: the CBPT trainer with no trigger (`triggers=[]`), same settings as CBPT.",
              f"- **CBPT**: `tune_prompts` with n_ctx {cbpt['n_ctx']}, {cbpt['steps']} steps, lr {cbpt['lr']}, "
-             f"l_bd {cbpt['l_bd']}, l_drift {cbpt['l_drift']}, l_distill {cbpt['l_distill']}, backdoor term "
-             f"\"{cbpt['backdoor']}\", dummy stamps at strength {cbpt['strength']}, {cbpt['optimiser']}, the whole "
-             f"set in every step (batch_size {cbpt['batch_size']}); dummy triggers from "
-             "`gather_evidence` (default budget, seed 0, zero-data procedural probes), chosen by "
+             f"l_bd {cbpt['l_bd']}, l_drift {cbpt['l_drift']}, l_distill {cbpt['l_distill']}, "
+             f"margin {cbpt['margin']}, backdoor term \"{cbpt['backdoor']}\" (scope \"{cbpt['leave']}\"), "
+             f"dummy stamps at strength {cbpt['strength']}, {cbpt['optimiser']}, the whole set in every step "
+             f"(batch_size {cbpt['batch_size']}); dummy triggers from `gather_evidence` (default budget, seed 0, zero-data procedural probes), chosen by "
              "`select_dummy_triggers` (every inverted family).",
              "- **Cost**: each run is a fresh Python process; the timed window (wall and process CPU time) is "
              "the method's own work (CBPT: "
@@ -705,9 +710,10 @@ def render(results: dict) -> str:
               "For the ready policies' `purification:` sections (and `tune_prompts`' defaults):", "", "```yaml",
               "purification:", f"  n_ctx: {cbpt['n_ctx']}", f"  steps: {cbpt['steps']}", f"  lr: {cbpt['lr']}",
               "  loss_weights:", f"    l_bd: {cbpt['l_bd']}", f"    l_drift: {cbpt['l_drift']}",
-              f"    l_distill: {cbpt['l_distill']}", "```", "",
+              f"    l_distill: {cbpt['l_distill']}", f"  margin: {cbpt['margin']}", "```", "",
               f"Not policy keys, fixed in `tune_prompts`: optimiser {cbpt['optimiser']}, the whole set in every "
-              f"step, backdoor term \"{cbpt['backdoor']}\", dummy stamps at strength {cbpt['strength']}.", "",
+              f"step, backdoor term \"{cbpt['backdoor']}\" with leave scope \"{cbpt['leave']}\", dummy stamps at "
+              f"strength {cbpt['strength']}.", "",
               "## Limits", "",
               "- The encoders still carry the backdoor: the protection holds for the tuned class prompts only "
               "(not for retrieval, new class names or other prompts).",

@@ -44,8 +44,9 @@ def _check(tmp_path, name: str, policy: str, *extra: str) -> tuple[int, dict]:
 def test_backdoored_example_under_strict_is_purified_and_gated_on_strict_bars(tmp_path, fewshot):
     """Purified either way; passed and exported only if strict's bars are met, otherwise blocked (exit 1).
 
-    On the current example the prompts cut the real trigger sharply but miss strict's
-    2% / 2-point bars, so the gate blocks it: both outcomes are held to what they must show.
+    On the current example the prompts cut the real trigger to nothing (99.1% -> 0.0%) but the
+    warp dummy still sends 5.2% of images to a universal attractor, over strict's 2% bar, so the
+    gate blocks it: both outcomes are held to what they must show.
     """
     from cbpt_guard.intake import load_checkpoint
     from cbpt_guard.purify.artifacts import load_prompts, purified_classifier

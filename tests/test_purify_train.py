@@ -13,7 +13,7 @@ from cbpt_guard.classifier import build_classifier
 from cbpt_guard.errors import UsageError
 from cbpt_guard.intake.architecture import build_model
 from cbpt_guard.purify.losses import distill_loss, drift_loss, leave_loss, reclassify_loss
-from cbpt_guard.purify.trainer import _features, attractors, pseudo_labels, tune_prompts
+from cbpt_guard.purify.trainer import _features, attractors, pseudo_labels, to_leave, tune_prompts
 from cbpt_guard.triggers import AdditiveTrigger, PatchTrigger, WarpTrigger
 from tiny_models import TINY_CONFIGS
 
@@ -73,6 +73,21 @@ def test_leave_loss_is_the_drawn_class_unlikelihood_over_all_copies():
     assert leave_loss(moved, text, drawn, labels, 10.0) < 0.01 * leave_loss(stamped, text, drawn, labels, 10.0)
     assert leave_loss(stamped[:0], text, drawn[:0], labels[:0], 10.0) == 0
 
+
+def test_leave_margin_keeps_pushing_a_copy_that_only_just_left():
+    """With margin m the drawn class is scored as if its logit were m higher: a copy on the boundary still pays."""
+    text = torch.eye(3)  # (C, d)
+    drawn, labels = torch.tensor([2]), torch.tensor([0])
+    just_left = torch.nn.functional.normalize(torch.tensor([[0.0, 1.0, 0.99]]), dim=-1)  # class 1 barely ahead of 2
+    logits = 10.0 * just_left @ text.T  # (1, C)
+    handicapped = logits + torch.tensor([0.0, 0.0, 5.0])
+    expected = -torch.log(1 - torch.softmax(handicapped, dim=-1)[0, 2])
+    assert leave_loss(just_left, text, drawn, labels, 10.0, margin=5.0).item() == pytest.approx(expected.item())
+    plain, pushed = (leave_loss(just_left, text, drawn, labels, 10.0, margin=m) for m in (0.0, 5.0))
+    assert pushed > 3 * plain  # the margin keeps the gradient alive where the plain term has nearly let go
+    far = torch.eye(3)[[1]]  # (1, d): well past the boundary
+    assert leave_loss(far, text, drawn, labels, 10.0, margin=5.0) < 0.1 * pushed
+    assert leave_loss(just_left, text, drawn, drawn, 10.0, margin=5.0) == 0  # own-class copies stay exempt
 
 def test_distill_loss_is_zero_at_the_hand_written_prompts_and_grows_as_predictions_move():
     generator = torch.Generator().manual_seed(0)
@@ -257,6 +272,37 @@ def test_leave_term_moves_stamped_copies_off_the_class_the_trigger_chose():
     assert result.attractors == [attractors(classifier, stamped[None])[0].nonzero().flatten().tolist()]
     assert result.curves["backdoor"][0] > 0 and result.curves["backdoor"][-1] < 0.5 * result.curves["backdoor"][0]
 
+
+
+def test_only_copies_drawn_to_the_triggers_target_must_leave_it():
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])  # (N,)
+    drawn = torch.tensor([[3, 3, 3, 2, 0, 1],  # trigger 0: target 3 (three copies); copy 3 is a 3 itself
+                          [1, 2, 1, 2, 0, 3]])  # trigger 1: 1 and 2 tie with two copies each: the first, 1, is it
+    leaving = to_leave(drawn, labels, classes=4)
+    assert leaving.tolist() == [[3, 3, 3, 3, 0, 1],  # copies drawn elsewhere carry their own label: exempt
+                                [1, 1, 1, 3, 0, 1]]
+    assert torch.equal(to_leave(drawn, labels, classes=4, scope="any"), drawn)
+    assert to_leave(drawn[:0], labels, classes=4).shape == (0, 6)
+    with pytest.raises(UsageError, match="leave scope"):
+        to_leave(drawn, labels, classes=4, scope="all")
+
+
+def test_a_copy_drawn_off_the_target_costs_nothing_under_the_target_scope():
+    model = _model()
+    images, labels = _data(16)
+    trigger = _corner_patch()
+    classifier = build_classifier(model, CLASSES, TEMPLATES)
+    with torch.no_grad():
+        drawn = classifier.logits_from_features(_features(classifier, images, trigger, 2.0)).argmax(-1)  # (N,)
+    target = int(torch.bincount(drawn, minlength=len(CLASSES)).argmax())
+    assert 0 < int((drawn != target).sum()) < len(drawn) // 2  # most copies go to the target, some elsewhere
+    # labels that agree with the trigger where it hits the target and disagree everywhere else: the only
+    # copies with a class to leave are those drawn off their label to a class other than the target
+    agreeing = torch.where(drawn == target, drawn, (drawn + 1) % len(CLASSES))
+    scoped, every = (tune_prompts(model, CLASSES, TEMPLATES, images, agreeing, [trigger], steps=2, leave=scope)
+                     for scope in ("target", "any"))
+    assert scoped.curves["backdoor"] == [0.0, 0.0]
+    assert every.curves["backdoor"][0] > 0
 
 class _FixedLogits(torch.nn.Module):
     """A stand-in classifier with known logits, one row per image."""

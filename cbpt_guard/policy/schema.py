@@ -206,9 +206,9 @@ class LossWeights(_Section):
     :func:`cbpt_guard.purify.losses.distill_loss`.
     """
 
-    l_bd: Annotated[Float, Field(ge=0.0, le=1000.0)] = 1.0
+    l_bd: Annotated[Float, Field(ge=0.0, le=1000.0)] = 2.0
     l_drift: Annotated[Float, Field(ge=0.0, le=1000.0)] = 1.0
-    l_distill: Annotated[Float, Field(ge=0.0, le=1000.0)] = 10.0
+    l_distill: Annotated[Float, Field(ge=0.0, le=1000.0)] = 100.0
 
 
 class PurificationSettings(_Section):
@@ -218,6 +218,9 @@ class PurificationSettings(_Section):
     steps: Annotated[Int, Field(ge=1, le=100_000)] = 300
     lr: Annotated[Float, Field(gt=0.0, le=1.0)] = 2e-3
     loss_weights: LossWeights = LossWeights()
+    margin: Annotated[Float, Field(ge=0.0, le=100.0)] = 8.0
+    """How far past the decision boundary, in logits, the backdoor term pushes stamped images
+    (:func:`cbpt_guard.purify.losses.leave_loss`)."""
     shots: Annotated[Int, Field(ge=1, le=16)] = 16
     """Labelled images per class used in the few-shot tier."""
 

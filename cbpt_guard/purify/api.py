@@ -35,7 +35,7 @@ RECHECK_SEED_OFFSET = 1
 
 @dataclass(frozen=True)
 class PurifySettings:
-    """CBPT's knobs; the policy's ``purification`` section sets the first seven.
+    """CBPT's knobs; the policy's ``purification`` section sets the first eight.
 
     The defaults are what benchmarks/purification.py measured on the zoo
     (benchmarks/PURIFICATION.md): AdamW over the whole labelled set at once
@@ -45,9 +45,10 @@ class PurifySettings:
     n_ctx: int = 4
     steps: int = 100
     lr: float = 1e-2
-    l_bd: float = 1.0
+    l_bd: float = 2.0
     l_drift: float = 1.0
-    l_distill: float = 10.0
+    l_distill: float = 100.0
+    margin: float = 8.0
     shots: int = 16
     batch_size: int | None = None
     optimiser: str = "adamw"
@@ -57,7 +58,8 @@ class PurifySettings:
         """From a policy's :class:`~cbpt_guard.policy.schema.PurificationSettings`."""
         weights = section.loss_weights
         return cls(n_ctx=section.n_ctx, steps=section.steps, lr=section.lr, l_bd=weights.l_bd,
-                   l_drift=weights.l_drift, l_distill=weights.l_distill, shots=section.shots)
+                   l_drift=weights.l_drift, l_distill=weights.l_distill, margin=section.margin,
+                   shots=section.shots)
 
 
 @dataclass
@@ -189,9 +191,8 @@ def purify_and_verify(model: torch.nn.Module, classes: tuple[str, ...], template
              f"{settings.steps} steps")
     tuning = tune_prompts(model, classes, templates, split.train, train_labels, [d.trigger for d in dummies],
                           n_ctx=settings.n_ctx, steps=settings.steps, lr=settings.lr, l_bd=settings.l_bd,
-                          l_drift=settings.l_drift, l_distill=settings.l_distill,
-                          batch_size=settings.batch_size, seed=seed,
-                          optimiser=settings.optimiser)
+                          l_drift=settings.l_drift, l_distill=settings.l_distill, margin=settings.margin,
+                          batch_size=settings.batch_size, seed=seed, optimiser=settings.optimiser)
     purified = ZeroShotClassifier(model, tuning.class_embeddings)
     reference = original.predict(split.held)  # (M,)
     before = measure(original, split.held, split.held_labels, reference, dummies)

@@ -30,8 +30,8 @@ def reclassify_loss(stamped_features: torch.Tensor, text_features: torch.Tensor,
 
 
 def leave_loss(stamped_features: torch.Tensor, text_features: torch.Tensor, drawn: torch.Tensor,
-               labels: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
-    """The default backdoor term: stamped images must leave the class the trigger drew them to. Scalar.
+               labels: torch.Tensor, logit_scale: torch.Tensor | float, margin: float = 0.0) -> torch.Tensor:
+    """The default backdoor term: stamped images must leave the class the trigger drew them to, by a margin. Scalar.
 
     ``drawn`` (N,) is the class the hand-written prompts give each stamped
     copy (for a backdoor trigger, the attacker's target); the term is the mean
@@ -40,12 +40,21 @@ def leave_loss(stamped_features: torch.Tensor, text_features: torch.Tensor, draw
     sum divided by all N copies so that it fades as copies leave. It asks only
     what a backdoor breaks, that the trigger stops *choosing* the class; where
     the copy goes instead is left to the content still in its features.
-    Measured on the zoo (16 shots): a mean real-trigger ASR of 4.5% against
-    the cross-entropy term's 29.0%, at clean accuracy 91.9% against 91.1%. Zero with no copies.
+
+    ``margin`` is added to the drawn class's logit before the softmax, so a
+    copy that has only just crossed the boundary still pays: the dummy
+    triggers are weaker stand-ins for the real one, which moves features
+    further, and prompts that push the dummies' copies only onto the boundary
+    left the real trigger working. Measured on the zoo (21 backdoored models,
+    16 shots, benchmarks/PURIFICATION.md): margin 8 left a mean real-trigger
+    ASR of 1.4% at clean accuracy 91.6%, no margin 11.8% at 92.8%; the
+    cross-entropy term with the same weights, 44.1% at 92.4%. Zero with no copies.
     """
     if stamped_features.shape[0] == 0:
         return stamped_features.new_zeros(())
-    probabilities = torch.softmax(logit_scale * stamped_features @ text_features.T, dim=-1)  # (N, C)
+    logits = logit_scale * stamped_features @ text_features.T  # (N, C)
+    logits = logits + margin * F.one_hot(drawn, logits.shape[1]).to(logits.dtype)  # the drawn class handicapped
+    probabilities = torch.softmax(logits, dim=-1)  # (N, C)
     stay = probabilities.gather(1, drawn[:, None]).squeeze(1)  # (N,)
     flipped = (drawn != labels).to(stay.dtype)  # (N,)
     return -(flipped * torch.log((1 - stay).clamp_min(1e-6))).sum() / len(labels)
@@ -59,8 +68,9 @@ def distill_loss(image_features: torch.Tensor, text_features: torch.Tensor, orig
     keeps clean accuracy); sixteen shots per class are too few to improve on
     them and enough to overfit, so this term holds clean predictions where
     they were while the backdoor term moves the trigger's region. Measured on
-    the zoo (16 shots, weight 10): mean clean accuracy 91.9% with it, 86.1%
-    without, for a real-trigger ASR of 4.5% instead of 1.4%.
+    the zoo (16 shots, benchmarks/PURIFICATION.md): mean clean accuracy 91.6%
+    at the default weight 100, 85.6% without the term, for a real-trigger ASR
+    of 1.4% instead of 0.1%.
     """
     tuned = F.log_softmax(logit_scale * image_features @ text_features.T, dim=-1)  # (N, C)
     original = F.log_softmax(logit_scale * image_features @ original_text.T, dim=-1)  # (N, C)

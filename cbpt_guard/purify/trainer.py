@@ -42,9 +42,9 @@ class TuningResult:
 
 TRIGGER_STRENGTH = 2.0
 """How much stronger than inverted the dummy stamps are (:meth:`~cbpt_guard.triggers.Trigger.amplified`).
-Measured on the zoo (16 shots, benchmarks/PURIFICATION.md): strength 2 left a mean real-trigger ASR of 4.5%
-against 9.6% at strength 1, for 0.5 points of clean accuracy; a development sweep at 1.5 and 3 landed between
-the two."""
+Measured on the zoo (16 shots, benchmarks/PURIFICATION.md): strength 2 left a mean real-trigger ASR of 1.4%
+against 2.7% at strength 1, for 0.5 points of clean accuracy (with the earlier loss, 4.5% against 9.6%); a
+development sweep at 1.5 and 3 landed between the two."""
 BACKDOOR_TERMS = ("leave", "reclassify")
 ATTRACTOR_SHARE = 2.0
 """A class is a trigger's attractor when it gets at least this many times the uniform share of the stamped images."""
@@ -95,11 +95,42 @@ def attractors(classifier: ZeroShotClassifier, stamped: torch.Tensor, share: flo
     if count == 0:
         return torch.zeros(0, classes, dtype=torch.bool, device=stamped.device)
     predictions = classifier.logits_from_features(stamped.flatten(0, 1)).argmax(dim=-1).view(count, size)  # (K, N)
-    histogram = torch.zeros(count, classes, dtype=torch.long, device=stamped.device)
-    histogram.scatter_add_(1, predictions, torch.ones_like(predictions))  # (K, C)
+    histogram = _class_counts(predictions, classes)  # (K, C)
     found = histogram >= share * size / classes  # (K, C)
     found[torch.arange(count), histogram.argmax(dim=1)] = True
     return found
+
+
+def _class_counts(predictions: torch.Tensor, classes: int) -> torch.Tensor:
+    """How many of each row's predictions fall on each class. (K, N) int64 -> (K, C)."""
+    histogram = torch.zeros(predictions.shape[0], classes, dtype=torch.long, device=predictions.device)
+    return histogram.scatter_add_(1, predictions, torch.ones_like(predictions))  # (K, C)
+
+
+def to_leave(drawn: torch.Tensor, labels: torch.Tensor, classes: int, scope: str = "target") -> torch.Tensor:
+    """The class each stamped copy must leave, or its own label where it has none to leave. (K, N) -> (K, N).
+
+    ``drawn`` is where the hand-written prompts send each copy of each
+    trigger. Scope "any" asks every copy to leave its drawn class. Scope
+    "target" (the default) asks it only of the copies drawn to the trigger's
+    *target*, the class most of its copies go to (how detection names a
+    backdoor's target, and the first of :func:`attractors`): an imperfect
+    inversion also scatters copies over the small model's universal attractors
+    (a texture class, a digit), and pushing those classes away too cost clean
+    accuracy where few clean images hold them in place. Measured on the
+    zoo's 21 backdoored models (16 shots, benchmarks/PURIFICATION.md): clean
+    accuracy 91.6% with "target" against 90.5% with "any", for a mean
+    real-trigger ASR of 1.4% against 1.1%; with 4 shots the gap was wider in
+    development (margin 5, l_distill 50: 89.1% against 82.4%, both at 1.0%).
+    """
+    if scope == "any":
+        return drawn
+    if scope != "target":
+        raise UsageError(f"unknown leave scope {scope!r} (expected 'target' or 'any')")
+    if drawn.shape[0] == 0:
+        return drawn
+    target = _class_counts(drawn, classes).argmax(dim=1)  # (K,), the first class on a tie
+    return torch.where(drawn == target[:, None], drawn, labels[None])  # (K, N)
 
 
 @torch.no_grad()
@@ -146,9 +177,10 @@ def _optimiser(parameter: torch.nn.Parameter, kind: str, lr: float) -> torch.opt
 
 def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: Sequence[str],
                  images: torch.Tensor, labels: torch.Tensor, triggers: Sequence[Trigger], *,
-                 n_ctx: int = 4, steps: int = 100, lr: float = 1e-2, l_bd: float = 1.0, l_drift: float = 1.0,
-                 l_distill: float = 10.0, strength: float = TRIGGER_STRENGTH, backdoor: str = "leave",
-                 batch_size: int | None = None, seed: int = 0, optimiser: str = "adamw") -> TuningResult:
+                 n_ctx: int = 4, steps: int = 100, lr: float = 1e-2, l_bd: float = 2.0, l_drift: float = 1.0,
+                 l_distill: float = 100.0, margin: float = 8.0, leave: str = "target",
+                 strength: float = TRIGGER_STRENGTH, backdoor: str = "leave", batch_size: int | None = None,
+                 seed: int = 0, optimiser: str = "adamw") -> TuningResult:
     """CBPT on pixels ``images`` in [0, 1] (N, 3, S, S) with (pseudo-)labels (N,) and frozen dummy ``triggers``.
 
     Each batch pairs every clean image with its copy stamped by each trigger
@@ -159,14 +191,15 @@ def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: S
 
     The loss is ``clean + l_bd * backdoor + l_drift * drift + l_distill * distill``.
     ``backdoor`` "leave" (the default, :func:`~cbpt_guard.purify.losses.leave_loss`)
-    asks each stamped copy to leave the class the hand-written prompts give it;
+    asks each stamped copy to leave the class the hand-written prompts give it,
+    by ``margin`` logits, for the copies ``leave`` names (:func:`to_leave`);
     "reclassify" is METHOD.md section 5 to the letter (cross-entropy toward the
     clean label), kept for comparison. The distillation term
     (:func:`~cbpt_guard.purify.losses.distill_loss`) holds the clean
     predictions of the hand-written prompts. Measured on the zoo (21
-    backdoored models, 16 shots; benchmarks/PURIFICATION.md): "leave" with
-    distillation cut the real triggers' mean ASR to about a sixth of the
-    cross-entropy term's at higher clean accuracy.
+    backdoored models, 16 shots; benchmarks/PURIFICATION.md), the defaults
+    left a mean real-trigger ASR of 1.4% at clean accuracy 91.6% (the
+    backdoored models': 93.1%); "reclassify" with the same weights left 44.1%.
     """
     started = time.perf_counter()
     _check_inputs(classnames, images, labels)
@@ -180,8 +213,9 @@ def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: S
     clean = _features(classifier, images, None)  # (N, d)
     stamped = (torch.stack([_features(classifier, images, trigger, strength) for trigger in frozen]) if frozen
                else clean.new_zeros((0, *clean.shape)))  # (K, N, d)
-    with torch.no_grad():  # where the hand-written prompts send each stamped copy
-        drawn = classifier.logits_from_features(stamped).argmax(dim=-1)  # (K, N)
+    with torch.no_grad():  # the class each stamped copy must leave (its own label where it has none to leave)
+        drawn = to_leave(classifier.logits_from_features(stamped).argmax(dim=-1), labels, len(classnames),
+                         leave)  # (K, N)
 
     learner = ClassPromptLearner(model, classnames, n_ctx=n_ctx, seed=seed).to(device)
     encoder = EmbeddingTextEncoder(model)
@@ -199,7 +233,8 @@ def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: S
         views = stamped[:, index].flatten(0, 1)  # (K * B, d), trigger-major
         view_labels = labels[index].repeat(len(frozen))  # (K * B,), the clean labels once per trigger
         if backdoor == "leave":
-            backdoor_term = losses.leave_loss(views, text, drawn[:, index].flatten(), view_labels, classifier.scale)
+            backdoor_term = losses.leave_loss(views, text, drawn[:, index].flatten(), view_labels, classifier.scale,
+                                            margin)
         else:
             backdoor_term = losses.reclassify_loss(views, text, view_labels, classifier.scale)
         parts = {

@@ -12,8 +12,9 @@ Measured on the zoo (benchmarks/PURIFICATION.md, "Which dummy triggers", 16
 shots): with the earlier loss (a focused cross-entropy backdoor term, no
 distillation, stamps at strength 1) every family left a mean
 real-trigger ASR of 16.2% against the rule's 23.7% at about the same clean
-accuracy; with today's loss and the targeted family, every family leaves 4.5%
-at CA 91.9 against the rule's 9.4% at 92.0. Every family stays the default: a family
+accuracy; with today's loss (the leave term with its margin, distillation)
+and the targeted family, every family leaves 1.4% at CA 91.6 against the
+rule's 5.6% at 91.6. Every family stays the default: a family
 under the bar can still carry part of the backdoor (detection's z measures
 how unusual the inversion is, not whether it reaches the attacker's region).
 """
