@@ -703,8 +703,10 @@ def render(results: dict) -> str:
                   f"CBPT {other['cbpt']['seconds']:.2f} s ({other['cbpt']['cpu_seconds']:.2f} s CPU, "
                   f"{other['cbpt']['peak_bytes'] / 2**20:.1f} MB); median per-model ratios "
                   f"{other['time_ratio_median']:.1f}x wall, {other['cpu_ratio_median']:.1f}x CPU, "
-                  f"{other['memory_ratio_median']:.1f}x peak memory (CBPT's steps are many small text-side "
-                  "operations, fine-tuning's are larger ones, so the thread count moves them differently).", ""]
+                  f"{other['memory_ratio_median']:.1f}x peak memory. " + (
+                      "A second timing of both methods at the main runs' thread count, cached under keys of its "
+                      "own." if other["threads"] == results["threads"] else "CBPT's steps are many small text-side "
+                      "operations, fine-tuning's are larger ones, so the thread count moves them differently."), ""]
     lines += ["## Comparisons", ""] + render_ablations(results["ablations"])
     lines += ["## Defaults chosen", "",
               "For the ready policies' `purification:` sections (and `tune_prompts`' defaults):", "", "```yaml",
