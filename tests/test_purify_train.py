@@ -241,13 +241,18 @@ def test_attractors_are_the_most_frequent_class_and_every_class_over_the_share()
     assert attractors(classifier, stamped, share=1.0)[0].tolist() == [True, True, False, False]
 
 
+def _drawn(model, images: torch.Tensor, trigger) -> torch.Tensor:
+    """Where the hand-written prompts send each copy stamped at CBPT's default strength 2. (N,)."""
+    classifier = build_classifier(model, CLASSES, TEMPLATES)
+    with torch.no_grad():
+        return classifier.logits_from_features(_features(classifier, images, trigger, 2.0)).argmax(-1)  # (N,)
+
+
 def test_leave_term_ignores_copies_drawn_to_their_own_label():
     model = _model()
     images, _ = _data(16)
     trigger = _corner_patch()
-    classifier = build_classifier(model, CLASSES, TEMPLATES)
-    with torch.no_grad():
-        drawn = classifier.logits_from_features(_features(classifier, images, trigger, 2.0)).argmax(-1)  # (N,)
+    drawn = _drawn(model, images, trigger)
     leave = tune_prompts(model, CLASSES, TEMPLATES, images, drawn, [trigger], steps=3)
     literal = tune_prompts(model, CLASSES, TEMPLATES, images, (drawn + 1) % len(CLASSES), [trigger], steps=3,
                            backdoor="reclassify")
@@ -273,7 +278,6 @@ def test_leave_term_moves_stamped_copies_off_the_class_the_trigger_chose():
     assert result.curves["backdoor"][0] > 0 and result.curves["backdoor"][-1] < 0.5 * result.curves["backdoor"][0]
 
 
-
 def test_only_copies_drawn_to_the_triggers_target_must_leave_it():
     labels = torch.tensor([0, 1, 2, 3, 0, 1])  # (N,)
     drawn = torch.tensor([[3, 3, 3, 2, 0, 1],  # trigger 0: target 3 (three copies); copy 3 is a 3 itself
@@ -289,11 +293,9 @@ def test_only_copies_drawn_to_the_triggers_target_must_leave_it():
 
 def test_a_copy_drawn_off_the_target_costs_nothing_under_the_target_scope():
     model = _model()
-    images, labels = _data(16)
+    images, _ = _data(16)
     trigger = _corner_patch()
-    classifier = build_classifier(model, CLASSES, TEMPLATES)
-    with torch.no_grad():
-        drawn = classifier.logits_from_features(_features(classifier, images, trigger, 2.0)).argmax(-1)  # (N,)
+    drawn = _drawn(model, images, trigger)
     target = int(torch.bincount(drawn, minlength=len(CLASSES)).argmax())
     assert 0 < int((drawn != target).sum()) < len(drawn) // 2  # most copies go to the target, some elsewhere
     # labels that agree with the trigger where it hits the target and disagree everywhere else: the only
