@@ -37,3 +37,79 @@ def tiny_zoo(tmp_path_factory):
     build_variant(out, recipe, data, "badnets", 0, lambda line: None)
     truths = {t["name"]: t for t in read_truths(out, recipe.config)}
     return out / recipe.config, truths
+
+
+_DETECTIONS: dict = {}
+"""Detection runs of this test session, by everything that decides their result (see ``shared_detection``)."""
+
+
+def _bytes(tensor) -> bytes:
+    """The raw bytes of a tensor, whatever its shape (bfloat16, which numpy lacks, as float32)."""
+    import torch
+
+    flat = tensor.detach().cpu().reshape(-1)
+    return (flat.float() if flat.dtype == torch.bfloat16 else flat).numpy().tobytes()
+
+
+def _detection_key(model, classes, templates, *, probes=None, budget=None, seed=0, text_embeddings=None) -> str:
+    """A digest of every input of one ``gather_evidence`` call, the inversions' time limits excepted."""
+    import dataclasses
+    import hashlib
+
+    import torch
+
+    from cbpt_guard.detect.run import DetectBudget
+
+    budget = budget or DetectBudget()
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode() + _bytes(tensor))
+    for tensor in (text_embeddings, None if probes is None else probes.images):
+        digest.update(b"-" if tensor is None else _bytes(tensor))
+    untimed = dataclasses.replace(budget, inversion=dataclasses.replace(budget.inversion, time_limit_s=0.0))
+    digest.update(repr((tuple(classes), tuple(templates), untimed, seed)).encode())
+    return digest.hexdigest()
+
+
+def _fits(evidence, budget) -> bool:
+    """Whether a finished run is also what ``budget`` gives: every inversion ran all its steps in half its limit.
+
+    The targeted stage records its candidates' total time; they run the same
+    steps, so each took about its share of the total, and each is allowed the
+    same share of the limit: the total is held to half the limit too.
+    """
+    from cbpt_guard.detect.run import DetectBudget
+
+    limit = (budget or DetectBudget()).inversion.time_limit_s
+    return all(not f["budget_exhausted"] and 2 * f["seconds"] < limit for f in evidence.families)
+
+
+@pytest.fixture
+def shared_detection(monkeypatch):
+    """Run each distinct detection once per session for the slow tests that check the bundled examples.
+
+    Several of those tests (every ready policy on the same example, the MLflow
+    gate, ``detect_checkpoint``) invert triggers on the same weights with the
+    same budget and seed, about 55 s each. Detection is deterministic (the
+    byte-identical-verdict tests in test_check.py and test_detect.py check it,
+    without this fixture), so a second run with the same inputs would repeat
+    the first; this fixture hands back a copy of the first instead. The
+    policies' time limits differ, so a run is shared only where each of its
+    inversions finished in under half the asker's limit for it.
+    """
+    import copy
+
+    from cbpt_guard.detect import api, run
+
+    real = run.gather_evidence
+
+    def gather(model, classes, templates, **kwargs):
+        key = _detection_key(model, classes, templates, **{k: v for k, v in kwargs.items() if k != "progress"})
+        if key in _DETECTIONS and _fits(_DETECTIONS[key], kwargs.get("budget")):
+            return copy.deepcopy(_DETECTIONS[key])
+        evidence = real(model, classes, templates, **kwargs)
+        _DETECTIONS[key] = copy.deepcopy(evidence)
+        return evidence
+
+    monkeypatch.setattr(run, "gather_evidence", gather)
+    monkeypatch.setattr(api, "gather_evidence", gather)

@@ -1,7 +1,9 @@
 """``cbpt-guard check`` on the bundled example checkpoints under the three ready policies (what the README shows).
 
-Slow (a real detection per run, about 40 s each on 2 cores; purification adds
-a minute): the backdoored example under strict is purified with a few-shot
+Slow: a real detection takes about 55 s on one thread, and purification adds a
+minute. Each distinct detection runs once per session (the ``shared_detection``
+fixture in conftest.py: the ready policies share a budget, and the other example
+tests ask for the same runs). The backdoored example under strict is purified with a few-shot
 folder of held-out zoo images, verified and gated on strict's bars, and its real
 BadNets trigger is measured through the purified prompts; under permissive it passes with the
 warning of what enforce would do; the clean example passes under all three.
@@ -19,7 +21,7 @@ from click.testing import CliRunner
 from cbpt_guard.cli.main import cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_detection")]
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ def test_examples_are_small_fp16_open_clip_directories(name):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_detection")
 @pytest.mark.parametrize("name", ["clean", "backdoored"])
 def test_detection_on_the_examples_matches_their_ground_truth(name):
     torch.set_num_threads(1)

@@ -150,8 +150,10 @@ def test_version_failing_a_recheck_loses_its_alias(client, mlflow_uri, tmp_path)
     assert _alias_version(client, name, "champion") is None
 
 
+@pytest.mark.usefixtures("shared_detection")
 def test_real_check_blocks_backdoored_and_promotes_clean_with_strict_policy(mlflow_uri, tmp_path):
-    # The example's command line with the real cbpt_guard.check (a real detection per version, ~40 s each).
+    # The example's command line with the real cbpt_guard.check: a real detection per version (~55 s each), run
+    # once per session with the other example tests (the shared_detection fixture).
     # A registry gate cannot deploy purified prompts in place of the version, so this policy is strict
     # with backdoor evidence blocking instead of purifying.
     from mlflow import MlflowClient

@@ -72,6 +72,18 @@ def test_clean_twin_records_the_natural_rate_beside_each_trigger(tiny_zoo):
     assert all(0.0 <= v <= 1.0 for v in metrics["natural_by_attack"].values())
 
 
+def test_clean_twin_records_other_draws_of_each_random_trigger(tiny_zoo):
+    from cbpt_guard.zoo.attacks import ATTACKS
+    from cbpt_guard.zoo.build import CONTROL_SEEDS
+
+    _, truths = tiny_zoo
+    control = truths["clean-s1"]["metrics"]["control_by_attack"]
+    seeded = {name for name in truths["clean-s1"]["metrics"]["asr_by_attack"] if "seed" in ATTACKS[name].params()}
+    assert set(control) == seeded and "sig" not in control  # the sinusoid has no random draw
+    assert all(ATTACKS[name].params()["seed"] not in CONTROL_SEEDS for name in seeded)  # the real one is not a control
+    assert all(0.0 <= c["mean"] <= c["max"] <= 1.0 for c in control.values())
+
+
 def test_remeasuring_reproduces_the_recorded_metrics(tiny_zoo):
     from cbpt_guard.zoo.build import remeasure
 
@@ -93,6 +105,10 @@ def test_report_is_rendered_from_the_truth_files(tiny_zoo):
     expected_gap = truths["clean-s1"]["metrics"]["ca"] - truths["badnets-s0"]["metrics"]["ca"]
     assert row["ca_gap"] == pytest.approx(expected_gap)
     assert row["meets_bars"] == (row["asr"] >= 0.9 and abs(expected_gap) <= 0.03)
+    twin = truths["clean-s1"]["metrics"]
+    warp = [100 * v for v in (twin["asr_by_attack"]["wanet"], twin["natural_by_attack"]["wanet"],
+                              twin["control_by_attack"]["wanet"]["mean"], twin["control_by_attack"]["wanet"]["max"])]
+    assert "{:.1f} ({:.1f}; {:.1f} / {:.1f})".format(*warp) in markdown  # the warp's rate beside its controls
 
 
 def test_report_names_models_built_with_another_recipe_and_every_trigger_setting(tiny_zoo):

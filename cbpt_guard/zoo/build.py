@@ -25,10 +25,12 @@ from pathlib import Path
 
 import torch
 
+from cbpt_guard.classifier import build_classifier
 from cbpt_guard.zoo import attacks as attack_lib
 from cbpt_guard.zoo import data as data_lib
 from cbpt_guard.zoo.configs import PREPROCESS_CFG, zoo_config
-from cbpt_guard.zoo.train import TrainSettings, measure, tokenize_captions, train_contrastive
+from cbpt_guard.zoo.train import (TrainSettings, attack_success_rate, measure, tokenize_captions,
+                                   train_contrastive)
 
 TRUTH_NAME = "zoo_truth.json"
 TEMPLATES = ("a photo of a {}.",)
@@ -42,6 +44,8 @@ Progress = Callable[[str], None]
 # a patch. The share is of the whole training set; label-consistent draws from the target class only.
 DEFAULT_POISON_RATES = {"badnets": 0.03, "badclip_like": 0.03, "label_consistent": 0.06, "blended": 0.05,
                         "sig": 0.05, "wanet": 0.10, "ssba_like": 0.10}
+CONTROL_SEEDS = tuple(range(1, 9))
+"""Other draws of each random trigger (its ``seed`` parameter) that clean twins are measured with, as a control."""
 DIGIT_SHARE_DIVISOR = 12_000
 """Shape images per repeat of the digits' training split (see :func:`load_data`)."""
 # Per-attack changes to the shared fine-tuning settings (TrainSettings fields), for attacks that
@@ -284,6 +288,9 @@ def _measure_variant(model, data: ZooData, attack: str | None, target: str | Non
     the same seed, which is exactly what its backdoored counterpart is held to,
     beside the natural rate: how often the same model sends *unstamped* images of
     other classes to that target. A trigger at chance level adds nothing to it.
+    Random triggers are also drawn again (:data:`CONTROL_SEEDS`) and measured
+    toward the same target: that shows how far a trigger's rate on a clean
+    model comes from the kind of change it makes rather than from its pattern.
     """
     if attack is not None:
         trigger = real_trigger(attack, params)
@@ -291,16 +298,21 @@ def _measure_variant(model, data: ZooData, attack: str | None, target: str | Non
                          CLASSES.index(target))
         return {"ca": result["ca"], "asr": result["asr_real"]}
     result = {**measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0, _procedural(data)),
-              "asr_by_attack": {}, "natural_by_attack": {}}
+              "asr_by_attack": {}, "natural_by_attack": {}, "control_by_attack": {}}
+    classifier = build_classifier(model, CLASSES, TEMPLATES)
+    rate = lambda trigger, target_index: attack_success_rate(  # noqa: E731
+        classifier, data.test_images, data.test_labels, trigger, target_index)
     for name in sorted(attack_lib.ATTACKS):
         if attack_lib.ATTACKS[name].needs:
             continue  # the BadCLIP-like patch only exists for a poisoned model
-        trigger = real_trigger(name, attack_lib.ATTACKS[name].params())
+        params = attack_lib.ATTACKS[name].params()
         target_index = CLASSES.index(target_for(name, seed))
-        rates = measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels,
-                        {"t": trigger, "none": lambda images: images}, target_index)
-        result["asr_by_attack"][name] = rates["asr_t"]
-        result["natural_by_attack"][name] = rates["asr_none"]
+        result["asr_by_attack"][name] = rate(real_trigger(name, params), target_index)
+        result["natural_by_attack"][name] = rate(lambda images: images, target_index)
+        if "seed" in params:  # a random pattern: the same kind of trigger, drawn again
+            others = [rate(real_trigger(name, dict(params, seed=other)), target_index) for other in CONTROL_SEEDS]
+            result["control_by_attack"][name] = {"mean": sum(others) / len(others), "max": max(others),
+                                                 "draws": len(others)}
     return result
 
 

@@ -43,6 +43,7 @@ def summarise(truths: list[dict], class_count: int, total_seconds: float | None 
         elif truth["kind"] == "clean":
             row["asr_by_attack"] = truth["metrics"]["asr_by_attack"]
             row["natural_by_attack"] = truth["metrics"].get("natural_by_attack")
+            row["control_by_attack"] = truth["metrics"].get("control_by_attack")
             row["meets_bars"] = row["natural_by_attack"] is not None and all(
                 at_chance(v, row["natural_by_attack"][name]) for name, v in row["asr_by_attack"].items())
         rows.append(row)
@@ -93,38 +94,51 @@ def _short_params(params: dict) -> dict:
     return {k: (f"<{'x'.join(map(str, shape(v)))} array>" if isinstance(v, list) else v) for k, v in params.items()}
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _clean_cell(row: dict, attack: str) -> str:
+    """A clean twin's rate for one attack's trigger: "ASR (natural)" or "ASR (natural; control mean / max)"."""
+    natural = (row["natural_by_attack"] or {}).get(attack)
+    control = (row.get("control_by_attack") or {}).get(attack)
+    extra = "" if control is None else f"; {_pct(control['mean'])} / {_pct(control['max'])}"
+    return f"{_pct(row['asr_by_attack'][attack])} ({_pct(natural)}{extra})"
+
+
 def render_markdown(summary: dict, command: str) -> str:
     """ZOO.md: the table a person reads, from the summary alone."""
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     lines = ["# The model zoo", "", f"Written by `{command}`; do not edit by hand.", "",
              f"Classes: {summary['class_count']}. A clean twin's trigger is at chance level when its ASR is at most "
-             f"{pct(summary['chance_margin'])} points above the natural rate (unstamped images sent to the same "
+             f"{_pct(summary['chance_margin'])} points above the natural rate (unstamped images sent to the same "
              f"target). "
-             f"Bars: backdoored ASR >= {pct(summary['bars']['asr'])}%, CA within "
-             f"{pct(summary['bars']['ca_gap'])} points of the clean twin; fine-tune <= "
+             f"Bars: backdoored ASR >= {_pct(summary['bars']['asr'])}%, CA within "
+             f"{_pct(summary['bars']['ca_gap'])} points of the clean twin; fine-tune <= "
              f"{summary['bars']['finetune_seconds']:.0f} s.", "",
              "| model | kind | attack | target | poison | CA % | CA shapes % | ASR % | twin CA gap | fine-tune s | bars |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in summary["models"]:
         if row["kind"] == "clean":
-            asr = f"max {pct(max(row['asr_by_attack'].values()))}"
+            asr = f"max {_pct(max(row['asr_by_attack'].values()))}"
         else:
-            asr = pct(row.get("asr"))
-        gap = pct(row.get("ca_gap")) if row["kind"] == "backdoored" else "-"
+            asr = _pct(row.get("asr"))
+        gap = _pct(row.get("ca_gap")) if row["kind"] == "backdoored" else "-"
         verdict = {True: "met", False: "MISSED"}.get(row.get("meets_bars"), "-")
         lines.append(f"| {row['name']} | {row['kind']} | {row['attack'] or '-'} | {row['target'] or '-'} | "
-                     f"{pct(row['poison_rate'])}% | {pct(row['ca'])} | {pct(row.get('ca_procedural'))} | {asr} | {gap} | "
+                     f"{_pct(row['poison_rate'])}% | {_pct(row['ca'])} | {_pct(row.get('ca_procedural'))} | {asr} | {gap} | "
                      f"{row['train_seconds']} | "
                      f"{verdict} |")
     clean = [r for r in summary["models"] if r["kind"] == "clean"]
     if clean:
         attacks = sorted(clean[0]["asr_by_attack"])
+        draws = {c["draws"] for r in clean for c in (r.get("control_by_attack") or {}).values()}
+        control = (f"; for a random trigger, then the mean and the max over {'/'.join(map(str, sorted(draws)))} "
+                   "other draws of it (same parameters, other seeds) toward the same target, which shows how much "
+                   "of a rate the kind of change brings rather than its pattern") if draws else ""
         lines += ["", "Clean twins, ASR % of each attack's trigger toward that attack's target "
-                  "(natural rate without the trigger in brackets):", "",
+                  f"(in brackets: the natural rate without the trigger{control}):", "",
                   "| model | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
-        natural = lambda r, a: pct((r["natural_by_attack"] or {}).get(a))  # noqa: E731
-        lines += [f"| {r['name']} | " + " | ".join(f"{pct(r['asr_by_attack'][a])} ({natural(r, a)})" for a in attacks)
-                  + " |" for r in clean]
+        lines += [f"| {r['name']} | " + " | ".join(_clean_cell(r, a) for a in attacks) + " |" for r in clean]
     lines += ["", f"All variants meet their bars: **{'yes' if summary['all_meet_bars'] else 'no'}**. "
               f"Slowest fine-tune: {summary['max_finetune_seconds']} s. "
               f"Training time, summed per kind: {_seconds_by_kind(summary['train_seconds_by_kind'])}; the base, "
