@@ -44,19 +44,16 @@ _DETECTIONS: dict = {}
 
 
 def _bytes(tensor) -> bytes:
-    """The raw bytes of a tensor, whatever its shape (bfloat16, which numpy lacks, as float32)."""
+    """The raw bytes of a tensor, whatever its shape and dtype."""
     import torch
 
-    flat = tensor.detach().cpu().reshape(-1)
-    return (flat.float() if flat.dtype == torch.bfloat16 else flat).numpy().tobytes()
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def _detection_key(model, classes, templates, *, probes=None, budget=None, seed=0, text_embeddings=None) -> str:
     """A digest of every input of one ``gather_evidence`` call, the inversions' time limits excepted."""
     import dataclasses
     import hashlib
-
-    import torch
 
     from cbpt_guard.detect.run import DetectBudget
 

@@ -300,8 +300,10 @@ def _measure_variant(model, data: ZooData, attack: str | None, target: str | Non
     result = {**measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0, _procedural(data)),
               "asr_by_attack": {}, "natural_by_attack": {}, "control_by_attack": {}}
     classifier = build_classifier(model, CLASSES, TEMPLATES)
-    rate = lambda trigger, target_index: attack_success_rate(  # noqa: E731
-        classifier, data.test_images, data.test_labels, trigger, target_index)
+
+    def rate(trigger: Callable[[torch.Tensor], torch.Tensor], target_index: int) -> float:
+        return attack_success_rate(classifier, data.test_images, data.test_labels, trigger, target_index)
+
     for name in sorted(attack_lib.ATTACKS):
         if attack_lib.ATTACKS[name].needs:
             continue  # the BadCLIP-like patch only exists for a poisoned model
