@@ -141,10 +141,23 @@ def test_amplified_warp_moves_pixels_further_instead_of_extrapolating_them():
     assert (extrapolated[..., inner] - expected[..., inner]).abs().max() > 0.1
 
 
-def test_unknown_backdoor_term_is_a_usage_error():
+class _Untouchable(PatchTrigger):
+    """A trigger that fails the moment the trainer starts using it: the argument checks must come first."""
+
+    def to(self, *args, **kwargs):
+        raise AssertionError("the trainer used the trigger before it checked its arguments")
+
+
+@pytest.mark.parametrize(("argument", "value", "message"), [
+    ("backdoor", "focus", "unknown backdoor term 'focus' \\(expected one of leave, reclassify\\)"),
+    ("leave", "all", "unknown leave scope 'all' \\(expected one of target, any\\)"),
+    ("optimiser", "adam", "unknown optimiser 'adam' \\(expected one of adamw, sgd\\)"),
+])
+def test_an_unknown_choice_is_a_usage_error_before_any_work(argument, value, message):
     images, labels = _data(8)
-    with pytest.raises(UsageError, match="backdoor term"):
-        tune_prompts(_model(), CLASSES, TEMPLATES, images, labels, [], steps=1, backdoor="focus")
+    with pytest.raises(UsageError, match=message):
+        tune_prompts(_model(), CLASSES, TEMPLATES, images, labels, [_Untouchable(32)], steps=1,
+                     **{argument: value})
 
 
 @pytest.mark.parametrize("family", ["vit", "resnet"])  # resnet: batch-norm statistics must not move either

@@ -72,6 +72,22 @@ def test_clean_twin_records_the_natural_rate_beside_each_trigger(tiny_zoo):
     assert all(0.0 <= v <= 1.0 for v in metrics["natural_by_attack"].values())
 
 
+def test_clean_twin_records_how_readable_each_trigger_leaves_the_images(tiny_zoo):
+    from cbpt_guard.classifier import build_classifier
+    from cbpt_guard.zoo.attacks import ATTACKS
+    from cbpt_guard.zoo.build import CLASSES, TEMPLATES, load_model, load_test_split, real_trigger
+    from cbpt_guard.zoo.train import clean_accuracy
+
+    root, truths = tiny_zoo
+    stamped = truths["clean-s1"]["metrics"]["stamped_ca_by_attack"]
+    assert set(stamped) == set(truths["clean-s1"]["metrics"]["asr_by_attack"])
+    data = load_test_split(ZooRecipe.from_dict(truths["clean-s1"]["recipe"]))
+    classifier = build_classifier(load_model(root / "clean-s1"), CLASSES, TEMPLATES)
+    warped = real_trigger("wanet", ATTACKS["wanet"].params())(data.test_images)
+    assert stamped["wanet"] == clean_accuracy(classifier, warped, data.test_labels)
+    assert stamped["wanet"] != truths["clean-s1"]["metrics"]["ca"]  # the warp really changed what the model reads
+
+
 def test_clean_twin_records_other_draws_of_each_random_trigger(tiny_zoo):
     from cbpt_guard.zoo.attacks import ATTACKS
     from cbpt_guard.zoo.build import CONTROL_SEEDS
@@ -109,6 +125,8 @@ def test_report_is_rendered_from_the_truth_files(tiny_zoo):
     warp = [100 * v for v in (twin["asr_by_attack"]["wanet"], twin["natural_by_attack"]["wanet"],
                               twin["control_by_attack"]["wanet"]["mean"], twin["control_by_attack"]["wanet"]["max"])]
     assert "{:.1f} ({:.1f}; {:.1f} / {:.1f})".format(*warp) in markdown  # the warp's rate beside its controls
+    readable = [100 * twin["ca"]] + [100 * twin["stamped_ca_by_attack"][a] for a in sorted(twin["asr_by_attack"])]
+    assert "| clean-s1 | " + " | ".join(f"{v:.1f}" for v in readable) + " |" in markdown
 
 
 def test_report_names_models_built_with_another_recipe_and_every_trigger_setting(tiny_zoo):

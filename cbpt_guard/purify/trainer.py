@@ -46,6 +46,8 @@ Measured on the zoo (16 shots, benchmarks/PURIFICATION.md): strength 2 left a me
 against 2.7% at strength 1, for 0.5 points of clean accuracy (with the earlier loss, 4.5% against 9.6%); a
 development sweep at 1.5 and 3 landed between the two."""
 BACKDOOR_TERMS = ("leave", "reclassify")
+LEAVE_SCOPES = ("target", "any")
+OPTIMISERS = ("adamw", "sgd")
 ATTRACTOR_SHARE = 2.0
 """A class is a trigger's attractor when it gets at least this many times the uniform share of the stamped images."""
 SINKHORN_ITERATIONS = 50
@@ -123,10 +125,9 @@ def to_leave(drawn: torch.Tensor, labels: torch.Tensor, classes: int, scope: str
     real-trigger ASR of 1.4% against 1.1%; with 4 shots the gap was wider in
     development (margin 5, l_distill 50: 89.1% against 82.4%, both at 1.0%).
     """
+    _check_choice("leave scope", scope, LEAVE_SCOPES)
     if scope == "any":
         return drawn
-    if scope != "target":
-        raise UsageError(f"unknown leave scope {scope!r} (expected 'target' or 'any')")
     if drawn.shape[0] == 0:
         return drawn
     target = _class_counts(drawn, classes).argmax(dim=1)  # (K,), the first class on a tie
@@ -167,12 +168,17 @@ def _check_inputs(classnames: Sequence[str], images: torch.Tensor, labels: torch
         raise UsageError(f"labels must lie in [0, {len(classnames)}) for the {len(classnames)} classes")
 
 
+def _check_choice(what: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise UsageError(f"unknown {what} {value!r} (expected one of {', '.join(allowed)})")
+
+
 def _optimiser(parameter: torch.nn.Parameter, kind: str, lr: float) -> torch.optim.Optimizer:
+    """The optimiser of the prompt context; ``kind`` is one of :data:`OPTIMISERS`, checked by the caller."""
     if kind == "sgd":
         return torch.optim.SGD([parameter], lr=lr, momentum=0.9)
-    if kind == "adamw":  # no weight decay: the drift loss, not a pull toward zero, keeps ctx near its start
-        return torch.optim.AdamW([parameter], lr=lr, weight_decay=0.0)
-    raise UsageError(f"unknown optimiser {kind!r} (expected 'sgd' or 'adamw')")
+    # No weight decay: the drift loss, not a pull toward zero, keeps ctx near its start.
+    return torch.optim.AdamW([parameter], lr=lr, weight_decay=0.0)
 
 
 def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: Sequence[str],
@@ -202,9 +208,10 @@ def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: S
     backdoored models': 93.1%); "reclassify" with the same weights left 44.1%.
     """
     started = time.perf_counter()
-    _check_inputs(classnames, images, labels)
-    if backdoor not in BACKDOOR_TERMS:
-        raise UsageError(f"unknown backdoor term {backdoor!r} (expected one of {', '.join(BACKDOOR_TERMS)})")
+    _check_inputs(classnames, images, labels)  # every argument checked before any feature is computed
+    _check_choice("backdoor term", backdoor, BACKDOOR_TERMS)
+    _check_choice("leave scope", leave, LEAVE_SCOPES)
+    _check_choice("optimiser", optimiser, OPTIMISERS)
     original = class_embeddings(model, classnames, templates)  # (C, d)
     classifier = ZeroShotClassifier(model, original)  # freezes the model: eval, no weight gradients
     device = classifier.scale.device
@@ -214,8 +221,8 @@ def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: S
     stamped = (torch.stack([_features(classifier, images, trigger, strength) for trigger in frozen]) if frozen
                else clean.new_zeros((0, *clean.shape)))  # (K, N, d)
     with torch.no_grad():  # the class each stamped copy must leave (its own label where it has none to leave)
-        drawn = to_leave(classifier.logits_from_features(stamped).argmax(dim=-1), labels, len(classnames),
-                         leave)  # (K, N)
+        leaving = to_leave(classifier.logits_from_features(stamped).argmax(dim=-1), labels, len(classnames),
+                           leave)  # (K, N)
 
     learner = ClassPromptLearner(model, classnames, n_ctx=n_ctx, seed=seed).to(device)
     encoder = EmbeddingTextEncoder(model)
@@ -233,7 +240,7 @@ def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: S
         views = stamped[:, index].flatten(0, 1)  # (K * B, d), trigger-major
         view_labels = labels[index].repeat(len(frozen))  # (K * B,), the clean labels once per trigger
         if backdoor == "leave":
-            backdoor_term = losses.leave_loss(views, text, drawn[:, index].flatten(), view_labels, classifier.scale,
+            backdoor_term = losses.leave_loss(views, text, leaving[:, index].flatten(), view_labels, classifier.scale,
                                             margin)
         else:
             backdoor_term = losses.reclassify_loss(views, text, view_labels, classifier.scale)

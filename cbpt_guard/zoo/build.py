@@ -29,7 +29,7 @@ from cbpt_guard.classifier import build_classifier
 from cbpt_guard.zoo import attacks as attack_lib
 from cbpt_guard.zoo import data as data_lib
 from cbpt_guard.zoo.configs import PREPROCESS_CFG, zoo_config
-from cbpt_guard.zoo.train import (TrainSettings, attack_success_rate, measure, tokenize_captions,
+from cbpt_guard.zoo.train import (TrainSettings, attack_success_rate, clean_accuracy, measure, tokenize_captions,
                                    train_contrastive)
 
 TRUTH_NAME = "zoo_truth.json"
@@ -291,6 +291,9 @@ def _measure_variant(model, data: ZooData, attack: str | None, target: str | Non
     Random triggers are also drawn again (:data:`CONTROL_SEEDS`) and measured
     toward the same target: that shows how far a trigger's rate on a clean
     model comes from the kind of change it makes rather than from its pattern.
+    The twin's CA on stamped images says how readable each trigger leaves the
+    image: a trigger that hides the object scatters images over every class,
+    the target among them, without any backdoor.
     """
     if attack is not None:
         trigger = real_trigger(attack, params)
@@ -298,7 +301,7 @@ def _measure_variant(model, data: ZooData, attack: str | None, target: str | Non
                          CLASSES.index(target))
         return {"ca": result["ca"], "asr": result["asr_real"]}
     result = {**measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0, _procedural(data)),
-              "asr_by_attack": {}, "natural_by_attack": {}, "control_by_attack": {}}
+              "asr_by_attack": {}, "natural_by_attack": {}, "control_by_attack": {}, "stamped_ca_by_attack": {}}
     classifier = build_classifier(model, CLASSES, TEMPLATES)
 
     def rate(trigger: Callable[[torch.Tensor], torch.Tensor], target_index: int) -> float:
@@ -311,6 +314,8 @@ def _measure_variant(model, data: ZooData, attack: str | None, target: str | Non
         target_index = CLASSES.index(target_for(name, seed))
         result["asr_by_attack"][name] = rate(real_trigger(name, params), target_index)
         result["natural_by_attack"][name] = rate(lambda images: images, target_index)
+        result["stamped_ca_by_attack"][name] = clean_accuracy(classifier, real_trigger(name, params)(data.test_images),
+                                                              data.test_labels)
         if "seed" in params:  # a random pattern: the same kind of trigger, drawn again
             others = [rate(real_trigger(name, dict(params, seed=other)), target_index) for other in CONTROL_SEEDS]
             result["control_by_attack"][name] = {"mean": sum(others) / len(others), "max": max(others),

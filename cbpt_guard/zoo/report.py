@@ -44,6 +44,7 @@ def summarise(truths: list[dict], class_count: int, total_seconds: float | None 
             row["asr_by_attack"] = truth["metrics"]["asr_by_attack"]
             row["natural_by_attack"] = truth["metrics"].get("natural_by_attack")
             row["control_by_attack"] = truth["metrics"].get("control_by_attack")
+            row["stamped_ca_by_attack"] = truth["metrics"].get("stamped_ca_by_attack")
             row["meets_bars"] = row["natural_by_attack"] is not None and all(
                 at_chance(v, row["natural_by_attack"][name]) for name, v in row["asr_by_attack"].items())
         rows.append(row)
@@ -139,6 +140,13 @@ def render_markdown(summary: dict, command: str) -> str:
                   f"(in brackets: the natural rate without the trigger{control}):", "",
                   "| model | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
         lines += [f"| {r['name']} | " + " | ".join(_clean_cell(r, a) for a in attacks) + " |" for r in clean]
+        readable = [r for r in clean if r.get("stamped_ca_by_attack")]
+        if readable:
+            lines += ["", "Clean twins, CA % on the stamped test images (how much of each image the trigger leaves "
+                      "readable to a model without a backdoor; unstamped CA in the first column):", "",
+                      "| model | none | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 2) + "|"]
+            lines += [f"| {r['name']} | {_pct(r['ca'])} | "
+                      + " | ".join(_pct(r["stamped_ca_by_attack"].get(a)) for a in attacks) + " |" for r in readable]
     lines += ["", f"All variants meet their bars: **{'yes' if summary['all_meet_bars'] else 'no'}**. "
               f"Slowest fine-tune: {summary['max_finetune_seconds']} s. "
               f"Training time, summed per kind: {_seconds_by_kind(summary['train_seconds_by_kind'])}; the base, "
