@@ -312,10 +312,10 @@ def _measure_variant(model, data: ZooData, attack: str | None, target: str | Non
             continue  # the BadCLIP-like patch only exists for a poisoned model
         params = attack_lib.ATTACKS[name].params()
         target_index = CLASSES.index(target_for(name, seed))
-        result["asr_by_attack"][name] = rate(real_trigger(name, params), target_index)
+        trigger = real_trigger(name, params)
+        result["asr_by_attack"][name] = rate(trigger, target_index)
         result["natural_by_attack"][name] = rate(lambda images: images, target_index)
-        result["stamped_ca_by_attack"][name] = clean_accuracy(classifier, real_trigger(name, params)(data.test_images),
-                                                              data.test_labels)
+        result["stamped_ca_by_attack"][name] = clean_accuracy(classifier, trigger(data.test_images), data.test_labels)
         if "seed" in params:  # a random pattern: the same kind of trigger, drawn again
             others = [rate(real_trigger(name, dict(params, seed=other)), target_index) for other in CONTROL_SEEDS]
             result["control_by_attack"][name] = {"mean": sum(others) / len(others), "max": max(others),
