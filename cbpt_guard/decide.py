@@ -22,9 +22,11 @@ import dataclasses
 import datetime as dt
 import enum
 import math
+from collections.abc import Mapping
 
 from cbpt_guard.errors import ExitCode
-from cbpt_guard.policy.schema import BackdoorAction, DataTier, Mode, Policy, Waiver
+from cbpt_guard.policy.schema import (BackdoorAction, DataTier, DummyScope, Mode, Policy, VerificationBars,
+                                      Waiver)
 
 
 class Action(str, enum.Enum):
@@ -99,20 +101,50 @@ class StageFailure:
 class PurificationOutcome:
     """Verification of the purified model: ASR of the dummy triggers and the CA drop, as fractions.
 
-    ``ca_drop`` is original CA minus purified CA (negative when accuracy rose);
-    ``residual_evidence`` is whether re-running detection on the purified
-    classifier still finds a backdoor.
+    ``asr`` is the worst ASR among the dummy triggers the policy holds to
+    ``max_asr`` (all of them unless ``verification.dummies`` is ``evidence``,
+    see :func:`dummy_bars`, and then ``scoped`` is set); ``risen`` describes
+    each other dummy whose ASR rose above its own bar. ``ca_drop`` is original CA minus purified CA
+    (negative when accuracy rose); ``residual_evidence`` is whether re-running
+    detection on the purified classifier still finds a backdoor.
     """
 
     asr: float
     ca_drop: float
     residual_evidence: bool = False
+    risen: tuple[str, ...] = ()
+    scoped: bool = False
+    """Whether ``asr`` covers only the dummies that are backdoor evidence (``dummies: evidence`` took effect)."""
+    labelled: bool = True
+    """Whether ``ca_drop`` is a drop in CA against labels; without labels it is the share of
+    held-out images whose prediction changed."""
+    worst: str = ""
+    """Which held dummy set ``asr``, e.g. "the warp trigger toward 'square', not the suspected 'cross'"."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.asr) and 0.0 <= self.asr <= 1.0):
             raise ValueError(f"asr must be a fraction in [0, 1], got {self.asr}")
         if not (math.isfinite(self.ca_drop) and -1.0 <= self.ca_drop <= 1.0):
             raise ValueError(f"ca_drop must be a fraction in [-1, 1], got {self.ca_drop}")
+
+
+def dummy_bars(max_asr: float, scope: DummyScope, evidence: Mapping[str, bool],
+               before: Mapping[str, float]) -> dict[str, tuple[float, bool]]:
+    """Per dummy family, the ASR bar verification holds it to and whether that is the policy's ``max_asr``.
+
+    ``evidence`` says, per family, whether its dummy is evidence of the
+    backdoor: it draws images to the suspected target, or its own detection
+    evidence clears the score threshold; ``before`` is each dummy's ASR before
+    purification. Under scope ``all`` every dummy is held to ``max_asr``.
+    Under ``evidence`` a dummy that is not evidence (an inverted pattern toward
+    one of the small model's natural attractors, typical of clean models) is
+    held to ``max(max_asr, before)``: purification need not remove what was
+    never the backdoor, but must not strengthen it. Fail closed: with no dummy
+    that is evidence, every one is held.
+    """
+    scoped = scope is DummyScope.EVIDENCE and any(evidence.values())
+    return {family: ((max_asr, True) if backdoor or not scoped else (max(max_asr, before.get(family, 0.0)), False))
+            for family, backdoor in evidence.items()}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -272,19 +304,30 @@ def _weigh_purification(outcome: PurificationOutcome | None, policy: Policy, tal
         tally.reasons.append("the policy calls for purification; the model passes only once purified and verified")
         return Action.PURIFY
     bars = policy.verification
-    misses = []
-    if outcome.asr > bars.max_asr:
-        misses.append(f"ASR {outcome.asr:.2%} > {bars.max_asr:.2%}")
-    if outcome.ca_drop > bars.max_ca_drop:
-        misses.append(f"CA drop {outcome.ca_drop * 100:.1f} points > {bars.max_ca_drop * 100:.1f}")
-    if outcome.residual_evidence:
-        misses.append("detection still finds backdoor evidence in the purified model")
+    misses = verification_misses(outcome, bars)
     if misses:
         tally.reasons.append("the purified model misses the policy's bars: " + "; ".join(misses))
         return Action.BLOCK
-    tally.reasons.append(f"purified and verified: ASR {outcome.asr:.2%} <= {bars.max_asr:.2%}, CA drop "
+    held = " (the dummies that are backdoor evidence; each other one at most its rate before)" if outcome.scoped else ""
+    drop = "CA drop" if outcome.labelled else "disagreement with the original model's predictions"
+    tally.reasons.append(f"purified and verified: ASR {outcome.asr:.2%} <= {bars.max_asr:.2%}{held}, {drop} "
                          f"{outcome.ca_drop * 100:.1f} points <= {bars.max_ca_drop * 100:.1f}")
     return Action.PASS
+
+
+def verification_misses(outcome: PurificationOutcome, bars: VerificationBars) -> tuple[str, ...]:
+    """Every bar the purified model misses, worded once for the decision's reasons and the report."""
+    misses = []
+    if outcome.asr > bars.max_asr:
+        which = f" ({outcome.worst})" if outcome.worst else ""
+        misses.append(f"dummy-trigger ASR {outcome.asr:.2%} > {bars.max_asr:.2%}{which}")
+    if outcome.ca_drop > bars.max_ca_drop:
+        what = "CA drop" if outcome.labelled else "disagreement with the original model's predictions (no labels)"
+        misses.append(f"{what} {outcome.ca_drop * 100:.1f} points > {bars.max_ca_drop * 100:.1f}")
+    misses += [f"a dummy toward another class rose: {what}" for what in outcome.risen]
+    if outcome.residual_evidence:
+        misses.append("a fresh detection run still finds backdoor evidence")
+    return tuple(misses)
 
 
 def _score_text(detection: DetectionOutcome, relation: str) -> str:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from statistics import NormalDist
 
 from cbpt_guard import __version__
 from cbpt_guard.decide import (
@@ -30,6 +31,8 @@ from cbpt_guard.decide import (
     SkippedStep,
     StageFailure,
     decide,
+    dummy_bars,
+    verification_misses,
 )
 from cbpt_guard.errors import CbptError, ExitCode, UnsafeCheckpointError, UsageError
 from cbpt_guard.policy import DataTier, LoadedPolicy, resolve_policy
@@ -248,10 +251,15 @@ def _purification(run: _Run, loaded, evidence, calibration, probe_set, data_dir,
         return None
     bars = policy.verification
     residual = result.recheck_found or result.recheck.outcome == "inconclusive"
-    run.purification_outcome = PurificationOutcome(asr=result.max_dummy_asr, ca_drop=max(-1.0, min(1.0, result.ca_drop)),
-                                                   residual_evidence=residual)
-    misses = _misses(run.purification_outcome, bars, labelled=result.after.clean_accuracy is not None,
-                     worst=_worst_dummy(result, report.classes, run.outcome.target_class if run.outcome else None))
+    suspected = run.outcome.target_class if run.outcome else None
+    dummy_bar = _dummy_bars(result, report.classes, run.detection, bars)
+    held = {family for family, (_, is_held) in dummy_bar.items() if is_held}
+    run.purification_outcome = PurificationOutcome(
+        asr=max((result.after.dummy_asr[family] for family in held), default=0.0),
+        ca_drop=max(-1.0, min(1.0, result.ca_drop)), residual_evidence=residual,
+        risen=_risen(result, report.classes, dummy_bar), scoped=len(held) < len(dummy_bar),
+        labelled=result.after.clean_accuracy is not None, worst=_worst_dummy(result, report.classes, suspected, held))
+    misses = verification_misses(run.purification_outcome, bars)
     prompts_path = prompts_digest = None
     metrics = {"before": _metrics(result.before).model_dump(), "after": _metrics(result.after).model_dump(),
                "ca_drop": result.ca_drop, "recheck_score": result.residual.score, "recheck_residual": residual}
@@ -272,6 +280,7 @@ def _purification(run: _Run, loaded, evidence, calibration, probe_set, data_dir,
         recheck_outcome=_recheck_wording(result, residual), recheck_score=result.residual.score,
         recheck_seed=result.recheck.seed,
         bars={"max_asr": bars.max_asr, "max_ca_drop": bars.max_ca_drop}, bars_met=not misses, misses=misses,
+        dummy_bars={family: bar for family, (bar, _) in dummy_bar.items()},
         curves={name: _thin(values) for name, values in result.tuning.curves.items()},
         prompts_path=prompts_path, prompts_sha256=prompts_digest)
     run.done("purification", started)
@@ -404,32 +413,50 @@ def _recheck_wording(result, residual: bool) -> str:
     return f"{head} (strongest classifier-level signal: {strongest[0]} -> {strongest[1]!r}, z {strongest[2]:.2f})"
 
 
-def _worst_dummy(result, classes: tuple[str, ...] | list[str], suspected: str | None) -> str:
-    """Which dummy trigger set the ASR, e.g. "the warp trigger toward 'square', not the suspected 'cross'".
+def _dummy_bars(result, classes: tuple[str, ...] | list[str], detection: DetectionInfo | None,
+                bars) -> dict[str, tuple[float, bool]]:
+    """Per dummy family measured after purification: its ASR bar, and whether that is ``max_asr`` (``dummy_bars``).
+
+    A dummy is backdoor evidence when it draws images to the suspected target
+    or its own family's z (as the score used it) would alone have cleared the
+    detection threshold: a second backdoor toward another class stays held.
+    """
+    target_of = {d.family: classes[d.target_index] for d in result.dummies}
+    suspected = detection.suspected_target if detection is not None else None
+    z_of = {f.family: f.z for f in detection.families} if detection is not None else {}
+    threshold = detection.threshold if detection is not None else 0.0
+    evidence = {family: (suspected is not None and target_of.get(family) == suspected)
+                or z_of.get(family) is None or NormalDist().cdf(z_of[family]) >= threshold
+                for family in result.after.dummy_asr}
+    return dummy_bars(bars.max_asr, bars.dummies, evidence, result.before.dummy_asr)
+
+
+def _risen(result, classes: tuple[str, ...] | list[str], dummy_bar: dict[str, tuple[float, bool]]) -> tuple[str, ...]:
+    """Each dummy not held to ``max_asr`` whose ASR ended above its own bar.
+
+    E.g. "the warp trigger toward 'square' 6.40% -> 7.00%".
+    """
+    target_of = {d.family: classes[d.target_index] for d in result.dummies}
+    return tuple(f"the {family} trigger toward {target_of[family]!r} {result.before.dummy_asr.get(family, 0.0):.2%} -> "
+                 f"{result.after.dummy_asr[family]:.2%}"
+                 for family, (bar, is_held) in sorted(dummy_bar.items())
+                 if not is_held and result.after.dummy_asr[family] > bar)
+
+
+def _worst_dummy(result, classes: tuple[str, ...] | list[str], suspected: str | None, held: set[str]) -> str:
+    """Which held dummy set the ASR, e.g. "the warp trigger toward 'square', not the suspected 'cross'".
 
     Small models have natural attractors, so the worst dummy is not always the
     backdoor's; a reader of a blocked verdict needs to know which one it was.
     """
-    if not result.after.dummy_asr:
+    measured = {family: asr for family, asr in result.after.dummy_asr.items() if family in held}
+    if not measured:
         return ""
-    family = max(sorted(result.after.dummy_asr), key=lambda name: result.after.dummy_asr[name])
+    family = max(sorted(measured), key=lambda name: measured[name])
     target = next(classes[d.target_index] for d in result.dummies if d.family == family)
     if suspected is None or target == suspected:
         return f"the {family} trigger toward {target!r}"
     return f"the {family} trigger toward {target!r}, not the suspected {suspected!r}"
-
-
-def _misses(outcome: PurificationOutcome, bars, *, labelled: bool, worst: str = "") -> tuple[str, ...]:
-    misses = []
-    if outcome.asr > bars.max_asr:
-        which = f" ({worst})" if worst else ""
-        misses.append(f"dummy-trigger ASR {outcome.asr:.2%} > {bars.max_asr:.2%}{which}")
-    if outcome.ca_drop > bars.max_ca_drop:
-        what = "CA drop" if labelled else "disagreement with the original model's predictions (no labels)"
-        misses.append(f"{what} {outcome.ca_drop * 100:.1f} points > {bars.max_ca_drop * 100:.1f}")
-    if outcome.residual_evidence:
-        misses.append("a fresh detection run still finds backdoor evidence")
-    return tuple(misses)
 
 
 def _settings_dict(settings, tier: str) -> dict:

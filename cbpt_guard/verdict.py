@@ -163,6 +163,9 @@ class PurificationInfo(_Frozen):
     bars: dict[str, float]
     bars_met: bool
     misses: tuple[str, ...] = ()
+    dummy_bars: dict[str, float] = {}
+    """Per dummy family, the ASR bar verification held it to: ``max_asr``, or under the policy's
+    ``dummies: evidence`` the higher of ``max_asr`` and its rate before for a dummy that is not backdoor evidence."""
     curves: dict[str, tuple[float, ...]] = {}
     """Loss curves (total, clean, backdoor, drift), thinned to at most 200 points."""
     prompts_path: str | None = None

@@ -261,17 +261,47 @@ def test_missing_class_names_and_missing_data_folder_are_usage_errors(tiny_zoo, 
 def test_a_missed_asr_bar_names_the_dummy_that_set_it_and_whether_it_is_the_backdoors():
     from types import SimpleNamespace
 
-    from cbpt_guard.decide import PurificationOutcome
-    from cbpt_guard.pipeline import _misses, _worst_dummy
+    from cbpt_guard.decide import PurificationOutcome, verification_misses
+    from cbpt_guard.pipeline import _worst_dummy
 
     classes = ("circle", "square", "cross")
     result = SimpleNamespace(after=SimpleNamespace(dummy_asr={"patch": 0.001, "warp": 0.056}),
                              dummies=[SimpleNamespace(family="patch", target_index=2),
                                       SimpleNamespace(family="warp", target_index=1)])
     bars = SimpleNamespace(max_asr=0.02, max_ca_drop=0.02)
-    worst = _worst_dummy(result, classes, "cross")
+    worst = _worst_dummy(result, classes, "cross", {"patch", "warp"})
     assert worst == "the warp trigger toward 'square', not the suspected 'cross'"
-    assert _misses(PurificationOutcome(asr=0.056, ca_drop=0.0), bars, labelled=True, worst=worst) == (
+    assert verification_misses(PurificationOutcome(asr=0.056, ca_drop=0.0, worst=worst), bars) == (
         "dummy-trigger ASR 5.60% > 2.00% (the warp trigger toward 'square', not the suspected 'cross')",)
-    assert _worst_dummy(result, classes, "square") == "the warp trigger toward 'square'"
-    assert _worst_dummy(SimpleNamespace(after=SimpleNamespace(dummy_asr={}), dummies=[]), classes, None) == ""
+    assert _worst_dummy(result, classes, "square", {"patch", "warp"}) == "the warp trigger toward 'square'"
+    assert _worst_dummy(result, classes, "cross", {"patch"}) == "the patch trigger toward 'cross'"
+    assert _worst_dummy(SimpleNamespace(after=SimpleNamespace(dummy_asr={}), dummies=[]), classes, None, set()) == ""
+
+
+@pytest.mark.parametrize(("scope", "warp_z", "warp_after", "held", "risen"), [
+    ("all", -2.75, 0.062, {"patch", "warp"}, ()),
+    ("evidence", -2.75, 0.062, {"patch"}, ()),  # under its own rate before (6.4%): not the backdoor's, not strengthened
+    ("evidence", -2.75, 0.070, {"patch"}, ("the warp trigger toward 'square' 6.40% -> 7.00%",)),
+    ("evidence", 3.5, 0.062, {"patch", "warp"}, ()),  # evidence of its own (a second backdoor): held to max_asr
+    ("evidence", None, 0.062, {"patch", "warp"}, ()),  # no z to judge it by: held
+])
+def test_only_dummies_that_are_no_evidence_are_held_to_their_own_rate_under_scope_evidence(scope, warp_z, warp_after,
+                                                                                          held, risen):
+    from types import SimpleNamespace
+
+    from cbpt_guard.pipeline import _dummy_bars, _risen
+    from cbpt_guard.policy.schema import DummyScope
+
+    classes = ("circle", "square", "cross")
+    result = SimpleNamespace(before=SimpleNamespace(dummy_asr={"patch": 0.49, "warp": 0.064}),
+                             after=SimpleNamespace(dummy_asr={"patch": 0.018, "warp": warp_after}),
+                             dummies=[SimpleNamespace(family="patch", target_index=2),
+                                      SimpleNamespace(family="warp", target_index=1)])
+    detection = SimpleNamespace(suspected_target="cross", threshold=0.99865,
+                                families=[SimpleNamespace(family="patch", z=4.7),
+                                          SimpleNamespace(family="warp", z=warp_z)])
+    bars = SimpleNamespace(max_asr=0.05, dummies=DummyScope(scope))
+    dummy_bar = _dummy_bars(result, classes, detection, bars)
+    assert {family for family, (_, is_held) in dummy_bar.items() if is_held} == held
+    assert dummy_bar["warp"][0] == (0.064 if held == {"patch"} else 0.05)
+    assert _risen(result, classes, dummy_bar) == risen

@@ -5,8 +5,9 @@ minute. Each distinct detection runs once per session (the ``shared_detection``
 fixture in conftest.py: the ready policies share a budget, and the other example
 tests ask for the same runs). The backdoored example under strict is purified with a few-shot
 folder of held-out zoo images, verified and gated on strict's bars, and its real
-BadNets trigger is measured through the purified prompts; under permissive it passes with the
-warning of what enforce would do; the clean example passes under all three.
+BadNets trigger is measured through the purified prompts; under balanced, which holds only the
+dummies that are backdoor evidence to its bar, it is purified, passes and is exported; under
+permissive it passes with the warning of what enforce would do; the clean example passes under all three.
 """
 
 from __future__ import annotations
@@ -50,12 +51,6 @@ def test_backdoored_example_under_strict_is_purified_and_gated_on_strict_bars(tm
     warp dummy still sends 5.2% of images to a universal attractor, over strict's 2% bar, so the
     gate blocks it: both outcomes are held to what they must show.
     """
-    from cbpt_guard.intake import load_checkpoint
-    from cbpt_guard.purify.artifacts import load_prompts, purified_classifier
-    from cbpt_guard.zoo.build import CLASSES, ZooRecipe, load_test_split, real_trigger
-    from cbpt_guard.classifier import build_classifier
-    from cbpt_guard.zoo.train import attack_success_rate
-
     code, verdict = _check(tmp_path, "backdoored", "strict", "--data", str(fewshot))
     truth = json.loads((EXAMPLES / "backdoored" / "zoo_truth.json").read_text())
     purification = verdict["purification"]
@@ -70,17 +65,57 @@ def test_backdoored_example_under_strict_is_purified_and_gated_on_strict_bars(tm
         assert purification["misses"]
         assert verdict["export"] is None  # nothing deployable is written for a blocked model
 
-    # the real trigger, which purification never saw, through the saved prompts on the zoo's test split
+    before, after = _real_trigger_asr(tmp_path / "backdoored-strict" / purification["prompts_path"])
+    print(f"real-trigger ASR {before:.4f} -> {after:.4f}; misses {purification['misses']}")
+    assert before > 0.7 and after < 0.2 * before, (before, after)
+
+
+def _real_trigger_asr(prompts_path: Path) -> tuple[float, float]:
+    """The real trigger's ASR on the zoo's test split (purification never saw it): hand-written, then saved prompts."""
+    from cbpt_guard.classifier import build_classifier
+    from cbpt_guard.intake import load_checkpoint
+    from cbpt_guard.purify.artifacts import load_prompts, purified_classifier
+    from cbpt_guard.zoo.build import CLASSES, ZooRecipe, load_test_split, real_trigger
+    from cbpt_guard.zoo.train import attack_success_rate
+
+    truth = json.loads((EXAMPLES / "backdoored" / "zoo_truth.json").read_text())
     loaded = load_checkpoint(EXAMPLES / "backdoored")
-    prompts = load_prompts(tmp_path / "backdoored-strict" / purification["prompts_path"])
-    purified = purified_classifier(loaded.model, prompts, checkpoint_digest=loaded.report.checkpoint_sha256)
+    purified = purified_classifier(loaded.model, load_prompts(prompts_path),
+                                   checkpoint_digest=loaded.report.checkpoint_sha256)
     original = build_classifier(loaded.model, loaded.report.classes, loaded.report.templates)
     data = load_test_split(ZooRecipe.from_dict(truth["recipe"]))
     trigger = real_trigger(truth["attack"], truth["trigger_params"])
     target = CLASSES.index(truth["target"])
-    before = attack_success_rate(original, data.test_images, data.test_labels, trigger, target)
-    after = attack_success_rate(purified, data.test_images, data.test_labels, trigger, target)
-    print(f"real-trigger ASR {before:.4f} -> {after:.4f}; misses {purification['misses']}")
+    return (attack_success_rate(original, data.test_images, data.test_labels, trigger, target),
+            attack_success_rate(purified, data.test_images, data.test_labels, trigger, target))
+
+
+def test_backdoored_example_under_balanced_is_purified_verified_and_exported(tmp_path, fewshot):
+    """balanced holds the dummies that are backdoor evidence to its 5% bar, the others to their rate before.
+
+    On the example the patch and targeted dummies (toward 'cross') fall under 5%, while the inverted
+    warp draws images to 'square', a natural attractor (its z is far under the threshold), at about
+    the rate it did before purification (over 5% both times); re-detection finds nothing, so the
+    purified model passes and is exported.
+    """
+    from statistics import NormalDist
+
+    code, verdict = _check(tmp_path, "backdoored", "balanced", "--data", str(fewshot))
+    purification, detection = verdict["purification"], verdict["detection"]
+    families = {family["family"]: family for family in detection["families"]}
+    before, after = purification["before"]["dummy_asr"], purification["after"]["dummy_asr"]
+    assert set(purification["dummy_bars"]) == set(after)
+    for family, bar in purification["dummy_bars"].items():
+        evidence = (families[family]["target"] == detection["suspected_target"]
+                    or NormalDist().cdf(families[family]["z"]) >= detection["threshold"])
+        assert bar == pytest.approx(0.05 if evidence else max(0.05, before[family])), family
+        assert after[family] <= bar, (family, after[family], bar)
+    assert any(bar > 0.05 for bar in purification["dummy_bars"].values())  # the scope decided this outcome
+    assert purification["bars_met"] and not purification["misses"]
+    assert (code, verdict["decision"]["action"]) == (0, "pass"), verdict["decision"]["reasons"]
+    assert verdict["export"]["passed"] and verdict["export"]["purified"]
+    before, after = _real_trigger_asr(tmp_path / "backdoored-balanced" / purification["prompts_path"])
+    print(f"real-trigger ASR {before:.4f} -> {after:.4f}")
     assert before > 0.7 and after < 0.2 * before, (before, after)
 
 

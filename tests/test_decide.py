@@ -20,9 +20,10 @@ from cbpt_guard.decide import (
     SkippedStep,
     StageFailure,
     decide,
+    dummy_bars,
 )
 from cbpt_guard.errors import ExitCode
-from cbpt_guard.policy import DataTier, Mode, Policy, resolve_policy
+from cbpt_guard.policy import DataTier, DummyScope, Mode, Policy, resolve_policy
 
 TODAY = dt.date(2026, 3, 1)
 DIGEST = "ab" * 32
@@ -37,6 +38,7 @@ AT_BARS = PurificationOutcome(asr=0.02, ca_drop=0.02)
 HIGH_ASR = PurificationOutcome(asr=0.30, ca_drop=0.0)
 HIGH_DROP = PurificationOutcome(asr=0.0, ca_drop=0.08)
 RESIDUAL = PurificationOutcome(asr=0.0, ca_drop=0.0, residual_evidence=True)
+RISEN = PurificationOutcome(asr=0.0, ca_drop=0.0, risen=("the warp trigger toward 'square' 6.40% -> 7.00%",))
 
 SKIP_REQUIRED = SkippedStep("detect.warp", "budget exhausted", required=True)
 SKIP_OPTIONAL = SkippedStep("export", "disabled by flag", required=False)
@@ -85,6 +87,9 @@ ENFORCE_TABLE = {
                                               "CA drop 8.0 points > 2.0"),
     "purified but still detected is blocked": ({}, {"detection": FOUND, "purification": RESIDUAL}, B, B,
                                                "still finds backdoor evidence"),
+    "purified but another dummy rose is blocked": ({}, {"detection": FOUND, "purification": RISEN}, B, B,
+                                                   "a dummy toward another class rose: the warp trigger toward "
+                                                   "'square' 6.40% -> 7.00%"),
     "block policy blocks a finding": ({"on_backdoor": "block"}, {"detection": FOUND}, B, B,
                                       "blocks a model with backdoor evidence"),
     "block policy ignores purification": ({"on_backdoor": "block"}, {"detection": FOUND, "purification": GOOD},
@@ -213,6 +218,39 @@ def test_strict_purifies_a_backdoor_then_passes_or_blocks_on_the_bars():
     assert decide(evidence(detection=FOUND, purification=GOOD), strict, today=TODAY).action is P
     missed = decide(evidence(detection=FOUND, purification=HIGH_ASR), strict, today=TODAY)
     assert (missed.action, missed.exit_code) == (B, ExitCode.BLOCKED)
+
+
+@pytest.mark.parametrize(("scope", "is_evidence", "expected"), [
+    ("all", {"patch": True, "warp": False}, {"patch": (0.05, True), "warp": (0.05, True)}),
+    ("evidence", {"patch": True, "warp": False}, {"patch": (0.05, True), "warp": (0.064, False)}),
+    ("evidence", {"patch": True, "additive": False}, {"patch": (0.05, True), "additive": (0.05, False)}),
+    ("evidence", {"patch": False, "warp": False}, {"patch": (0.05, True), "warp": (0.05, True)}),  # fail closed
+    ("evidence", {"patch": True, "sig": False}, {"patch": (0.05, True), "sig": (0.05, False)}),  # no rate before
+])
+def test_dummy_bars_hold_no_evidence_dummies_to_their_own_rate_under_scope_evidence(scope, is_evidence, expected):
+    before = {"patch": 0.49, "warp": 0.064, "additive": 0.03}
+    assert dummy_bars(0.05, DummyScope(scope), is_evidence, before) == expected
+
+
+def test_a_scoped_pass_says_which_dummies_the_asr_bar_held():
+    scoped = PurificationOutcome(asr=0.01, ca_drop=0.0, scoped=True)
+    decision = decide(evidence(detection=FOUND, purification=scoped), policy(), today=TODAY)
+    assert decision.action is P
+    assert ("purified and verified: ASR 1.00% <= 2.00% (the dummies that are backdoor evidence; each other one at "
+            "most its rate before), CA drop 0.0 points <= 2.0") in decision.reasons
+    plain = decide(evidence(detection=FOUND, purification=GOOD), policy(), today=TODAY)
+    assert "purified and verified: ASR 1.00% <= 2.00%, CA drop 0.5 points <= 2.0" in plain.reasons
+    unlabelled = PurificationOutcome(asr=0.01, ca_drop=0.005, labelled=False)
+    assert ("purified and verified: ASR 1.00% <= 2.00%, disagreement with the original model's predictions 0.5 "
+            "points <= 2.0") in decide(evidence(detection=FOUND, purification=unlabelled), policy(),
+                                      today=TODAY).reasons
+
+
+def test_strict_holds_every_dummy_and_balanced_the_evidence():
+    assert resolve_policy("strict").policy.verification.dummies is DummyScope.ALL
+    assert resolve_policy("balanced").policy.verification.dummies is DummyScope.EVIDENCE
+    assert Policy.model_validate({"version": 1, "mode": "enforce", "detection": {"score_threshold": 0.5}}
+                                 ).verification.dummies is DummyScope.ALL  # the default holds every one
 
 
 def test_strict_blocks_when_a_stage_crashes():

@@ -46,6 +46,14 @@ def test_a_dummy_trigger_toward_another_class_is_told_apart_from_the_backdoors()
     assert "| ASR, warp → circle \\(another class\\) | 7.5% | 5.6% | ≤ 2.0% |" in summary
 
 
+def test_a_dummy_held_to_its_own_rate_shows_that_bar_and_why():
+    summary = render(samples.purified_natural_attractor(), "md")
+    assert "| ASR, patch → digit seven \\(suspected target\\) | 99.4% | 0.8% | ≤ 2.0% |" in summary
+    assert "| ASR, warp → circle \\(another class\\) | 7.5% | 5.6% | ≤ 7.5% |" in summary
+    assert "warp: held to its rate before purification\\: no backdoor evidence" in summary
+    assert "held to its rate before" not in render(samples.backdoored_purified(), "md")
+
+
 def test_missing_stages_read_not_run():
     summary = render(samples.blocked_unsafe(), "md")
     assert "| Detection | not run (skipped\\: the checkpoint was not loaded) |" in summary

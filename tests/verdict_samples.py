@@ -338,8 +338,20 @@ def warn_mode() -> Verdict:
                                           "and verified", "warn mode: enforce would purify the model"))})
 
 
+def purified_natural_attractor() -> Verdict:
+    """Purified under ``dummies: evidence``: the warp dummy (a natural attractor) is held to its own rate before."""
+    verdict = backdoored_purified()
+    purification = verdict.purification
+    return verdict.model_copy(update={"purification": purification.model_copy(update={
+        "families": ("patch", "warp"),
+        "before": purification.before.model_copy(update={"dummy_asr": {"patch": 0.994, "warp": 0.075}}),
+        "after": purification.after.model_copy(update={"dummy_asr": {"patch": 0.008, "warp": 0.056}}),
+        "dummy_bars": {"patch": 0.02, "warp": 0.075}})})
+
+
 ALL = {"backdoored-purified": backdoored_purified, "clean-pass": clean_pass, "blocked-unsafe": blocked_unsafe,
-       "inconclusive-skipped": inconclusive_skipped, "waived": waived, "warn-mode": warn_mode}
+       "inconclusive-skipped": inconclusive_skipped, "waived": waived, "warn-mode": warn_mode,
+       "purified-natural-attractor": purified_natural_attractor}
 """Every realistic sample by name."""
 
 HOSTILE = ("<script>alert('x')</script>", "Robert'); DROP TABLE--\"quoted\"", "javascript:alert(1)",

@@ -17,6 +17,7 @@ from cbpt_guard.policy.load import (
 from cbpt_guard.policy.schema import (
     BackdoorAction,
     DataTier,
+    DummyScope,
     FailClosedAction,
     Mode,
     Policy,
@@ -29,6 +30,7 @@ from cbpt_guard.policy.schema import (
 __all__ = [
     "BackdoorAction",
     "DataTier",
+    "DummyScope",
     "FailClosedAction",
     "LoadedPolicy",
     "Mode",

@@ -103,6 +103,20 @@ class FailClosedAction(str, enum.Enum):
     BLOCK = "block"
 
 
+class DummyScope(str, enum.Enum):
+    """Which dummy triggers verification holds to ``max_asr``."""
+
+    ALL = "all"
+    """Every dummy trigger detection inverted, whatever class it draws images to."""
+    EVIDENCE = "evidence"
+    """The dummies that are evidence of the backdoor: toward the suspected
+    target class, or with detection evidence of their own over the threshold.
+    Detection also inverts patterns toward a small model's natural attractors
+    (classes clean models drift to as well); such a dummy need only not rise
+    above ``max_asr`` or its own rate before purification, whichever is higher.
+    With no dummy that is evidence, every dummy is held."""
+
+
 _DATE_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -230,6 +244,8 @@ class VerificationBars(_Section):
 
     max_asr: Fraction = 0.02
     max_ca_drop: Fraction = 0.02
+    dummies: DummyScope = DummyScope.ALL
+    """Which dummy triggers ``max_asr`` holds (:class:`DummyScope`)."""
 
 
 class ExportSettings(_Section):

@@ -83,11 +83,6 @@ class PurificationRun:
         """Whether the re-detection still finds classifier-level evidence toward the original target."""
         return self.residual.score >= self.residual.threshold
 
-    @property
-    def max_dummy_asr(self) -> float:
-        """The worst dummy trigger's success rate on the purified classifier (0 with no dummy)."""
-        return max(self.after.dummy_asr.values(), default=0.0)
-
 
 @dataclass(frozen=True)
 class Residual:

@@ -82,15 +82,14 @@ def _comparisons(verdict: Verdict) -> list[plots.Comparison]:
     if purification is None:
         return []
     before, after = purification.before, purification.after
-    max_asr = purification.bars.get("max_asr")
     max_drop = purification.bars.get("max_ca_drop")
     floor = (before.clean_accuracy - max_drop
              if text.finite(before.clean_accuracy) and text.finite(max_drop) else None)
     rows = [plots.Comparison("clean accuracy", before.clean_accuracy, after.clean_accuracy, floor,
                              f"min {text.pct(floor)}" if floor is not None else ""),
             plots.Comparison("agreement with original", before.agreement, after.agreement)]
-    rows += [plots.Comparison(f"ASR, {row.label()}", row.before, row.after, max_asr,
-                              f"max {text.pct(max_asr)}" if text.finite(max_asr) else "")
+    rows += [plots.Comparison(f"ASR, {row.label()}", row.before, row.after, row.bar,
+                              f"max {text.pct(row.bar)}" if text.finite(row.bar) else "")
              for row in text.dummy_asr_rows(verdict)]
     return rows
 
@@ -122,6 +121,8 @@ def context(verdict: Verdict) -> dict:
         "families": _families(verdict),
         "charts": _charts(verdict),
         "comparisons": _comparisons(verdict),
+        "own_rate_families": text.own_rate_families(verdict),
+        "own_rate_note": text.OWN_RATE_NOTE,
         "incomplete": text.incomplete_steps(verdict),
         "step_notes": text.step_notes(verdict),
         "settings_json": json.dumps(verdict.policy.settings, indent=2, sort_keys=True, ensure_ascii=False,

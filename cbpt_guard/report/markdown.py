@@ -171,16 +171,18 @@ def _purification(verdict: Verdict) -> list[str]:
     if purification is None:
         return []
     head = ["### Purification", "", "| Metric | Before | After | Bar |", "|---|---:|---:|---:|"]
-    max_asr = purification.bars.get("max_asr")
     max_drop = purification.bars.get("max_ca_drop")
     before, after = purification.before, purification.after
     items = [f"| clean accuracy | {text.pct(before.clean_accuracy)} | {text.pct(after.clean_accuracy)} | "
              f"drop ≤ {text.pct(max_drop)} |",
              f"| agreement with original | {text.pct(before.agreement)} | {text.pct(after.agreement)} | |"]
     items += [f"| ASR, {escape_markdown(row.label(), 80)} | {text.pct(row.before)} | {text.pct(row.after)} | "
-              f"≤ {text.pct(max_asr)} |" for row in text.dummy_asr_rows(verdict)]
+              f"≤ {text.pct(row.bar)} |" for row in text.dummy_asr_rows(verdict)]
     tail = [f"\nRe-check of the purified classifier: {escape_markdown(purification.recheck_outcome, 80)} "
             f"(score {text.score(purification.recheck_score)})."]
+    own_rate = text.own_rate_families(verdict)
+    if own_rate:
+        tail.append(f"{escape_markdown(', '.join(own_rate[:10]), 200)}: {escape_markdown(text.OWN_RATE_NOTE, 200)}.")
     if purification.misses:
         tail.append("Missed: " + "; ".join(escape_markdown(m, 200) for m in purification.misses[:10]) + ".")
     return _fit(head, items, 5_000, "metrics", tail)

@@ -156,6 +156,8 @@ class DummyRow(NamedTuple):
     after: float | None
     suspected: bool
     """Whether that class is detection's suspected target: the dummy that stands for the backdoor."""
+    bar: float | None = None
+    """The ASR bar verification held this dummy to (see ``PurificationInfo.dummy_bars``)."""
 
     def label(self, limit: int = 40) -> str:
         """E.g. "patch → cross (suspected target)" or "warp → square (another class)"."""
@@ -169,8 +171,10 @@ def dummy_asr_rows(verdict: Verdict) -> list[DummyRow]:
     """Every family either side measured, sorted by family, with the class its dummy draws to.
 
     A dummy trigger can pull toward a class other than the suspected target
-    (small models have natural attractors). The gate still holds every dummy to
-    the bar; the label tells a reader which row is the backdoor's.
+    (small models have natural attractors). The label tells a reader which row
+    is the backdoor's, and ``bar`` what verification held it to: ``max_asr``,
+    or its own rate before under the policy's ``dummies: evidence`` (a Verdict
+    written before per-dummy bars were recorded holds every dummy to ``max_asr``).
     """
     purification = verdict.purification
     if purification is None:
@@ -179,9 +183,25 @@ def dummy_asr_rows(verdict: Verdict) -> list[DummyRow]:
     targets = {f.family: f.target for f in detection.families} if detection is not None else {}
     suspected = detection.suspected_target if detection is not None else None
     families = sorted(set(purification.before.dummy_asr) | set(purification.after.dummy_asr))
+    max_asr = purification.bars.get("max_asr")
     return [DummyRow(family, targets.get(family), purification.before.dummy_asr.get(family),
-                     purification.after.dummy_asr.get(family), family in targets and targets[family] == suspected)
+                     purification.after.dummy_asr.get(family), family in targets and targets[family] == suspected,
+                     purification.dummy_bars.get(family, max_asr))
             for family in families]
+
+
+OWN_RATE_NOTE = ("held to its rate before purification: no backdoor evidence (a natural attractor), "
+                 "under the policy's dummies: evidence")
+"""Why a dummy's bar is above ``max_asr``; the reports print it beside the families it applies to."""
+
+
+def own_rate_families(verdict: Verdict) -> list[str]:
+    """The dummy families whose recorded bar is above ``max_asr`` (see :data:`OWN_RATE_NOTE`), sorted."""
+    purification = verdict.purification
+    if purification is None or not finite(purification.bars.get("max_asr")):
+        return []
+    max_asr = purification.bars["max_asr"]
+    return sorted(family for family, bar in purification.dummy_bars.items() if bar > max_asr)
 
 
 def incomplete_steps(verdict: Verdict) -> list[tuple[str, str, str, bool]]:
