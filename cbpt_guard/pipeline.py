@@ -421,14 +421,20 @@ def _dummy_bars(result, classes: tuple[str, ...] | list[str], detection: Detecti
     or its own family's z (as the score used it) would alone have cleared the
     detection threshold: a second backdoor toward another class stays held.
     """
-    target_of = {d.family: classes[d.target_index] for d in result.dummies}
-    suspected = detection.suspected_target if detection is not None else None
-    z_of = {f.family: f.z for f in detection.families} if detection is not None else {}
-    threshold = detection.threshold if detection is not None else 0.0
-    evidence = {family: (suspected is not None and target_of.get(family) == suspected)
-                or z_of.get(family) is None or NormalDist().cdf(z_of[family]) >= threshold
-                for family in result.after.dummy_asr}
+    if detection is None:  # nothing to judge a dummy by: every one is held
+        evidence = dict.fromkeys(result.after.dummy_asr, True)
+    else:
+        target_of, suspected = _dummy_targets(result, classes), detection.suspected_target
+        z_of = {f.family: f.z for f in detection.families}
+        evidence = {family: (suspected is not None and target_of.get(family) == suspected)
+                    or z_of.get(family) is None or NormalDist().cdf(z_of[family]) >= detection.threshold
+                    for family in result.after.dummy_asr}
     return dummy_bars(bars.max_asr, bars.dummies, evidence, result.before.dummy_asr)
+
+
+def _dummy_targets(result, classes: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Per dummy family, the class its inverted trigger draws images to."""
+    return {d.family: classes[d.target_index] for d in result.dummies}
 
 
 def _risen(result, classes: tuple[str, ...] | list[str], dummy_bar: dict[str, tuple[float, bool]]) -> tuple[str, ...]:
@@ -436,7 +442,7 @@ def _risen(result, classes: tuple[str, ...] | list[str], dummy_bar: dict[str, tu
 
     E.g. "the warp trigger toward 'square' 6.40% -> 7.00%".
     """
-    target_of = {d.family: classes[d.target_index] for d in result.dummies}
+    target_of = _dummy_targets(result, classes)
     return tuple(f"the {family} trigger toward {target_of[family]!r} {result.before.dummy_asr.get(family, 0.0):.2%} -> "
                  f"{result.after.dummy_asr[family]:.2%}"
                  for family, (bar, is_held) in sorted(dummy_bar.items())
@@ -453,7 +459,7 @@ def _worst_dummy(result, classes: tuple[str, ...] | list[str], suspected: str | 
     if not measured:
         return ""
     family = max(sorted(measured), key=lambda name: measured[name])
-    target = next(classes[d.target_index] for d in result.dummies if d.family == family)
+    target = _dummy_targets(result, classes)[family]
     if suspected is None or target == suspected:
         return f"the {family} trigger toward {target!r}"
     return f"the {family} trigger toward {target!r}, not the suspected {suspected!r}"
