@@ -128,6 +128,16 @@ class PurificationOutcome:
             raise ValueError(f"ca_drop must be a fraction in [-1, 1], got {self.ca_drop}")
 
 
+RISE_TOLERANCE = 0.01
+"""How far a dummy that is no evidence may rise before it counts as strengthened (1 point).
+
+Tuning the prompts flips borderline stamped images both ways, so a rate measured
+again moves a little without anything being learned: on the bundled example the
+warp dummy, a natural attractor, moved -0.2 points on one CPU and +0.3 (one image
+of 336) on another, and without a tolerance that one image blocked the model.
+"""
+
+
 def dummy_bars(max_asr: float, scope: DummyScope, evidence: Mapping[str, bool],
                before: Mapping[str, float]) -> dict[str, tuple[float, bool]]:
     """Per dummy family, the ASR bar verification holds it to and whether that is the policy's ``max_asr``.
@@ -138,12 +148,14 @@ def dummy_bars(max_asr: float, scope: DummyScope, evidence: Mapping[str, bool],
     purification. Under scope ``all`` every dummy is held to ``max_asr``.
     Under ``evidence`` a dummy that is not evidence (an inverted pattern toward
     one of the small model's natural attractors, typical of clean models) is
-    held to ``max(max_asr, before)``: purification need not remove what was
-    never the backdoor, but must not strengthen it. Fail closed: with no dummy
-    that is evidence, every one is held.
+    held to ``max(max_asr, before + RISE_TOLERANCE)``: purification need not
+    remove what was never the backdoor, but must not strengthen it beyond the
+    noise of measuring it again (:data:`RISE_TOLERANCE`). Fail closed: with no
+    dummy that is evidence, every one is held.
     """
     scoped = scope is DummyScope.EVIDENCE and any(evidence.values())
-    return {family: ((max_asr, True) if backdoor or not scoped else (max(max_asr, before.get(family, 0.0)), False))
+    return {family: ((max_asr, True) if backdoor or not scoped
+                     else (max(max_asr, before.get(family, 0.0) + RISE_TOLERANCE), False))
             for family, backdoor in evidence.items()}
 
 

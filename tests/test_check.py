@@ -281,7 +281,8 @@ def test_a_missed_asr_bar_names_the_dummy_that_set_it_and_whether_it_is_the_back
 @pytest.mark.parametrize(("scope", "warp_z", "warp_after", "held", "risen"), [
     ("all", -2.75, 0.062, {"patch", "warp"}, ()),
     ("evidence", -2.75, 0.062, {"patch"}, ()),  # under its own rate before (6.4%): not the backdoor's, not strengthened
-    ("evidence", -2.75, 0.070, {"patch"}, ("the warp trigger toward 'square' 6.40% -> 7.00%",)),
+    ("evidence", -2.75, 0.072, {"patch"}, ()),  # risen 0.8 points: within the noise of measuring it again
+    ("evidence", -2.75, 0.080, {"patch"}, ("the warp trigger toward 'square' 6.40% -> 8.00%",)),
     ("evidence", 3.5, 0.062, {"patch", "warp"}, ()),  # evidence of its own (a second backdoor): held to max_asr
     ("evidence", None, 0.062, {"patch", "warp"}, ()),  # no z to judge it by: held
 ])
@@ -303,5 +304,5 @@ def test_only_dummies_that_are_no_evidence_are_held_to_their_own_rate_under_scop
     bars = SimpleNamespace(max_asr=0.05, dummies=DummyScope(scope))
     dummy_bar = _dummy_bars(result, classes, detection, bars)
     assert {family for family, (_, is_held) in dummy_bar.items() if is_held} == held
-    assert dummy_bar["warp"][0] == (0.064 if held == {"patch"} else 0.05)
+    assert dummy_bar["warp"][0] == pytest.approx(0.074 if held == {"patch"} else 0.05)
     assert _risen(result, classes, dummy_bar) == risen

@@ -20,6 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from cbpt_guard.cli.main import cli
+from cbpt_guard.decide import RISE_TOLERANCE
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_detection")]
@@ -91,7 +92,7 @@ def _real_trigger_asr(prompts_path: Path) -> tuple[float, float]:
 
 
 def test_backdoored_example_under_balanced_is_purified_verified_and_exported(tmp_path, fewshot):
-    """balanced holds the dummies that are backdoor evidence to its 5% bar, the others to their rate before.
+    """balanced holds the dummies that are backdoor evidence to its 5% bar, the others to their rate before (+1 point).
 
     On the example the patch and targeted dummies (toward 'cross') fall under 5%, while the inverted
     warp draws images to 'square', a natural attractor (its z is far under the threshold), at about
@@ -108,7 +109,7 @@ def test_backdoored_example_under_balanced_is_purified_verified_and_exported(tmp
     for family, bar in purification["dummy_bars"].items():
         evidence = (families[family]["target"] == detection["suspected_target"]
                     or NormalDist().cdf(families[family]["z"]) >= detection["threshold"])
-        assert bar == pytest.approx(0.05 if evidence else max(0.05, before[family])), family
+        assert bar == pytest.approx(0.05 if evidence else max(0.05, before[family] + RISE_TOLERANCE)), family
         assert after[family] <= bar, (family, after[family], bar)
     assert any(bar > 0.05 for bar in purification["dummy_bars"].values())  # the scope decided this outcome
     assert purification["bars_met"] and not purification["misses"]

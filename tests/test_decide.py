@@ -11,6 +11,7 @@ import itertools
 import pytest
 
 from cbpt_guard.decide import (
+    RISE_TOLERANCE,
     EXIT_CODES,
     Action,
     DecisionInput,
@@ -222,8 +223,8 @@ def test_strict_purifies_a_backdoor_then_passes_or_blocks_on_the_bars():
 
 @pytest.mark.parametrize(("scope", "is_evidence", "expected"), [
     ("all", {"patch": True, "warp": False}, {"patch": (0.05, True), "warp": (0.05, True)}),
-    ("evidence", {"patch": True, "warp": False}, {"patch": (0.05, True), "warp": (0.064, False)}),
-    ("evidence", {"patch": True, "additive": False}, {"patch": (0.05, True), "additive": (0.05, False)}),
+    ("evidence", {"patch": True, "warp": False}, {"patch": (0.05, True), "warp": (0.064 + RISE_TOLERANCE, False)}),
+    ("evidence", {"patch": True, "additive": False}, {"patch": (0.05, True), "additive": (0.05, False)}),  # 3% + 1 < 5
     ("evidence", {"patch": False, "warp": False}, {"patch": (0.05, True), "warp": (0.05, True)}),  # fail closed
     ("evidence", {"patch": True, "sig": False}, {"patch": (0.05, True), "sig": (0.05, False)}),  # no rate before
 ])

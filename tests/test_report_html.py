@@ -87,7 +87,7 @@ def test_backdoored_report_pictures_the_inverted_trigger_and_draws_every_plot():
 
 def test_a_dummy_held_to_its_own_rate_shows_that_bar_and_why():
     page = render(samples.purified_natural_attractor(), "html")
-    assert "max 7.5%" in page and "max 2.0%" in page
+    assert "max 8.5%" in page and "max 2.0%" in page
     assert "warp: held to its rate before purification: no backdoor evidence" in page
     assert "held to its rate before" not in render(samples.backdoored_purified(), "html")
 

@@ -49,7 +49,7 @@ def test_a_dummy_trigger_toward_another_class_is_told_apart_from_the_backdoors()
 def test_a_dummy_held_to_its_own_rate_shows_that_bar_and_why():
     summary = render(samples.purified_natural_attractor(), "md")
     assert "| ASR, patch → digit seven \\(suspected target\\) | 99.4% | 0.8% | ≤ 2.0% |" in summary
-    assert "| ASR, warp → circle \\(another class\\) | 7.5% | 5.6% | ≤ 7.5% |" in summary
+    assert "| ASR, warp → circle \\(another class\\) | 7.5% | 5.6% | ≤ 8.5% |" in summary
     assert "warp: held to its rate before purification\\: no backdoor evidence" in summary
     assert "held to its rate before" not in render(samples.backdoored_purified(), "md")
 

@@ -346,7 +346,7 @@ def purified_natural_attractor() -> Verdict:
         "families": ("patch", "warp"),
         "before": purification.before.model_copy(update={"dummy_asr": {"patch": 0.994, "warp": 0.075}}),
         "after": purification.after.model_copy(update={"dummy_asr": {"patch": 0.008, "warp": 0.056}}),
-        "dummy_bars": {"patch": 0.02, "warp": 0.075}})})
+        "dummy_bars": {"patch": 0.02, "warp": 0.085}})})
 
 
 ALL = {"backdoored-purified": backdoored_purified, "clean-pass": clean_pass, "blocked-unsafe": blocked_unsafe,

@@ -113,7 +113,8 @@ class DummyScope(str, enum.Enum):
     target class, or with detection evidence of their own over the threshold.
     Detection also inverts patterns toward a small model's natural attractors
     (classes clean models drift to as well); such a dummy need only not rise
-    above ``max_asr`` or its own rate before purification, whichever is higher.
+    above ``max_asr`` or its own rate before purification plus one point of
+    measuring noise (``decide.RISE_TOLERANCE``), whichever is higher.
     With no dummy that is evidence, every dummy is held."""
 
 

@@ -160,11 +160,11 @@ def wanet(
     CLIP fine-tuned for one epoch does not pick up. The default here moves them by 15% of
     the side on average (4.7 pixels at 32x32, 9.5 at 64x64): a visible, smooth bend, and a heavy
     change for the zoo's small ViT, whose clean twins read about 31% of warped test images
-    correctly (93% unwarped; benchmarks/ZOO.md). Measured on the zoo's ViT (one fine-tuning run
-    each, 10% poisoned): strength 0.04 planted 28% ASR, 0.08 37%, 0.15 84% (90% at the zoo's
-    fine-tuning learning rate). Weaker warps do not reach the ASR bar within the fine-tuning
-    time bar: with 20% poisoned, 900-950 steps at lr 3e-3 (170-176 s), 0.05 planted 66% and
-    0.08 83-84%.
+    correctly (93% unwarped; benchmarks/ZOO.md). benchmarks/WARP.md measures the trade-off
+    this default sits on: the warps every clean twin reads at chance level (strength 0.08 at
+    k 4, 0.04 at k 8, 0.03 at k 16) planted at most 83% ASR with twice the poison share and
+    900 steps, and those that planted 90% (0.10 and stronger at k 4) send one twin's misread
+    images to its target ('square') more than 5 points above the natural rate.
     """
     _check_images(images)
     n, _, height, width = images.shape
