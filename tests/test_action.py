@@ -158,7 +158,7 @@ def test_hostile_inputs_reach_the_entry_point_verbatim_and_run_nothing(tmp_path,
     assert calls[0]["argv"] == ["-m", "venv", str(tmp_path / "runner-temp" / "cbpt-guard-venv")]
     assert calls[-2]["argv"][-1] == f"{ROOT}[cpu]"
     entry = calls[-1]
-    assert entry["argv"] == ["-m", "cbpt_guard.github.action"]
+    assert entry["argv"] == ["-I", "-m", "cbpt_guard.github.action"]
     assert entry["env"]["CBPT_MODEL"] == hostile and entry["env"]["CBPT_OUTPUT_DIR"] == hostile
     assert entry["env"]["CBPT_TOKEN"] == hostile and entry["env"]["CBPT_API_URL"] == hostile
     assert [entry["env"][f"CBPT_{name}"] for name in ("PROBES", "DATA", "CLASSES")] == [hostile] * 3

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cbpt_guard.cli.github_cmd import github_group
-from cbpt_guard.errors import NothingScannableError
+from cbpt_guard.errors import NothingScannableError, UsageError
 from cbpt_guard.github.client import Connection
 from cbpt_guard.github.discover import ChangedFile, checkpoints_from_changes, find_models
 from cbpt_guard.github.gate import GateSettings
@@ -156,7 +156,8 @@ def test_warn_mode_block_is_neutral_and_exits_zero(repo_root, fake):
 
 
 def test_pull_request_touching_no_checkpoint_is_neutral_and_passes(repo_root, fake):
-    fake.add_pull(8, [("README.md", "modified"), ("models/bad/open_clip_model.safetensors", "removed")])
+    # A model removed with its folder leaves nothing to check.
+    fake.add_pull(8, [("README.md", "modified"), ("models/gone/open_clip_model.safetensors", "removed")])
     connection = Connection(token="t", api_url=fake.api_url, retries=0, write_interval_s=0)
     run = run_pull_request(GateSettings(root=str(repo_root), out_dir=str(repo_root.parent / "out")), connection,
                            PullRequestRef(REPO, 8), check_fn=FakeCheck({}))
@@ -227,7 +228,7 @@ def test_crashing_check_is_an_error_outcome_and_others_still_run(repo_root, fake
     run = _run(repo_root, fake, check)
     assert [o.decision for o in run.outcomes] == ["error", "pass"]
     assert run.exit_code == 2
-    assert "internal error: RuntimeError: boom" in fake.comments[7][0]["body"]
+    assert "internal error\\: RuntimeError\\: boom" in fake.comments[7][0]["body"]  # escaped, renders as is
 
 
 def test_typed_error_keeps_its_exit_code(repo_root, fake):
@@ -296,10 +297,12 @@ def test_changed_files_map_to_model_folders_and_stay_inside_the_repository(repo_
     (repo_root / "app").mkdir()
     (repo_root / "app" / "config.json").write_text("{}")  # not a model: no weights beside it
     changes = [ChangedFile("models/bad/open_clip_model.safetensors"), ChangedFile("models/bad/open_clip_config.json"),
-               ChangedFile("models/good/open_clip_model.safetensors", "removed"), ChangedFile("loose/extra.pt"),
-               ChangedFile("../outside/m/open_clip_config.json"), ChangedFile("/etc/config.json"),
-               ChangedFile("escape/open_clip_config.json"), ChangedFile("app/config.json"), ChangedFile("README.md")]
+               ChangedFile("models/gone/open_clip_model.safetensors", "removed"), ChangedFile("loose/extra.pt"),
+               ChangedFile("app/config.json"), ChangedFile("README.md")]
     assert checkpoints_from_changes(changes, repo_root) == ["loose/extra.pt", "models/bad"]
+    for hostile in ("../outside/m/open_clip_config.json", "/etc/config.json", "escape/open_clip_config.json"):
+        with pytest.raises(UsageError, match="outside the repository|climbs out"):
+            checkpoints_from_changes([ChangedFile(hostile)], repo_root)
 
 
 def test_model_globs_expand_and_a_pattern_matching_nothing_is_a_usage_error(repo_root):

@@ -14,6 +14,7 @@ import time
 
 import click
 
+from cbpt_guard.cli.terminal import guarded_output, one_line, workflow_command
 from cbpt_guard.errors import CbptError, ExitCode, UsageError
 
 from cbpt_guard.github.action import DEVICES as _DEVICES
@@ -24,9 +25,9 @@ def _progress(line: str) -> None:
     click.echo(f"[{time.strftime('%H:%M:%S')}] {_plain(line)}", err=True)
 
 
-def _plain(text: str) -> str:
-    """Untrusted text on one line, so a path cannot start a line with ``::`` and forge a workflow command."""
-    return " ".join(str(text).split())
+def _plain(text: object) -> str:
+    """Untrusted text on one line, blanks collapsed; the terminal guard neutralises what is left of it."""
+    return one_line(" ".join(str(text).split()))
 
 
 def gate_options(command):
@@ -38,6 +39,9 @@ def gate_options(command):
     """
     options = [
         click.option("--policy", default="strict", show_default=True, help="Ready policy name or policy file."),
+        click.option("--policy-sha256", metavar="DIGEST",
+                     help="Refuse the policy unless its file has this SHA-256 (lets a pull request be gated by a "
+                          "policy file without a base commit)."),
         click.option("--mode", type=click.Choice(_MODES), help="Override the policy's mode."),
         click.option("--purify/--no-purify", default=None,
                      help="Override what backdoor evidence leads to (purify, or block)."),
@@ -72,6 +76,7 @@ def github_group() -> None:
 @click.option("--repo", envvar="GITHUB_REPOSITORY", metavar="OWNER/NAME", help="Repository [env GITHUB_REPOSITORY].")
 @click.option("--pr", "pr_number", type=click.IntRange(1), help="Pull request number (default: from the event).")
 @click.option("--head-sha", help="Commit the check run belongs to (default: the pull request's head).")
+@click.option("--base-sha", help="Commit a policy file is read from (default: the pull request's base).")
 @click.option("--event-path", envvar="GITHUB_EVENT_PATH", type=click.Path(dir_okay=False),
               help="Event payload [env GITHUB_EVENT_PATH].")
 @click.option("--token", envvar=["CBPT_TOKEN", "GITHUB_TOKEN"], show_default=False,
@@ -84,8 +89,9 @@ def github_group() -> None:
               help="Write step outputs here [env GITHUB_OUTPUT].")
 @click.option("--comment/--no-comment", default=True, show_default=True, help="Post or update the sticky comment.")
 @click.option("--check-run/--no-check-run", default=True, show_default=True, help="Create a check run.")
-def pr_command(models, policy, mode, purify, export, probes, data, classes, device, seed, out_dir, repo, pr_number,
-               head_sha, event_path, token, api_url, step_summary, github_output, comment, check_run):
+def pr_command(models, policy, policy_sha256, mode, purify, export, probes, data, classes, device, seed, out_dir, repo,
+               pr_number, head_sha, base_sha, event_path, token, api_url, step_summary, github_output, comment,
+               check_run):
     """Gate the checkpoints a pull request adds or changes (or MODELS: paths or globs).
 
     Writes each checkpoint's reports under --out, appends the summary to the
@@ -101,13 +107,14 @@ def pr_command(models, policy, mode, purify, export, probes, data, classes, devi
     if pr_number is not None:
         if not repo:
             raise UsageError("--pr needs --repo (or GITHUB_REPOSITORY)")
-        pull_request = PullRequestRef(parse_repo(repo), pr_number, head_sha)
+        pull_request = PullRequestRef(parse_repo(repo), pr_number, head_sha, base_sha)
     else:
         pull_request = pull_request_from_event(event_path, parse_repo(repo) if repo else None)
-        if pull_request is not None and head_sha:
-            pull_request = PullRequestRef(pull_request.repo, pull_request.number, head_sha)
+        if pull_request is not None and (head_sha or base_sha):
+            pull_request = PullRequestRef(pull_request.repo, pull_request.number, head_sha or pull_request.head_sha,
+                                          base_sha or pull_request.base_sha)
     patterns = tuple(p for m in models for p in split_patterns(m))
-    run = _run(_settings(policy, mode, purify, export, seed, out_dir, probes, data, classes), device,
+    run = _run(_settings(policy, policy_sha256, mode, purify, export, seed, out_dir, probes, data, classes), device,
                connection=Connection(token=token or None, api_url=api_url), pull_request=pull_request,
                models=patterns, options=PublishOptions(step_summary, comment, check_run))
     _report(run, github_output)
@@ -117,7 +124,7 @@ def pr_command(models, policy, mode, purify, export, probes, data, classes, devi
 @github_group.command("changed")
 @click.argument("files", nargs=-1)
 @gate_options
-def changed_command(files, policy, mode, purify, export, probes, data, classes, device, seed, out_dir):
+def changed_command(files, policy, policy_sha256, mode, purify, export, probes, data, classes, device, seed, out_dir):
     """Gate the checkpoints that FILES belong to (the pre-commit hook's entry).
 
     A weights file, model config or manifest among FILES selects its model
@@ -127,7 +134,7 @@ def changed_command(files, policy, mode, purify, export, probes, data, classes, 
     from cbpt_guard.github.client import Connection
     from cbpt_guard.github.discover import ChangedFile
 
-    run = _run(_settings(policy, mode, purify, export, seed, out_dir, probes, data, classes), device,
+    run = _run(_settings(policy, policy_sha256, mode, purify, export, seed, out_dir, probes, data, classes), device,
                connection=Connection(token=None), pull_request=None, changed=[ChangedFile(f) for f in files])
     _report(run, None)
     raise click.exceptions.Exit(run.exit_code)
@@ -139,11 +146,17 @@ def action_main(env) -> int:
     Errors are mapped as the top-level CLI maps them; the step outputs
     ``decision`` and ``exit-code`` are written even then.
     """
+    with guarded_output(env):
+        return _action_run(env)
+
+
+def _action_run(env) -> int:
     from cbpt_guard.github.action import inputs_from_env
 
     github_output = env.get("GITHUB_OUTPUT") or None
     try:
         inputs = inputs_from_env(env)
+        _drop_secrets(env)
         run = _run(inputs.settings, inputs.device, connection=inputs.connection, pull_request=inputs.pull_request,
                    models=inputs.models, options=inputs.options)
         _report(run, inputs.github_output, annotate=True)
@@ -161,20 +174,37 @@ def action_main(env) -> int:
     return code
 
 
-def _settings(policy, mode, purify, export, seed, out_dir, probes, data, classes):
+def _settings(policy, policy_sha256, mode, purify, export, seed, out_dir, probes, data, classes):
     from cbpt_guard.github.gate import GateSettings
     from cbpt_guard.github.policy_overrides import PolicyOverrides
 
     return GateSettings(policy=policy, overrides=PolicyOverrides(mode=mode, purify=purify, export=export),
-                        seed=seed, out_dir=out_dir, probes=probes or None, data=data or None, classes=classes or None)
+                        seed=seed, out_dir=out_dir, probes=probes or None, data=data or None, classes=classes or None,
+                        policy_sha256=policy_sha256.lower() if policy_sha256 else None)
 
 
 def _run(settings, device, **kwargs):
     """Apply the device choice, then run the gate."""
     from cbpt_guard.github.pr import run_pull_request
 
+    _drop_secrets(os.environ)
     _apply_device(device)
     return run_pull_request(settings, progress=_progress, **kwargs)
+
+
+def _drop_secrets(env) -> None:
+    """Take every token variable out of ``env`` (and this process's environment) before any untrusted file is read.
+
+    The token has already been read into the :class:`Connection`; what parses
+    checkpoints, configs and manifests, and any process it might start, then
+    finds no token in its environment.
+    """
+    from cbpt_guard.github.action import SECRET_VARIABLES
+
+    for name in SECRET_VARIABLES:
+        os.environ.pop(name, None)
+        if env is not os.environ and hasattr(env, "pop"):
+            env.pop(name, None)
 
 
 def _apply_device(device: str) -> None:
@@ -202,8 +232,10 @@ def _report(run, github_output: str | None, *, annotate: bool = False) -> None:
         click.echo(line + (f": {_plain(outcome.error)}" if outcome.error else ""))
     click.echo(f"reports: {run.files.summary_md}, {run.files.sarif}")
     for problem in run.problems:
-        text = _plain(problem)
-        click.echo(f"::warning::{_escape_command(text)}" if annotate else f"warning: {text}", err=not annotate)
+        if annotate:
+            workflow_command("warning", str(problem))
+        else:
+            click.echo(f"warning: {_plain(problem)}", err=True)
     if github_output:
         from cbpt_guard.github.outputs import write_outputs
 
@@ -223,7 +255,3 @@ def _report(run, github_output: str | None, *, annotate: bool = False) -> None:
             "score": f"{max(scores):.4f}" if scores else "",
         })
 
-
-def _escape_command(text: str) -> str:
-    """Escape a workflow command's message the way the Actions runner decodes it."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")

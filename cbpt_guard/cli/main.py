@@ -8,6 +8,7 @@ import sys
 import click
 
 from cbpt_guard import __version__
+from cbpt_guard.cli.terminal import guarded_output, one_line
 from cbpt_guard.errors import CbptError, ExitCode
 
 # name -> "module:attribute"; a module is imported only when its command runs
@@ -37,23 +38,30 @@ class GuardGroup(click.Group):
 
     def main(self, args=None, prog_name=None, **extra):  # type: ignore[override]
         extra.pop("standalone_mode", None)
+        # Every line printed from here on (ours, click's, a library's) goes through the terminal guard.
+        with guarded_output():
+            code = self._run(args, prog_name, **extra)
+        sys.exit(code)
+
+    def _run(self, args, prog_name, **extra) -> int:
+        """Run the command; the exit code of its outcome, with errors printed as one line each."""
         try:
             code = super().main(args, prog_name, standalone_mode=False, **extra)
         except CbptError as error:
-            click.echo(f"cbpt-guard: error: {error}", err=True)
-            sys.exit(int(error.exit_code))
+            click.echo(f"cbpt-guard: error: {one_line(error)}", err=True)
+            return int(error.exit_code)
         except click.exceptions.Exit as done:
-            sys.exit(done.exit_code)
+            return done.exit_code
         except click.Abort:
             click.echo("cbpt-guard: aborted", err=True)
-            sys.exit(int(ExitCode.TOOL_ERROR))
+            return int(ExitCode.TOOL_ERROR)
         except click.ClickException as error:
             error.show()
-            sys.exit(int(ExitCode.USAGE))
+            return int(ExitCode.USAGE)
         except Exception as error:  # noqa: BLE001 - the gate fails closed on anything unforeseen
-            click.echo(f"cbpt-guard: internal error: {type(error).__name__}: {error}", err=True)
-            sys.exit(int(ExitCode.TOOL_ERROR))
-        sys.exit(int(code) if isinstance(code, int) else int(ExitCode.PASS))
+            click.echo(f"cbpt-guard: internal error: {type(error).__name__}: {one_line(error)}", err=True)
+            return int(ExitCode.TOOL_ERROR)
+        return int(code) if isinstance(code, int) else int(ExitCode.PASS)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

@@ -6,6 +6,7 @@ import datetime as dt
 
 import click
 
+from cbpt_guard.cli.terminal import one_line
 from cbpt_guard.errors import ExitCode
 
 
@@ -33,7 +34,7 @@ def validate_command(ctx: click.Context, file: str) -> None:
         loaded = load_policy(file)
     except PolicyError as error:
         for problem in error.problems:
-            click.echo(str(problem), err=True)
+            click.echo(one_line(problem), err=True)
         ctx.exit(int(ExitCode.USAGE))
     click.echo(f"ok: {loaded.name} (sha256 {loaded.sha256})")
     today = dt.date.today()

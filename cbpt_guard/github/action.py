@@ -6,7 +6,8 @@ a command line, so an input like ``$(touch pwned)`` or ``--token=x`` is only eve
 a strange path or policy name (a ``probes``, ``data`` or ``classes`` path that
 does not exist is a usage error, exit 4). GitHub's own variables
 (``GITHUB_REPOSITORY``, ``GITHUB_EVENT_PATH``, ``GITHUB_STEP_SUMMARY``,
-``GITHUB_OUTPUT``) are read too.
+``GITHUB_OUTPUT``) are read too. The token is read once into the connection and
+then removed from the environment, before any untrusted file is parsed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from cbpt_guard.github.policy_overrides import PolicyOverrides
 from cbpt_guard.github.pr import PublishOptions
 from cbpt_guard.github.publish import PullRequestRef
 
+SECRET_VARIABLES = ("CBPT_TOKEN", "GITHUB_TOKEN", "GH_TOKEN", "ACTIONS_RUNTIME_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+"""Environment variables that may hold a credential; removed from the environment before any file is parsed."""
 MODES = ("enforce", "warn", "dry-run")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -56,7 +59,8 @@ def inputs_from_env(env: Mapping[str, str]) -> ActionInputs:
                             seed=_int(env, "CBPT_SEED", 0),
                             out_dir=env.get("CBPT_OUTPUT_DIR", "").strip() or "cbpt-guard-report",
                             root=".", probes=_path(env, "CBPT_PROBES"), data=_path(env, "CBPT_DATA"),
-                            classes=_path(env, "CBPT_CLASSES"))
+                            classes=_path(env, "CBPT_CLASSES"),
+                            policy_sha256=env.get("CBPT_POLICY_SHA256", "").strip().lower() or None)
     repo = env.get("GITHUB_REPOSITORY") or None
     pull_request = pull_request_from_event(env.get("GITHUB_EVENT_PATH"), parse_repo(repo) if repo else None)
     connection = Connection(token=env.get("CBPT_TOKEN") or None,

@@ -12,7 +12,8 @@ def pull_request_from_event(event_path: str | None, repo: str | None) -> PullReq
     """The pull request of the event at ``event_path`` (``$GITHUB_EVENT_PATH``), or None for other events.
 
     The head SHA is the pull request's head commit, which is where a check run
-    belongs (``$GITHUB_SHA`` is the test merge commit on pull_request events).
+    belongs (``$GITHUB_SHA`` is the test merge commit on pull_request events);
+    the base SHA is the commit a policy file is read from.
     """
     if not event_path or not repo:
         return None
@@ -24,9 +25,13 @@ def pull_request_from_event(event_path: str | None, repo: str | None) -> PullReq
     pull = event.get("pull_request") if isinstance(event, dict) else None
     if not isinstance(pull, dict) or not isinstance(pull.get("number"), int):
         return None
-    head = pull.get("head") if isinstance(pull.get("head"), dict) else {}
-    sha = head.get("sha") if isinstance(head.get("sha"), str) else None
-    return PullRequestRef(repo=repo, number=pull["number"], head_sha=sha)
+    return PullRequestRef(repo=repo, number=pull["number"], head_sha=_sha(pull, "head"), base_sha=_sha(pull, "base"))
+
+
+def _sha(pull: dict, side: str) -> str | None:
+    """``pull[side]["sha"]`` when it is a string, else None."""
+    ref = pull.get(side) if isinstance(pull.get(side), dict) else {}
+    return ref.get("sha") if isinstance(ref.get("sha"), str) else None
 
 
 def parse_repo(text: str) -> str:

@@ -8,6 +8,7 @@ expanded here with :mod:`glob`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -18,6 +19,14 @@ from cbpt_guard.errors import UsageError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 """Suffixes of files that hold weights; a change to one of them changes a checkpoint."""
+SERIALISED_SUFFIXES = WEIGHT_SUFFIXES + (".pkl", ".pickle", ".dill", ".joblib", ".sav", ".npy", ".npz", ".pt2",
+                                         ".mar", ".msgpack", ".h5", ".hdf5", ".keras", ".onnx", ".gguf")
+"""Suffixes of serialised objects (pickles and their alikes, NumPy, torch, other model formats).
+
+A loose file with one of these is a target of its own: a side pickle is as
+dangerous as the weights it sits beside, so the gate loads it (and refuses it, or
+says it cannot be scanned) rather than skip it.
+"""
 CONFIG_NAMES = ("open_clip_config.json", "config.json")
 """Files whose presence makes a folder a model folder."""
 MANIFEST_NAMES = ("cbpt_manifest.json", "preprocessor_config.json")
@@ -33,9 +42,14 @@ class ChangedFile:
 
 
 def is_checkpoint_file(name: str) -> bool:
-    """Whether a file of this name belongs to a checkpoint: weights, a model config or a deployment manifest."""
-    base = PurePosixPath(name).name
-    return base.endswith(WEIGHT_SUFFIXES) or base in CONFIG_NAMES or base in MANIFEST_NAMES
+    """Whether a file of this name is a checkpoint candidate on its own: serialised data, a model config or manifest."""
+    base = PurePosixPath(name).name.lower()
+    return base.endswith(SERIALISED_SUFFIXES) or base in CONFIG_NAMES or base in MANIFEST_NAMES
+
+
+def is_serialised_file(name: str) -> bool:
+    """Whether a file of this name holds serialised data (weights, a pickle or an alike) and is loaded as such."""
+    return PurePosixPath(name).name.lower().endswith(SERIALISED_SUFFIXES)
 
 
 def is_model_dir(folder: Path) -> bool:
@@ -61,32 +75,46 @@ def _has_weights(folder: Path) -> bool:
 def checkpoints_from_changes(changes: Iterable[ChangedFile], root: str | os.PathLike[str]) -> list[str]:
     """The checkpoints, as paths relative to ``root``, that a set of changed files adds or changes.
 
-    A changed file counts when :func:`is_checkpoint_file` says so and it was not
-    removed. Its target is its folder when that folder has a model config (the
-    whole model is re-checked when any of its files changes); a weights file in
-    a folder without one is a target by itself. Names that leave ``root`` (an
-    absolute path, ``..``, a symlink pointing out) are dropped. The result is
-    sorted and has no duplicates.
+    A changed file of any kind (added, modified, renamed or removed) inside a
+    model folder (one with a model config, at any depth below it) re-gates that
+    folder, the nearest one up: a side pickle, a new ``.npy`` or a removed
+    manifest changes what the folder deploys. A file that is not directly in a
+    model folder (the loader reads a folder one level deep) is also a target by
+    itself when its name says it holds serialised data
+    (:data:`SERIALISED_SUFFIXES`). A name given as an absolute path inside
+    ``root`` is taken relative to it; a name that leaves ``root`` (an absolute
+    path elsewhere, ``..``, a symlink pointing out) is a :class:`UsageError`,
+    never skipped. The result is sorted and has no duplicates.
     """
     base = Path(root).resolve()
     targets: set[str] = set()
     for change in changes:
-        if change.status == "removed" or not is_checkpoint_file(change.filename):
-            continue
-        relative = _safe_relative(change.filename)
-        if relative is None:
-            continue
+        relative = _relative_inside(change.filename, base)
         file_path = base / relative
-        folder = file_path.parent
-        if has_model_config(folder):
-            target = folder
-        elif file_path.name.endswith(WEIGHT_SUFFIXES) and file_path.is_file():
-            target = file_path
-        else:
-            continue  # a manifest or config without a model beside it: nothing to load
-        if _inside(target, base):
-            targets.add(target.relative_to(base).as_posix() or ".")
+        if not _inside(file_path, base):
+            raise UsageError(f"changed file {change.filename!r} leads outside the repository root {str(base)!r} "
+                             "(through a symlink)")
+        folder = _model_folder_of(file_path, base)
+        loose = change.status != "removed" and is_serialised_file(relative.name) and file_path.is_file()
+        # A model folder is read one level deep: a serialised file further down is a target of its own as well.
+        found = ([folder] if folder is not None else []) + ([file_path] if loose and folder != file_path.parent
+                                                             else [])
+        for target in found:
+            if not _inside(target, base):
+                raise UsageError(f"changed file {change.filename!r} leads outside the repository root "
+                                 f"{str(base)!r} (through a symlink)")
+            targets.add(target.resolve().relative_to(base).as_posix() or ".")
     return sorted(targets)
+
+
+def _model_folder_of(path: Path, base: Path) -> Path | None:
+    """The nearest folder holding ``path``, up to ``base`` itself, that has a model config; None when there is none."""
+    for folder in path.parents:
+        if has_model_config(folder):
+            return folder
+        if folder == base:
+            break
+    return None
 
 
 def find_models(patterns: Iterable[str], root: str | os.PathLike[str]) -> list[str]:
@@ -127,11 +155,24 @@ def split_patterns(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _safe_relative(name: str) -> PurePosixPath | None:
-    """``name`` as a relative POSIX path with no ``..``; None when it is absolute or climbs out."""
+def _relative_inside(name: str, base: Path) -> PurePosixPath:
+    """``name`` as a path relative to ``base``; an absolute path inside ``base`` is made relative to it.
+
+    Raises :class:`UsageError` for an empty name, or one that is absolute
+    elsewhere or climbs out with ``..``: a file the gate cannot place in the
+    repository must not pass unchecked.
+    """
     path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or not path.parts:
-        return None
+    if not name or not path.parts:
+        raise UsageError("a changed file with an empty name")
+    if path.is_absolute():
+        absolute = Path(os.path.normpath(name))
+        for candidate in (absolute, absolute.parent.resolve() / absolute.name):
+            with contextlib.suppress(ValueError):
+                return PurePosixPath(candidate.relative_to(base).as_posix())
+        raise UsageError(f"changed file {name!r} is outside the repository root {str(base)!r}")
+    if ".." in path.parts:
+        raise UsageError(f"changed file {name!r} climbs out with '..'; give paths relative to the repository root")
     return path
 
 

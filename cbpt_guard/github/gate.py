@@ -43,6 +43,8 @@ class GateSettings:
     """A labelled few-shot ImageFolder, one subfolder per class (the few-shot tier, used to purify)."""
     classes: str | None = None
     """A class-names file that replaces each checkpoint's manifest class list."""
+    policy_sha256: str | None = None
+    """The SHA-256 the policy file must have (see :mod:`cbpt_guard.github.trusted_policy`)."""
 
 
 @dataclasses.dataclass(frozen=True)

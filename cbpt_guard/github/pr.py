@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 from cbpt_guard.errors import ExitCode, UsageError
 from cbpt_guard.github import checkrun, summary
@@ -18,6 +19,7 @@ from cbpt_guard.github.gate import CheckFn, GateSettings, Progress, RunFiles, ga
 from cbpt_guard.github.outcome import CheckpointOutcome, combined_exit_code, overall_decision
 from cbpt_guard.github.outputs import append_step_summary
 from cbpt_guard.github.publish import PublishResult, PullRequestClient, PullRequestRef, publish
+from cbpt_guard.github.trusted_policy import is_ready_name, trusted_policy
 
 LISTING_FAILED = "cbpt-guard: inconclusive (the pull request's files could not be listed)"
 
@@ -68,6 +70,7 @@ def run_pull_request(settings: GateSettings, connection: Connection, pull_reques
         problems.append(PublishProblem("publishing to the pull request", None,
                                        "no GitHub token was given, so no comment or check run was posted; "
                                        "the verdict is in the step summary and the reports."))
+    settings = dataclasses.replace(settings, policy=_trusted_policy(settings, client, pull_request))
     targets = _targets(settings, client, pull_request, models, changed, problems)
     outcomes = gate_targets(targets or [], settings, check_fn=check_fn, progress=progress)
     # Files that could not be listed: the gate does not know what to check, so it cannot pass.
@@ -114,6 +117,24 @@ def _targets(settings: GateSettings, client: PullRequestClient | None, pull_requ
                          "models to check")
     raise UsageError("no models given and no pull request to list changed files from: name the models to check, "
                      "or run on a pull_request event")
+
+
+def _trusted_policy(settings: GateSettings, client: PullRequestClient | None,
+                    pull_request: PullRequestRef | None) -> str:
+    """The policy to gate with, never taken from the pull request's own head (see :mod:`.trusted_policy`).
+
+    The base commit comes from the event, or else from the API; when neither
+    has it, a policy file needs a pinned digest.
+    """
+    base_sha = pull_request.base_sha if pull_request is not None else None
+    if pull_request is not None and base_sha is None and client is not None and not is_ready_name(settings.policy):
+        try:
+            base_sha = client.base_sha()
+        except Exception:  # noqa: BLE001 - without a base, trusted_policy refuses unless the policy is pinned
+            base_sha = None
+    return trusted_policy(settings.policy, root=settings.root, folder=Path(settings.out_dir) / "policy-source",
+                          base_sha=base_sha, pinned_sha256=settings.policy_sha256,
+                          under_review=pull_request is not None)
 
 
 def _markdown_renderer():

@@ -19,11 +19,16 @@ from cbpt_guard.github.summary import COMMENT_MARKER
 
 @dataclasses.dataclass(frozen=True)
 class PullRequestRef:
-    """Which pull request: ``owner/name``, its number, and the head commit the check run belongs to."""
+    """Which pull request: ``owner/name``, its number, the head commit the check run belongs to, and its base commit.
+
+    The base commit is where a policy file is read from (see
+    :mod:`cbpt_guard.github.trusted_policy`): the head is what is under review.
+    """
 
     repo: str
     number: int
     head_sha: str | None = None
+    base_sha: str | None = None
 
 
 @dataclasses.dataclass
@@ -51,6 +56,10 @@ class PullRequestClient:
         if self._pull is None:
             self._pull = self._repo.get_pull(self._ref.number)
         return self._pull
+
+    def base_sha(self) -> str:
+        """The commit the pull request would merge into (its base branch's head)."""
+        return self.pull.base.sha
 
     def changed_files(self) -> list[ChangedFile]:
         """The files the pull request touches (GitHub lists at most 3,000)."""

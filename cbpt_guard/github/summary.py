@@ -8,7 +8,6 @@ the pull request, so they are escaped before they reach the Markdown.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 
 from cbpt_guard.github.client import PublishProblem
@@ -29,10 +28,16 @@ _HEADLINES = {
 }
 
 
-def md_text(text: str) -> str:
-    """Untrusted text made inert in Markdown: HTML escaped, table pipes and backticks neutralised, one line."""
-    text = " ".join(str(text).split())
-    return html.escape(text, quote=False).replace("|", "\\|").replace("`", "'").replace("*", "\\*").replace("_", "\\_")
+def md_text(text: object, limit: int = 1000) -> str:
+    """Untrusted text made inert in Markdown, on one line: the report renderer's escaping.
+
+    HTML and Markdown punctuation (links, emphasis, table pipes) are escaped,
+    and ``@``/``#`` are broken with a zero-width space, so a path or an error
+    message can neither link nor mention (notify) anyone nor reference an issue.
+    """
+    from cbpt_guard.report.markdown import escape_markdown
+
+    return escape_markdown(text, limit)
 
 
 def headline(outcomes: Sequence[CheckpointOutcome]) -> str:
@@ -73,7 +78,7 @@ def compose(outcomes: Sequence[CheckpointOutcome], render_md: Callable[[object],
     not fit under ``limit`` are cut, with a note pointing at the full reports.
     """
     head = [COMMENT_MARKER] if marker else []
-    head += [f"## {md_text(title or headline(outcomes))}", ""]
+    head += [f"## {title or headline(outcomes)}", ""]  # the tool's own words, no untrusted text
     if outcomes:
         head += [table(outcomes), ""]
     for problem in problems:
