@@ -413,3 +413,27 @@ def test_pull_request_cannot_shadow_the_gate_with_its_own_package(tmp_path):
     run_action(tmp_path, inputs, [Path(sys.executable).parent])
 
     assert not (tmp_path / "pwned").exists()
+
+
+def test_action_run_is_wrapped_in_stop_commands_and_its_own_warnings_come_after(tmp_path, monkeypatch, no_github,
+                                                                               capsys):
+    root = tmp_path / "repo"
+    _model(root / FORGED)
+    monkeypatch.chdir(root)
+    check = FakeCheck({FORGED: make_verdict(FORGED)})
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"pull_request": {"number": 7, "head": {"sha": "a" * 40},
+                                                  "base": {"sha": "b" * 40}}}))
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_EVENT_PATH": str(event), "GITHUB_REPOSITORY": REPO,
+           "CBPT_MODEL": FORGED, "CBPT_OUTPUT_DIR": str(tmp_path / "out")}  # no token: a warning says so
+
+    code = _run_action(monkeypatch, env, check)
+
+    out = capsys.readouterr().out
+    assert code == 0 and check.calls
+    lines = out.splitlines()
+    token = re.fullmatch(r"::stop-commands::(\w{32})", lines[0]).group(1)
+    resume = lines.index(f"::{token}::")
+    assert _forged_lines("\n".join(lines[1:resume])) == []
+    (warning,) = lines[resume + 1:]
+    assert warning.startswith("::warning::publishing to the pull request failed")
