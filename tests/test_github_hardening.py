@@ -437,3 +437,30 @@ def test_action_run_is_wrapped_in_stop_commands_and_its_own_warnings_come_after(
     assert _forged_lines("\n".join(lines[1:resume])) == []
     (warning,) = lines[resume + 1:]
     assert warning.startswith("::warning::publishing to the pull request failed")
+
+
+def test_calibration_named_by_the_policy_comes_from_the_base_commit_too(policy_repo, tmp_path):
+    from cbpt_guard.github.trusted_policy import trusted_policy
+
+    root, _, _ = policy_repo
+    team = yaml.safe_load((ROOT / "policies" / "strict.yaml").read_text())
+    team["detection"]["calibration"] = "calibration/team.json"
+    (root / "policies" / "team.yaml").write_text(yaml.safe_dump(team))
+    (root / "policies" / "calibration").mkdir()
+    (root / "policies" / "calibration" / "team.json").write_text('{"from": "base"}')
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "base with a calibration file")
+    base = _git(root, "rev-parse", "HEAD")
+    (root / "policies" / "calibration" / "team.json").write_text('{"from": "head"}')
+    _git(root, "commit", "-q", "-am", "head: a lenient calibration")
+
+    copy = trusted_policy("policies/team.yaml", root=root, folder=tmp_path / "copies", base_sha=base,
+                          under_review=True)
+
+    assert Path(copy).parent.joinpath("calibration", "team.json").read_text() == '{"from": "base"}'
+    assert load_policy(copy).calibration_path.read_text() == '{"from": "base"}'
+    with pytest.raises(Exception, match="names a calibration file"):  # a pin alone cannot vouch for it
+        trusted_policy("policies/team.yaml", root=root, folder=tmp_path / "pinned", under_review=True,
+                       pinned_sha256=hashlib.sha256((root / "policies" / "team.yaml").read_bytes()).hexdigest())
+    with pytest.raises(Exception, match="base commit"):  # a policy file the base does not have
+        trusted_policy("policies/new.yaml", root=root, folder=tmp_path / "new", base_sha=base, under_review=True)

@@ -49,7 +49,7 @@ def trusted_policy(policy: str, *, root: str | os.PathLike[str], folder: str | o
     """The policy argument the gate may check with; raises :class:`PolicySourceError` where there is none.
 
     Args:
-        policy: a ready policy name, or a policy file (relative to ``root``, or absolute).
+        policy: a ready policy name, or a policy file (under review: relative to ``root``, or absolute).
         root: the repository checkout.
         folder: where copies taken from the base commit are written.
         base_sha: the base commit of the pull request, if known.
@@ -57,9 +57,9 @@ def trusted_policy(policy: str, *, root: str | os.PathLike[str], folder: str | o
         under_review: whether ``root`` holds a pull request's head (a pull request event).
 
     Returns:
-        ``policy`` itself for a ready name, a file outside the repository, or a
-        checkout that is not under review; otherwise the path of the copy taken
-        from the base commit.
+        ``policy`` itself for a ready name, a checkout that is not under review,
+        or a file outside the repository; otherwise the path of the copy taken
+        from the base commit (or, pinned, of the checked file).
     """
     if pinned_sha256 is not None and not _DIGEST.fullmatch(pinned_sha256):
         raise PolicySourceError("the policy SHA-256 pin must be 64 lower-case hex digits")
@@ -69,11 +69,15 @@ def trusted_policy(policy: str, *, root: str | os.PathLike[str], folder: str | o
 
             _check_pin(policy, resolve_policy(policy).sha256, pinned_sha256)
         return policy
+    if not under_review:  # the checkout is the branch itself (push, schedule, a pre-commit hook)
+        if pinned_sha256 is not None:
+            _check_pin(policy, _digest(_read(Path(policy), policy)), pinned_sha256)
+        return policy
     base = Path(root).resolve()
     relative = _relative_to_repository(policy, base)
     if relative is None:  # a file outside the checkout: the pull request cannot change it
         if pinned_sha256 is not None:
-            _check_pin(policy, _digest(Path(policy).read_bytes() if Path(policy).is_file() else b""), pinned_sha256)
+            _check_pin(policy, _digest(_read(Path(policy), policy)), pinned_sha256)
         return policy
     if base_sha is not None:
         try:
@@ -82,18 +86,17 @@ def trusted_policy(policy: str, *, root: str | os.PathLike[str], folder: str | o
             if pinned_sha256 is None:
                 raise
             # The base commit is not in this clone: the pinned digest vouches for the file instead.
-    if under_review and pinned_sha256 is None:
+    if pinned_sha256 is None:
         raise PolicySourceError(
             f"the policy file {relative!r} would be read from the pull request under review, which could weaken "
             "its own gate: give the base commit (a pull_request event carries it), or pin the policy with "
             "policy-sha256")
     path = base / relative
-    if pinned_sha256 is not None:
-        _check_pin(relative, _digest(_read(path, relative)), pinned_sha256)
-        if under_review and _calibration_file(path) is not None:
-            raise PolicySourceError(
-                f"the pinned policy {relative!r} names a calibration file, which would be read from the pull "
-                "request under review: give the base commit, or use a policy with a built-in calibration")
+    _check_pin(relative, _digest(_read(path, relative)), pinned_sha256)
+    if _calibration_file(path) is not None:
+        raise PolicySourceError(
+            f"the pinned policy {relative!r} names a calibration file, which would be read from the pull request "
+            "under review: give the base commit, or use a policy with a built-in calibration or a fixed threshold")
     return str(path)
 
 
