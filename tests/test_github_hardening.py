@@ -464,3 +464,40 @@ def test_calibration_named_by_the_policy_comes_from_the_base_commit_too(policy_r
                        pinned_sha256=hashlib.sha256((root / "policies" / "team.yaml").read_bytes()).hexdigest())
     with pytest.raises(Exception, match="base commit"):  # a policy file the base does not have
         trusted_policy("policies/new.yaml", root=root, folder=tmp_path / "new", base_sha=base, under_review=True)
+
+
+def test_token_is_not_even_in_the_initial_environment_of_the_process_that_parses(tmp_path):
+    workspace, hooks, seen = tmp_path / "workspace", tmp_path / "hooks", tmp_path / "seen.jsonl"
+    model = workspace / "models" / "x"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"not really safetensors")
+    hooks.mkdir()
+    # Every time the weights file is opened, record whether the token is visible in any form.
+    (hooks / "sitecustomize.py").write_text(f"""
+import json, os, sys
+def _hook(event, args):
+    if event == "open" and str(args[0]).endswith("model.safetensors"):
+        with open("/proc/self/environ", "rb") as handle:
+            initial = handle.read()
+        with open({str(seen)!r}, "a") as out:
+            out.write(json.dumps({{"initial": b"s3cret" in initial,
+                                   "environ": any("s3cret" in v for v in os.environ.values())}}) + "\\n")
+sys.addaudithook(_hook)
+""")
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"pull_request": {"number": 7, "head": {"sha": "a" * 40},
+                                                  "base": {"sha": "b" * 40}}}))
+    with FakeGitHub(REPO) as fake:
+        fake.add_pull(7, [("models/x/model.safetensors", "added")])
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": f"{hooks}{os.pathsep}{ROOT}",
+               "CBPT_TOKEN": "s3cret-token", "GITHUB_TOKEN": "s3cret-too", "CBPT_MODEL": "models/x",
+               "CBPT_DEVICE": "cpu", "CBPT_OUTPUT_DIR": "report", "HF_HUB_OFFLINE": "1", "CBPT_CHECK_RUN": "false",
+               "GITHUB_EVENT_PATH": str(event), "GITHUB_REPOSITORY": REPO, "CBPT_API_URL": fake.api_url}
+        done = subprocess.run([sys.executable, "-m", "cbpt_guard.github.action"], cwd=workspace, env=env,
+                              capture_output=True, text=True, timeout=300)
+        posted = fake.calls("POST", rf"/repos/{REPO}/issues/7/comments")
+
+    assert done.returncode == 3, done.stderr  # the unloadable model is inconclusive
+    records = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert records and all(r == {"initial": False, "environ": False} for r in records), records
+    assert posted and posted[0].authorization.endswith("s3cret-token")  # handed over, still used to publish
