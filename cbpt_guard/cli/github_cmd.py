@@ -127,9 +127,10 @@ def pr_command(models, policy, policy_sha256, mode, purify, export, probes, data
 def changed_command(files, policy, policy_sha256, mode, purify, export, probes, data, classes, device, seed, out_dir):
     """Gate the checkpoints that FILES belong to (the pre-commit hook's entry).
 
-    A weights file, model config or manifest among FILES selects its model
-    folder; other files are ignored. Exit 0 when none of FILES is part of a
-    checkpoint.
+    A file of any kind inside a model folder selects that folder; a weights
+    file, side pickle or alike elsewhere is checked by itself; other files are
+    ignored. A FILE outside the current directory (the repository root) is a
+    usage error (exit 4). Exit 0 when none of FILES is part of a checkpoint.
     """
     from cbpt_guard.github.client import Connection
     from cbpt_guard.github.discover import ChangedFile
@@ -254,4 +255,3 @@ def _report(run, github_output: str | None, *, annotate: bool = False) -> None:
             "metrics": json.dumps(metrics, sort_keys=True),
             "score": f"{max(scores):.4f}" if scores else "",
         })
-
