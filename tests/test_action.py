@@ -46,7 +46,7 @@ def test_no_run_script_contains_an_expression():
 def test_every_input_reaches_the_steps_through_env_only():
     used = set()
     for step in STEPS:
-        assert step.get("shell") == "bash"
+        assert "uses" in step or step.get("shell") == "bash"
         for name, value in (step.get("env") or {}).items():
             value = str(value)
             if "${{" in value:
@@ -119,6 +119,8 @@ def run_action(tmp: Path, inputs: dict, path_dirs: list[Path]) -> list[tuple[str
     outputs: dict[str, dict] = {}
     results = []
     for index, step in enumerate(STEPS):
+        if "uses" in step:
+            continue  # the cache steps: skipped, as on a runner whose cache is empty (a miss)
         script = tmp / f"step{index}.sh"
         script.write_text(step["run"])
         output_file = tmp / f"output{index}.txt"
@@ -153,10 +155,10 @@ def test_hostile_inputs_reach_the_entry_point_verbatim_and_run_nothing(tmp_path,
 
     results = run_action(tmp_path, inputs, [stubs])
 
-    assert [code for _, code, _, _ in results] == [0, 0], results
+    assert [code for _, code, _, _ in results] == [0, 0, 0], results
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    assert calls[0]["argv"] == ["-m", "venv", str(tmp_path / "runner-temp" / "cbpt-guard-venv")]
-    assert calls[-2]["argv"][-1] == f"{ROOT}[cpu]"
+    assert ["-m", "venv", str(tmp_path / "runner-temp" / "cbpt-guard-venv")] in [c["argv"] for c in calls]
+    assert any(c["argv"][-1] == str(ROOT) and "--no-deps" in c["argv"] for c in calls)
     entry = calls[-1]
     assert entry["argv"] == ["-I", "-m", "cbpt_guard.github.action"]
     assert entry["env"]["CBPT_MODEL"] == hostile and entry["env"]["CBPT_OUTPUT_DIR"] == hostile

@@ -158,6 +158,8 @@ def _action_run(env) -> int:
     try:
         inputs = inputs_from_env(env)
         _drop_secrets(env)
+        if inputs.scan == "intake":
+            return _intake(inputs)
         run = _run(inputs.settings, inputs.device, connection=inputs.connection, pull_request=inputs.pull_request,
                    models=inputs.models, options=inputs.options)
         _report(run, inputs.github_output, annotate=True)
@@ -173,6 +175,34 @@ def _action_run(env) -> int:
 
         write_outputs(github_output, {"decision": "error", "exit-code": str(code)})
     return code
+
+
+def _intake(inputs) -> int:
+    """The Action's quick tier: find the checkpoints as the full run would, then only inspect each."""
+    from cbpt_guard.github.intake_scan import outputs, scan_intake
+    from cbpt_guard.github.outputs import append_step_summary, write_outputs
+    from cbpt_guard.github.pr import list_targets
+
+    _drop_secrets(os.environ)
+    _apply_device(inputs.device)
+    targets, problems = list_targets(inputs.settings, inputs.connection, inputs.pull_request, models=inputs.models)
+    for problem in problems:
+        workflow_command("warning", str(problem))
+    if targets is None:  # the pull request's files could not be listed: nothing is known, so nothing passes
+        click.echo("cbpt-guard: inconclusive (the pull request's files could not be listed)")
+        values = {"decision": "inconclusive", "exit-code": str(int(ExitCode.INCONCLUSIVE))}
+        if inputs.github_output:
+            write_outputs(inputs.github_output, values)
+        return int(ExitCode.INCONCLUSIVE)
+    run = scan_intake(targets, inputs.settings, progress=_progress)
+    click.echo(f"cbpt-guard intake scan: {run.decision} ({len(run.targets)} checkpoint(s); backdoor detection not run)")
+    for outcome in run.outcomes:
+        click.echo(f"  {_plain(outcome.target)}: {outcome.decision} (exit {outcome.exit_code}): {_plain(outcome.summary)}")
+    if inputs.options.step_summary:
+        append_step_summary(inputs.options.step_summary, run.markdown)
+    if inputs.github_output:
+        write_outputs(inputs.github_output, outputs(run))
+    return run.exit_code
 
 
 def _settings(policy, policy_sha256, mode, purify, export, seed, out_dir, probes, data, classes):

@@ -30,6 +30,7 @@ SECRET_VARIABLES = ("CBPT_TOKEN", "GITHUB_TOKEN", "GH_TOKEN", "ACTIONS_RUNTIME_T
 """Environment variables that may hold a credential; removed from the environment before any file is parsed."""
 MODES = ("enforce", "warn", "dry-run")
 DEVICES = ("auto", "cpu", "cuda")
+SCANS = ("full", "intake")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,8 @@ class ActionInputs:
     options: PublishOptions
     device: str
     github_output: str | None
+    scan: str = "full"
+    """``full``: the whole check; ``intake``: only the safe-loading checks (see :mod:`cbpt_guard.github.intake_scan`)."""
 
 
 def inputs_from_env(env: Mapping[str, str]) -> ActionInputs:
@@ -53,6 +56,9 @@ def inputs_from_env(env: Mapping[str, str]) -> ActionInputs:
     device = env.get("CBPT_DEVICE", "").strip() or "auto"
     if device not in DEVICES:
         raise UsageError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+    scan = env.get("CBPT_SCAN", "").strip() or "full"
+    if scan not in SCANS:
+        raise UsageError(f"scan must be one of {', '.join(SCANS)}, not {scan!r}")
     overrides = PolicyOverrides(mode=mode, purify=_tristate(env, "CBPT_PURIFY"), export=_tristate(env, "CBPT_EXPORT"))
     # The step runs in $GITHUB_WORKSPACE; relative paths keep the SARIF locations repository-relative.
     settings = GateSettings(policy=env.get("CBPT_POLICY", "").strip() or "strict", overrides=overrides,
@@ -68,7 +74,7 @@ def inputs_from_env(env: Mapping[str, str]) -> ActionInputs:
     options = PublishOptions(step_summary=env.get("GITHUB_STEP_SUMMARY") or None,
                              comment=_flag(env, "CBPT_COMMENT", True), check_run=_flag(env, "CBPT_CHECK_RUN", True))
     return ActionInputs(settings, connection, pull_request, tuple(split_patterns(env.get("CBPT_MODEL", ""))),
-                        options, device, env.get("GITHUB_OUTPUT") or None)
+                        options, device, env.get("GITHUB_OUTPUT") or None, scan)
 
 
 def _path(env: Mapping[str, str], name: str) -> str | None:

@@ -84,7 +84,7 @@ def gate_targets(targets: Sequence[str], settings: GateSettings, *, check_fn: Ch
     outcomes = []
     used: set[str] = set()
     for target in targets:
-        folder = out / _unique_slug(target, used)
+        folder = out / unique_slug(target, used)
         if progress:
             progress(f"checking {target}")
         outcomes.append(_check_one(target, folder, policy, settings, inputs, check, progress))
@@ -192,7 +192,7 @@ def _by_format(written: dict[str, str], folder: Path) -> dict[str, str]:
     return reports
 
 
-def _unique_slug(target: str, used: set[str]) -> str:
+def unique_slug(target: str, used: set[str]) -> str:
     """A folder name for a target's reports: its path with separators turned to ``__``, unique in this run."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", target.replace("/", "__")).strip("._") or "root"
     slug, n = base, 2

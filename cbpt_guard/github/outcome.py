@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from cbpt_guard.errors import ExitCode
 from cbpt_guard.verdict import Verdict
@@ -47,7 +47,12 @@ class CheckpointOutcome:
 
 def combined_exit_code(outcomes: Sequence[CheckpointOutcome]) -> int:
     """The exit code of a run over ``outcomes``: the most severe one, 0 only if all passed (or none ran)."""
-    codes = {outcome.exit_code for outcome in outcomes}
+    return most_severe(outcome.exit_code for outcome in outcomes)
+
+
+def most_severe(exit_codes: Iterable[int]) -> int:
+    """The exit code of a run whose checkpoints gave ``exit_codes`` (0 for none)."""
+    codes = set(exit_codes)
     for code in _SEVERITY:
         if int(code) in codes:
             return int(code)

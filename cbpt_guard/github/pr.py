@@ -98,6 +98,19 @@ def run_pull_request(settings: GateSettings, connection: Connection, pull_reques
                           markdown, files, published, problems)
 
 
+def list_targets(settings: GateSettings, connection: Connection, pull_request: PullRequestRef | None, *,
+                 models: Sequence[str] = (), changed: Sequence[ChangedFile] | None = None
+                 ) -> tuple[list[str] | None, list[PublishProblem]]:
+    """The checkpoints a run would gate, found as :func:`run_pull_request` finds them, and any listing problem.
+
+    For runs that gate differently (the intake tier); None when the pull
+    request's files could not be listed.
+    """
+    problems: list[PublishProblem] = []
+    client = PullRequestClient(connect(connection), pull_request) if connection.token and pull_request else None
+    return _targets(settings, client, pull_request, models, changed, problems), problems
+
+
 def _targets(settings: GateSettings, client: PullRequestClient | None, pull_request: PullRequestRef | None,
              models: Sequence[str], changed: Sequence[ChangedFile] | None,
              problems: list[PublishProblem]) -> list[str] | None:
