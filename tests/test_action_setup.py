@@ -286,6 +286,7 @@ def test_scan_intake_blocks_an_unsafe_checkpoint(tmp_path, monkeypatch):
 
     outputs = _outputs(tmp_path / "output.txt")
     assert code == 1 and outputs["decision"] == "block" and not sentinel.exists()
+    assert "intake scan" in (tmp_path / "summary.md").read_text()
 
 
 def test_an_unknown_scan_is_a_usage_error(tmp_path, monkeypatch, capsys):
