@@ -60,7 +60,7 @@ flavour() {
 # What the cached venv depends on besides the lock: the interpreter (a venv links to it by path),
 # the venv's own path (scripts in bin/ name it), and the cbpt-guard package's files.
 interpreter_id() {
-  "$CBPT_PYTHON" -c 'import os, platform, sys; print(platform.python_version(), os.path.realpath(sys.executable))'
+  "$CBPT_PYTHON" -I -c 'import os, platform, sys; print(platform.python_version(), os.path.realpath(sys.executable))'
 }
 package_hash() {
   (cd "$action_path" && find pyproject.toml README.md cbpt_guard policies templates -type f \
@@ -104,7 +104,7 @@ plan() {
   output cache true
 }
 
-pip_install() { "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --quiet "$@"; }
+pip_install() { "$venv/bin/python" -I -m pip install --disable-pip-version-check --no-input --quiet "$@"; }
 
 install() {
   compute
@@ -127,7 +127,7 @@ install() {
   if [ "$have_deps" != "$want_deps" ]; then
     echo "cbpt-guard: installing the $fl environment from $(basename "$lock")"
     rm -rf "$venv"
-    "$CBPT_PYTHON" -m venv "$venv"
+    "$CBPT_PYTHON" -I -m venv "$venv"
     # torch and torchvision first, from the flavour's index, without their dependencies: the CPU index
     # serves the CPU-only build; every other package, torch's dependencies included, comes from the
     # default index at the lock's exact versions.
@@ -146,8 +146,8 @@ install() {
   fi
   # The package itself, without touching the locked set (setuptools is in the lock for this build).
   pip_install --no-deps --no-build-isolation --force-reinstall "$action_path"
-  "$venv/bin/python" -m pip check --disable-pip-version-check
-  "$venv/bin/python" -m cbpt_guard --version
+  "$venv/bin/python" -I -m pip check --disable-pip-version-check
+  "$venv/bin/python" -I -m cbpt_guard --version
   printf '%s %s\n' "$want_deps" "$want_package" > "$venv/$STAMP_NAME"
   output python "$venv/bin/python"
   output save true

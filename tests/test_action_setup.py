@@ -36,16 +36,19 @@ def _step(step_id: str) -> dict:
 
 
 def _stub_python(path: Path, log: Path) -> None:
-    """A python that logs argv, answers the interpreter query, makes venvs, and otherwise does nothing."""
+    """A python that logs argv (less a leading -I, recorded apart), answers the interpreter query, makes venvs,
+    and otherwise does nothing."""
     path.write_text(f"""#!{sys.executable}
 import json, os, shutil, sys
 with open({str(log)!r}, "a") as f:
-    f.write(json.dumps({{"argv": sys.argv[1:], "exe": sys.argv[0]}}) + "\\n")
-if sys.argv[1:2] == ["-c"]:
+    isolated = sys.argv[1:2] == ["-I"]
+    args = sys.argv[2:] if isolated else sys.argv[1:]
+    f.write(json.dumps({{"argv": args, "isolated": isolated, "exe": sys.argv[0]}}) + "\\n")
+if args[:1] == ["-c"]:
     print("3.11.7 /opt/python/3.11.7/bin/python3.11")
-elif sys.argv[1:3] == ["-m", "venv"]:
-    os.makedirs(os.path.join(sys.argv[3], "bin"), exist_ok=True)
-    shutil.copy(__file__, os.path.join(sys.argv[3], "bin", "python"))
+elif args[:2] == ["-m", "venv"]:
+    os.makedirs(os.path.join(args[2], "bin"), exist_ok=True)
+    shutil.copy(__file__, os.path.join(args[2], "bin", "python"))
 """)
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
@@ -161,6 +164,18 @@ def test_a_restored_venv_skips_pip_and_a_changed_package_reinstalls_only_itself(
     assert code == 0 and outputs["save"] == "true"
     (package_call,) = _pip_installs(log)[3:]
     assert package_call[-1] == str(action) and "--no-deps" in package_call
+
+
+def test_every_interpreter_the_setup_runs_is_isolated_from_the_checkout(tmp_path, stub):
+    """The step runs in the pull request's checkout: without -I, `python -m pip` or `-m venv` would import a
+    `pip/` or `venv.py` the pull request adds there."""
+    python, log = stub
+    action = _action_copy(tmp_path)
+    assert _setup(tmp_path, "install", action, python=python)[0] == 0
+
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(calls) >= 5  # the interpreter query, venv, torch, the lock, the package, pip check, --version
+    assert [c["argv"][:2] for c in calls if not c["isolated"]] == []
 
 
 def test_lock_files_pin_every_requirement_of_the_package_exactly():
