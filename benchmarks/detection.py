@@ -17,6 +17,7 @@ OUT/DETECTION.md and OUT/results/detection.json; nothing in them is typed by han
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -33,6 +34,7 @@ from evidence_cache import (  # noqa: E402
 from cbpt_guard.classifier import build_classifier  # noqa: E402
 from cbpt_guard.detect import calibration as calib  # noqa: E402
 from cbpt_guard.detect.baseline import DECREE_PL1_RULE, decree  # noqa: E402
+from cbpt_guard.detect.budget import scoring_settings  # noqa: E402
 from cbpt_guard.detect.run import DetectBudget, gather_evidence  # noqa: E402
 from cbpt_guard.intake import load_checkpoint  # noqa: E402
 from cbpt_guard.intake.architecture import build_model  # noqa: E402
@@ -222,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                 cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
                 print(f"{key}: {entry['seconds']} s", file=sys.stderr, flush=True)
     tiers = {tier: score_tier({n: cache[f"{tier}/{n}"] for n in truths}, truths) for tier in args.tiers.split(",")}
-    if args.write_calibration and "zero-data" in tiers:
-        args.write_calibration.write_text(tiers["zero-data"]["calibration"].to_json())
+    if args.write_calibration and "zero-data" in tiers:  # valid only at the budget the references ran at
+        fitted = dataclasses.replace(tiers["zero-data"]["calibration"], budget=scoring_settings(budget))
+        args.write_calibration.write_text(fitted.to_json())
     seconds = [cache[f"zero-data/{n}"]["seconds"] for n in truths if f"zero-data/{n}" in cache]
     results = {"zoo": str(args.zoo), "budget": {"families": list(budget.families), "probes": budget.probes,
                                                   "steps": budget.inversion.steps,

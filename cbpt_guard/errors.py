@@ -84,6 +84,26 @@ class NothingScannableError(CbptError):
         self.skipped = tuple(skipped)
 
 
+class TimeLimitExceeded(CbptError):
+    """A run went past its time limit; what it had computed so far is not a result.
+
+    Exit 3: budgets are counted in steps, so a run cut short by the clock would
+    give an answer that depends on the machine's load. It gives none instead.
+    """
+
+    exit_code = ExitCode.INCONCLUSIVE
+
+
+class UncalibratedBudgetError(CbptError):
+    """Detection would run at a budget its calibration was not fitted at, so its score would mean nothing.
+
+    Exit 3: the run could not look properly. The message names the settings
+    that differ and the command that fits a calibration for the budget asked for.
+    """
+
+    exit_code = ExitCode.INCONCLUSIVE
+
+
 class ExportError(CbptError):
     """The classifier could not be exported to ONNX, or the export failed its parity check.
 
@@ -97,3 +117,11 @@ class ExportError(CbptError):
     def __init__(self, message: str, operator: str | None = None):
         super().__init__(message)
         self.operator = operator
+
+
+class OnnxRuntimeMissingError(ExportError):
+    """onnxruntime cannot be imported, so the export's parity cannot be checked.
+
+    Exit 3 like every :class:`ExportError`; the pipeline records the export as a
+    required step skipped (inconclusive), never as a failure that blocks the model.
+    """

@@ -34,7 +34,14 @@ from cbpt_guard.decide import (
     dummy_bars,
     verification_misses,
 )
-from cbpt_guard.errors import CbptError, ExitCode, UnsafeCheckpointError, UsageError
+from cbpt_guard.errors import (
+    CbptError,
+    ExitCode,
+    OnnxRuntimeMissingError,
+    TimeLimitExceeded,
+    UnsafeCheckpointError,
+    UsageError,
+)
 from cbpt_guard.policy import DataTier, LoadedPolicy, resolve_policy
 from cbpt_guard.report import REPORT_FILES
 from cbpt_guard.verdict import (
@@ -125,21 +132,23 @@ def check(model: str | Path, *, policy: str | Path = "strict", out_dir: str | Pa
     loaded_policy = resolve_policy(policy)
     run = _Run(loaded_policy, seed, today or dt.date.today(), progress or (lambda line: None))
     out = Path(out_dir) if out_dir is not None else None
-    for path, what in ((probes, "probe folder"), (data, "data folder")):
-        if path is not None and not Path(path).is_dir():
-            raise UsageError(f"{path}: the {what} is not a directory")
-    run.data = DataInfo(tier=(DataTier.FEW_SHOT if data else DataTier.UNLABELLED if probes else DataTier.ZERO_DATA
-                              ).value, probes=str(probes) if probes else "procedural",
-                        labelled=str(data) if data else None)
+    _check_folders(probes, data)
+    uncalibrated = uncalibrated_budget(loaded_policy)  # a cheap file comparison: before any model is loaded
 
     loaded = _intake(run, model, arch, classes_file)
-    evidence = calibration = probe_set = None
+    inputs = _Inputs()
     if loaded is not None:
-        evidence, calibration, probe_set = _detection(run, loaded, probes)
+        inputs = _load_inputs(run, loaded, probes, data)
+    run.data = _data_info(probes, data, inputs)
+    evidence = calibration = None
+    if loaded is not None and uncalibrated:
+        run.skip("detection", uncalibrated, required=True)
+    elif loaded is not None:
+        evidence, calibration = _detection(run, loaded, inputs.probes)
     first = run.decide()
     purified_embeddings = None
     if first.action is Action.PURIFY and evidence is not None:
-        purified_embeddings = _purification(run, loaded, evidence, calibration, probe_set, data, out)
+        purified_embeddings = _purification(run, loaded, evidence, calibration, inputs, out)
     elif first.enforced is Action.PURIFY:
         run.skip("purification", f"{first.mode.value} mode: enforce would purify", required=False)
     else:
@@ -150,6 +159,87 @@ def check(model: str | Path, *, policy: str | Path = "strict", out_dir: str | Pa
     if out is not None:
         verdict = _write_reports(run, verdict, out)
     return verdict
+
+
+# -- inputs -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The user's images, loaded and checked before detection: unlabelled probes and the labelled few-shot set."""
+
+    probes: object | None = None  # ProbeSet
+    data: object | None = None  # ProbeSet, tier few-shot
+
+
+def _check_folders(probes, data) -> None:
+    """Each folder given exists and is a folder: the cheapest check, before the policy's calibration or the model."""
+    for path, what in ((probes, "probe folder"), (data, "data folder")):
+        if path is not None and not Path(path).is_dir():
+            raise UsageError(f"{path}: the {what} is not a directory")
+
+
+def _load_inputs(run: _Run, loaded, probes, data) -> _Inputs:
+    """Load the user's images now, so a useless folder is a usage error (exit 4) before any detection runs.
+
+    ``--probes`` must hold at least one readable image. ``--data`` must be an
+    ImageFolder whose subfolders are exactly the model's class names, each
+    with at least one readable image: a folder that names no class or misses
+    one is refused with the names that differ, so an empty or mistyped folder
+    can never count as the few-shot tier.
+    """
+    from cbpt_guard.probes import class_folder_problems, fewshot_folder, folder_probes
+
+    report = loaded.report
+    side = report.image_size[0]
+    probe_set = data_set = None
+    if probes is not None:
+        try:
+            probe_set = folder_probes(probes, side, limit=detect_budget(run.policy).probes, seed=run.seed)
+        except CbptError as error:
+            raise UsageError(f"--probes {probes}: {_unprefixed(error, probes)}") from None
+    if data is not None:
+        problems = class_folder_problems(data, report.classes)
+        if problems:
+            raise UsageError(f"--data {data}: {problems}")
+        try:
+            data_set = fewshot_folder(data, side, report.classes, seed=run.seed)
+        except CbptError as error:
+            raise UsageError(f"--data {data}: {_unprefixed(error, data)}") from None
+        empty = [name for index, name in enumerate(report.classes) if not bool((data_set.labels == index).any())]
+        if empty:
+            raise UsageError(f"--data {data}: no readable image for class(es) {empty}")
+    return _Inputs(probe_set, data_set)
+
+
+def _unprefixed(error: CbptError, path) -> str:
+    """An error's message without the folder name it starts with (the caller names the flag and the folder)."""
+    message = str(error)
+    prefix = f"{Path(path)}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def _data_info(probes, data, inputs: _Inputs) -> DataInfo:
+    """The tier the run really has: few-shot only with a loaded labelled set, unlabelled only with loaded probes."""
+    tier = (DataTier.FEW_SHOT if inputs.data is not None else DataTier.UNLABELLED if inputs.probes is not None
+            else DataTier.ZERO_DATA)
+    skipped = tuple(inputs.probes.skipped) if inputs.probes is not None else ()
+    return DataInfo(tier=tier.value, probes=str(probes) if inputs.probes is not None else "procedural",
+                    labelled=str(data) if inputs.data is not None else None, probe_files_skipped=skipped)
+
+
+def uncalibrated_budget(loaded: LoadedPolicy) -> str | None:
+    """Why the policy's calibration does not apply to its detection budget, or None when it does.
+
+    Read before any model is loaded, so a mismatched policy ends the run fast
+    (detection skipped, inconclusive) with the command that fits a calibration.
+    """
+    from cbpt_guard.detect.budget import budget_differences, uncalibrated_reason
+
+    budget = detect_budget(loaded)
+    calibration = policy_calibration(loaded)
+    differences = budget_differences(calibration.budget, budget)
+    return uncalibrated_reason(calibration.source, budget, differences) if differences else None
 
 
 # -- stages -------------------------------------------------------------------------------------------
@@ -195,28 +285,31 @@ def _intake(run: _Run, model: str | Path, arch: str | None, classes_file):
     return loaded
 
 
-def _detection(run: _Run, loaded, probes_dir):
-    """Invert triggers under the policy's budget and judge them against its calibration."""
+def _detection(run: _Run, loaded, probe_set):
+    """Invert triggers under the policy's budget and judge them against its calibration.
+
+    A run past the policy's time limit is a required step skipped (inconclusive),
+    never a block and never a result cut short.
+    """
     from cbpt_guard.detect.run import gather_evidence, judge
-    from cbpt_guard.probes import folder_probes
 
     started = time.perf_counter()
     budget = detect_budget(run.policy)
     calibration = policy_calibration(run.policy)
     report = loaded.report
     try:
-        probe_set = (folder_probes(probes_dir, report.image_size[0], limit=budget.probes, seed=run.seed)
-                     if probes_dir else None)
         evidence = gather_evidence(loaded.model, report.classes, report.templates, probes=probe_set, budget=budget,
                                    seed=run.seed, progress=run.progress)
         detection = judge(evidence, calibration, budget, run.seed)
     except UsageError:
         raise
+    except TimeLimitExceeded as error:
+        run.skip("detection", str(error), required=True)
+        run.timings["detection"] = round(time.perf_counter() - started, 3)
+        return None, None
     except Exception as error:  # noqa: BLE001 - fail closed: a crash is never "no evidence"
         run.fail("detection", started, error)
-        return None, None, None
-    if probe_set is not None:
-        run.data = run.data.model_copy(update={"probe_files_skipped": tuple(probe_set.skipped)})
+        return None, None
     run.detection = detection_info(detection, calibration)
     result = {"backdoor evidence found": DetectionResult.FOUND,
               "no evidence of a backdoor found": DetectionResult.NOT_FOUND}.get(detection.outcome,
@@ -225,12 +318,11 @@ def _detection(run: _Run, loaded, probes_dir):
     run.outcome = DetectionOutcome(result=result, score=detection.score, threshold=detection.threshold,
                                    target_class=detection.suspected_target, note=note)
     run.done("detection", started, detection.outcome)
-    return evidence, calibration, evidence.probes if probe_set is not None else None
+    return evidence, calibration
 
 
-def _purification(run: _Run, loaded, evidence, calibration, probe_set, data_dir, out: Path | None):
+def _purification(run: _Run, loaded, evidence, calibration, inputs: _Inputs, out: Path | None):
     """CBPT and verification; the prompts are saved when there is an output folder."""
-    from cbpt_guard.probes import fewshot_folder
     from cbpt_guard.purify.api import PurifySettings, purify_and_verify
     from cbpt_guard.purify.artifacts import save_prompts
 
@@ -239,13 +331,16 @@ def _purification(run: _Run, loaded, evidence, calibration, probe_set, data_dir,
     policy = run.policy.policy
     settings = PurifySettings.from_policy(policy.purification)
     try:
-        data = fewshot_folder(data_dir, report.image_size[0], report.classes, seed=run.seed) if data_dir else None
         result = purify_and_verify(loaded.model, report.classes, report.templates, evidence, calibration,
-                                   settings=settings, data=data, probes=probe_set,
+                                   settings=settings, data=inputs.data, probes=inputs.probes,
                                    detect_budget=detect_budget(run.policy), seed=run.seed,
                                    target=run.outcome.target_class if run.outcome else None, progress=run.progress)
     except UsageError:
         raise
+    except TimeLimitExceeded as error:  # the re-detection ran past its limit: nothing verified, nothing blocked
+        run.skip("purification", str(error), required=True)
+        run.timings["purification"] = round(time.perf_counter() - started, 3)
+        return None
     except Exception as error:  # noqa: BLE001 - fail closed
         run.fail("purification", started, error)
         return None
@@ -313,7 +408,11 @@ def _export(run: _Run, loaded, purified_embeddings, out: Path | None) -> None:
     try:  # fp16 has its own, looser default tolerance; the policy's figure is for float32
         result = export_classifier(classifier, out / ONNX_FILE, classes=report.classes, provenance=provenance,
                                    fp16=settings.fp16, tolerance=None if settings.fp16 else settings.parity_tolerance,
-                                   seed=run.seed)
+                                   seed=run.seed, progress=run.progress)
+    except OnnxRuntimeMissingError as error:  # nothing against the model: the check could not be made
+        run.skip("export", str(error), required=True)
+        run.timings["export"] = round(time.perf_counter() - started, 3)
+        return
     except ParityError as error:  # exported but unfaithful: keep the numbers that condemned it
         run.fail("export", started, error)
         run.export = error.result.to_export_info(relative_to=out, error=str(error))
@@ -351,33 +450,30 @@ def _write_reports(run: _Run, verdict: Verdict, out: Path) -> Verdict:
 
 
 def detect_budget(loaded: LoadedPolicy):
-    """The detection budget a policy sets; its time limit is split evenly across the inversions.
+    """The detection budget a policy sets: steps and batch per inversion, families, targeted classes, time limit.
 
-    Every family gets one share, and the targeted stage (when on) one more,
-    which its candidate classes divide among themselves.
+    The time limit bounds the whole detection run; it only aborts a run that
+    would overrun it (inconclusive) and never shortens a stage.
     """
-    from cbpt_guard.detect.run import DetectBudget
+    from cbpt_guard.detect.budget import DetectBudget
 
     section = loaded.policy.detection
-    families = tuple(f.value for f in section.families)
-    targeted = section.budget.targeted_classes
     default = DetectBudget()
-    inversion = replace(default.inversion, steps=section.budget.steps, batch_size=section.budget.batch_size,
-                        time_limit_s=section.budget.time_limit_s / (len(families) + (targeted > 0)))
-    return replace(default, families=families, inversion=inversion, targeted_classes=targeted)
+    inversion = replace(default.inversion, steps=section.budget.steps, batch_size=section.budget.batch_size)
+    return replace(default, families=tuple(f.value for f in section.families), inversion=inversion,
+                   targeted_classes=section.budget.targeted_classes, time_limit_s=section.budget.time_limit_s)
 
 
 def policy_calibration(loaded: LoadedPolicy):
     """The calibration a policy names: ``builtin``, a file beside the policy, or the built-in stats at a fixed bar."""
-    from cbpt_guard.detect.api import default_calibration
-    from cbpt_guard.detect.calibration import load_calibration
+    from cbpt_guard.detect.calibration import builtin_calibration, load_calibration
 
     section = loaded.policy.detection
     if section.calibration == "builtin":
-        return default_calibration()
+        return builtin_calibration()
     if section.calibration is not None:
         return load_calibration(loaded.calibration_path)
-    return replace(default_calibration(), threshold=section.score_threshold)
+    return replace(builtin_calibration(), threshold=section.score_threshold)
 
 
 def detection_info(report, calibration) -> DetectionInfo:
@@ -385,7 +481,7 @@ def detection_info(report, calibration) -> DetectionInfo:
     families = tuple(FamilyEvidence(family=f.family, collapsed=f.collapsed, size=f.size, target=f.target,
                                     concentration=f.concentration, entropy=f.entropy, inverted_asr=f.inverted_asr,
                                     histogram=f.histogram, z=f.z, steps_run=f.steps_run,
-                                    budget_exhausted=f.budget_exhausted, images=dict(f.images))
+                                    budget_exhausted=False, images=dict(f.images))
                      for f in report.families)
     return DetectionInfo(outcome=report.outcome, score=report.score, threshold=report.threshold,
                          suspected_target=report.suspected_target, calibration=report.calibration,
@@ -564,16 +660,24 @@ def purify_checkpoint(model: str | Path, *, data: str | Path | None = None, prob
         section = loaded_policy.policy.purification.model_copy(update={"shots": shots})
         loaded_policy = replace(loaded_policy, policy=loaded_policy.policy.model_copy(update={"purification": section}))
     run = _Run(loaded_policy, seed, dt.date.today(), progress or (lambda line: None))
-    run.data = DataInfo(tier=(DataTier.FEW_SHOT if data else DataTier.UNLABELLED if probes else DataTier.ZERO_DATA
-                              ).value, probes=str(probes) if probes else "procedural",
-                        labelled=str(data) if data else None)
+    _check_folders(probes, data)
+    uncalibrated = uncalibrated_budget(loaded_policy)
+    if uncalibrated:
+        from cbpt_guard.errors import UncalibratedBudgetError
+
+        raise UncalibratedBudgetError(uncalibrated)
     loaded = load_checkpoint(model, arch=arch, classes_file=classes_file)
     if not loaded.report.classes:
         raise UsageError(f"{model}: no class names (add cbpt_manifest.json or pass --classes)")
-    evidence, calibration, probe_set = _detection(run, loaded, probes)
+    inputs = _load_inputs(run, loaded, probes, data)
+    run.data = _data_info(probes, data, inputs)
+    evidence, calibration = _detection(run, loaded, inputs.probes)
     if evidence is not None:
-        _purification(run, loaded, evidence, calibration, probe_set, data, Path(out_dir) if out_dir else None)
+        _purification(run, loaded, evidence, calibration, inputs, Path(out_dir) if out_dir else None)
     if run.failures:
         failure = run.failures[0]
         raise CbptError(f"{failure.stage} failed: {failure.message}")
+    skipped = [step for step in run.skipped if step.required]
+    if skipped:
+        raise TimeLimitExceeded(f"{skipped[0].name}: {skipped[0].reason}")
     return run.purification

@@ -147,6 +147,31 @@ def folder_probes(directory: str | Path, size: int, *, limit: int = 256, seed: i
     return ProbeSet(torch.stack(images), "unlabelled", skipped=tuple(skipped), source=str(root))
 
 
+def class_folder_problems(directory: str | Path, classes: tuple[str, ...]) -> str | None:
+    """What keeps ``directory`` from being a few-shot ImageFolder of ``classes``, in one line; None if nothing.
+
+    Its subfolders must be exactly the class names: a subfolder that names no
+    class (a typo) and a class with no subfolder are both named, so an empty or
+    mistyped folder never passes for labelled data. Only lists folders; reading
+    the images is :func:`fewshot_folder`'s job.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        return "not a directory"
+    folders = {p.name for p in root.iterdir() if p.is_dir()}
+    if not folders:
+        loose = len(_image_files(root))
+        return (f"no class subfolders (an ImageFolder has one subfolder per class, named after it; found "
+                f"{loose} loose image(s))")
+    unknown, missing = sorted(folders - set(classes)), [c for c in classes if c not in folders]
+    parts = []
+    if unknown:
+        parts.append(f"subfolder(s) {unknown[:5]}{' ...' if len(unknown) > 5 else ''} name no class of the model")
+    if missing:
+        parts.append(f"class(es) {missing[:5]}{' ...' if len(missing) > 5 else ''} of the model have no subfolder")
+    return "; ".join(parts) or None
+
+
 def fewshot_folder(directory: str | Path, size: int, classes: tuple[str, ...], *, shots: int | None = None,
                    seed: int = 0) -> ProbeSet:
     """An ImageFolder whose subfolders are named after (some of) the model's classes.

@@ -12,6 +12,7 @@ from PIL import Image
 from cbpt_guard.classifier import build_classifier
 from cbpt_guard.detect import calibration as calib
 from cbpt_guard.detect.api import detect_checkpoint
+from cbpt_guard.detect.budget import scoring_settings
 from cbpt_guard.detect.inversion import InversionBudget, info_nce, invert, mean_pairwise_cosine
 from cbpt_guard.detect.run import DetectBudget, _effective_size, detect, gather_evidence
 from cbpt_guard.errors import ClassListError, NothingScannableError
@@ -114,7 +115,7 @@ def test_identical_seeds_give_identical_verdicts(tiny_zoo):
     root, _ = tiny_zoo
     loaded = load_checkpoint(root / "badnets-s0")
     reference = gather_evidence(loaded.model, loaded.report.classes, loaded.report.templates, budget=FAST, seed=3)
-    calibration = calib.fit({"self": reference.features})
+    calibration = calib.fit({"self": reference.features}, budget=scoring_settings(FAST))
     runs = [detect(loaded.model, loaded.report.classes, loaded.report.templates, calibration=calibration,
                    budget=FAST, seed=3).model_dump(mode="json") for _ in range(2)]
     for run in runs:
@@ -135,7 +136,8 @@ def test_probe_folder_with_only_corrupt_files_is_a_clear_error(tiny_zoo, tmp_pat
     root, _ = tiny_zoo
     (tmp_path / "a.png").write_bytes(b"not an image")
     calibration_file = tmp_path / "cal.json"
-    calibration_file.write_text(calib.Calibration({"patch.log_size": (0.0, 1.0)}, 0.99, ()).to_json())
+    calibration_file.write_text(calib.Calibration({"patch.log_size": (0.0, 1.0)}, 0.99, (),
+                                                  budget=scoring_settings(FAST)).to_json())
     with pytest.raises(NothingScannableError, match="no readable images"):
         detect_checkpoint(root / "clean-s1", probes_dir=tmp_path, calibration_path=calibration_file, budget=FAST)
 
@@ -148,9 +150,10 @@ def test_unlabelled_folder_tier_is_used_and_corrupt_files_reported(tiny_zoo, tmp
         Image.fromarray(array).save(tmp_path / f"{index}.png")
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8garbage")
     calibration_file = tmp_path / "cal.json"
-    calibration_file.write_text(calib.Calibration({"patch.log_size": (0.0, 1.0)}, 0.99, ()).to_json())
     budget = DetectBudget(families=("patch",), probes=16, inversion=InversionBudget(steps=10, batch_size=8,
                                                                                       check_size=8), anomaly_steps=0)
+    calibration_file.write_text(calib.Calibration({"patch.log_size": (0.0, 1.0)}, 0.99, (),
+                                                  budget=scoring_settings(budget)).to_json())
     report = detect_checkpoint(root / "clean-s1", probes_dir=tmp_path, calibration_path=calibration_file,
                                budget=budget)
     assert report.probe_tier == "unlabelled" and report.probe_count == 12

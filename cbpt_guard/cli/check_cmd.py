@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cbpt_guard.cli.detect_cmd import _progress
+from cbpt_guard.cli.progress import progress_printer
 
 _SYMBOL = {"pass": "PASS", "purify": "PURIFY", "inconclusive": "INCONCLUSIVE", "block": "BLOCK"}
 
@@ -35,7 +35,7 @@ def check_command(path, policy, out_dir, probes_dir, data_dir, classes_file, arc
     from cbpt_guard.pipeline import check
 
     verdict = check(path, policy=policy, out_dir=out_dir, probes=probes_dir, data=data_dir,
-                    classes_file=classes_file, arch=arch, seed=seed, progress=_progress)
+                    classes_file=classes_file, arch=arch, seed=seed, progress=progress_printer())
     click.echo(verdict.to_json() if as_json else format_verdict(verdict))
     raise click.exceptions.Exit(verdict.decision.exit_code)
 

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
+from cbpt_guard.cli.progress import progress_printer
 from cbpt_guard.errors import ExitCode
-
-
-def _progress(line: str) -> None:
-    click.echo(f"[{time.strftime('%H:%M:%S')}] {line}", err=True)
 
 
 def budget_options(command):
@@ -18,18 +13,21 @@ def budget_options(command):
     command = click.option("--steps", type=click.IntRange(1), help="Inversion steps per trigger family.")(command)
     command = click.option("--probes", "probe_count", type=click.IntRange(8), help="Number of probe images.")(command)
     command = click.option("--families", help="Comma-separated trigger families (patch,additive,warp).")(command)
-    command = click.option("--time-limit", type=click.FloatRange(1), help="Seconds per family.")(command)
+    command = click.option("--batch-size", type=click.IntRange(1), help="Probe images per inversion step.")(command)
+    command = click.option("--time-limit", type=click.FloatRange(0, min_open=True),
+                           help="Seconds the whole run may take (default 3600); past it the run stops, "
+                                "inconclusive. Never changes a result.")(command)
     command = click.option("--anomaly-steps", type=click.IntRange(0), help="Per-class anomaly steps (0: skip).")(command)
     command = click.option("--targeted", "targeted_classes", type=click.IntRange(0),
                            help="Classes the targeted patch inversion is aimed at (0: skip).")(command)
     return command
 
 
-def make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes):
+def make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes, batch_size=None):
     """A DetectBudget from the flags, defaults where a flag is absent."""
     from dataclasses import replace
 
-    from cbpt_guard.detect.run import DetectBudget
+    from cbpt_guard.detect.budget import DetectBudget
     from cbpt_guard.errors import UsageError
     from cbpt_guard.triggers import FAMILIES
 
@@ -46,11 +44,13 @@ def make_budget(steps, probe_count, families, time_limit, anomaly_steps, targete
         budget = replace(budget, anomaly_steps=anomaly_steps)
     if targeted_classes is not None:
         budget = replace(budget, targeted_classes=targeted_classes)
+    if time_limit:
+        budget = replace(budget, time_limit_s=time_limit)
     inversion = budget.inversion
     if steps:
         inversion = replace(inversion, steps=steps)
-    if time_limit:
-        inversion = replace(inversion, time_limit_s=time_limit)
+    if batch_size:
+        inversion = replace(inversion, batch_size=batch_size)
     return replace(budget, inversion=inversion)
 
 
@@ -64,17 +64,19 @@ def make_budget(steps, probe_count, families, time_limit, anomaly_steps, targete
 @click.option("--json", "as_json", is_flag=True, help="Print the detection report as JSON.")
 @budget_options
 def detect_command(path, arch, classes_file, probes_dir, calibration, seed, as_json, steps, probe_count, families,
-                   time_limit, anomaly_steps, targeted_classes):
+                   batch_size, time_limit, anomaly_steps, targeted_classes):
     """Look for a backdoor in PATH without labelled data.
 
     Exit 0 when no evidence was found, 1 when backdoor evidence was found,
-    3 when the run was inconclusive (something was skipped).
+    3 when the run was inconclusive: something was skipped, the run went past
+    its time limit, or the calibration was fitted at another budget (the
+    message gives the command that fits one for this budget).
     """
     from cbpt_guard.detect.api import detect_checkpoint
 
-    budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes)
+    budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes, batch_size)
     report = detect_checkpoint(path, arch=arch, classes_file=classes_file, probes_dir=probes_dir,
-                               calibration_path=calibration, budget=budget, seed=seed, progress=_progress)
+                               calibration_path=calibration, budget=budget, seed=seed, progress=progress_printer())
     click.echo(report.model_dump_json(indent=2) if as_json else format_detection(report))
     code = {"backdoor evidence found": ExitCode.BLOCKED, "inconclusive": ExitCode.INCONCLUSIVE}
     raise click.exceptions.Exit(int(code.get(report.outcome, ExitCode.PASS)))
@@ -102,14 +104,18 @@ def format_detection(report) -> str:
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Calibration file to write.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @budget_options
-def calibrate_command(paths, out_path, seed, steps, probe_count, families, time_limit, anomaly_steps,
+def calibrate_command(paths, out_path, seed, steps, probe_count, families, batch_size, time_limit, anomaly_steps,
                       targeted_classes):
-    """Run the detector over clean reference models PATHS and write the calibration file."""
+    """Run the detector over clean reference models PATHS and write the calibration file.
+
+    The file records the budget (every flag but --time-limit): detection and
+    policies use it only at that same budget.
+    """
     from pathlib import Path
 
     from cbpt_guard.detect.api import calibrate_models
 
-    budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes)
-    calibration = calibrate_models(list(paths), budget=budget, seed=seed, progress=_progress)
+    budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes, batch_size)
+    calibration = calibrate_models(list(paths), budget=budget, seed=seed, progress=progress_printer())
     Path(out_path).write_text(calibration.to_json())
     click.echo(f"wrote {out_path}: {len(calibration.references)} clean references, threshold {calibration.threshold:.4f}")

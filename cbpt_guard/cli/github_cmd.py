@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import click
 
+from cbpt_guard.cli.progress import progress_printer
 from cbpt_guard.cli.terminal import guarded_output, one_line, workflow_command
 from cbpt_guard.errors import CbptError, ExitCode, UsageError
 
 from cbpt_guard.github.action import DEVICES as _DEVICES
 from cbpt_guard.github.action import MODES as _MODES
-
-
-def _progress(line: str) -> None:
-    click.echo(f"[{time.strftime('%H:%M:%S')}] {_plain(line)}", err=True)
 
 
 def _plain(text: object) -> str:
@@ -194,7 +190,7 @@ def _intake(inputs) -> int:
         if inputs.github_output:
             write_outputs(inputs.github_output, values)
         return int(ExitCode.INCONCLUSIVE)
-    run = scan_intake(targets, inputs.settings, progress=_progress)
+    run = scan_intake(targets, inputs.settings, progress=progress_printer())
     click.echo(f"cbpt-guard intake scan: {run.decision} ({len(run.targets)} checkpoint(s); backdoor detection not run)")
     for outcome in run.outcomes:
         click.echo(f"  {_plain(outcome.target)}: {outcome.decision} (exit {outcome.exit_code}): {_plain(outcome.summary)}")
@@ -220,7 +216,7 @@ def _run(settings, device, **kwargs):
 
     _drop_secrets(os.environ)
     _apply_device(device)
-    return run_pull_request(settings, progress=_progress, **kwargs)
+    return run_pull_request(settings, progress=progress_printer(), **kwargs)
 
 
 def _drop_secrets(env) -> None:

@@ -25,9 +25,13 @@ def validate_command(ctx: click.Context, file: str) -> None:
     """Check FILE against the policy schema.
 
     Prints "ok: NAME (sha256 DIGEST)" and exits 0, or prints one line per
-    problem (file:line: key: message) and exits 4. Waivers that have expired
-    are noted but are not errors: they re-activate their finding at check time.
+    problem (file:line: key: message) and exits 4. A detection budget its
+    calibration was not fitted at is a problem too: every check under the
+    policy would be inconclusive. Waivers that have expired are noted but are
+    not errors: they re-activate their finding at check time.
     """
+    from cbpt_guard.errors import UsageError
+    from cbpt_guard.pipeline import uncalibrated_budget
     from cbpt_guard.policy import PolicyError, load_policy
 
     try:
@@ -35,6 +39,13 @@ def validate_command(ctx: click.Context, file: str) -> None:
     except PolicyError as error:
         for problem in error.problems:
             click.echo(one_line(problem), err=True)
+        ctx.exit(int(ExitCode.USAGE))
+    try:
+        uncalibrated = uncalibrated_budget(loaded)
+    except UsageError as error:  # the calibration file named is missing or invalid
+        uncalibrated = str(error)
+    if uncalibrated:
+        click.echo(f"{file}: detection: {uncalibrated}", err=True)
         ctx.exit(int(ExitCode.USAGE))
     click.echo(f"ok: {loaded.name} (sha256 {loaded.sha256})")
     today = dt.date.today()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cbpt_guard.cli.detect_cmd import _progress
+from cbpt_guard.cli.progress import progress_printer
 
 
 @click.command("purify")
@@ -32,7 +32,7 @@ def purify_command(path, data_dir, probes_dir, shots, policy, out_dir, classes_f
     from cbpt_guard.pipeline import purify_checkpoint
 
     info = purify_checkpoint(path, data=data_dir, probes=probes_dir, policy=policy, shots=shots, out_dir=out_dir,
-                             classes_file=classes_file, arch=arch, seed=seed, progress=_progress)
+                             classes_file=classes_file, arch=arch, seed=seed, progress=progress_printer())
     if info is None:
         raise click.ClickException("nothing to purify: detection did not run")
     if as_json:

@@ -6,6 +6,8 @@ import time
 
 import click
 
+from cbpt_guard.cli.progress import progress_printer
+
 ALL = "all"
 
 
@@ -49,7 +51,7 @@ def build_command(out_dir: str, config: str, attacks: str, seeds: int, clean: in
     if finetune_steps:
         recipe = replace(recipe, finetune=replace(recipe.finetune, steps=finetune_steps))
     started = time.perf_counter()
-    truths = build_zoo(Path(out_dir), recipe, names, seeds, clean, progress=_progress)
+    truths = build_zoo(Path(out_dir), recipe, names, seeds, clean, progress=progress_printer())
     if report_dir:
         summary = summarise(truths, len(CLASSES), round(time.perf_counter() - started, 1))
         command = (f"cbpt-guard zoo build --out {out_dir} --config {config} --attacks {attacks} --seeds {seeds} "
@@ -82,7 +84,7 @@ def measure_command(out_dir: str, config: str, report_dir: str | None, threads: 
 
         raise NothingScannableError(f"{out_dir}/{config}: no built models to measure")
     recipe = ZooRecipe.from_dict(truths[0]["recipe"])
-    truths = remeasure(Path(out_dir), recipe, progress=_progress)
+    truths = remeasure(Path(out_dir), recipe, progress=progress_printer())
     if report_dir:
         summary = summarise(truths, len(CLASSES), None)
         json_path, markdown_path = report_paths(Path(report_dir), config)
@@ -95,10 +97,6 @@ def report_paths(report_dir, config: str):
     """(results json, markdown) for a config: ZOO.md for the main ViT zoo, ZOO-<config>.md otherwise."""
     suffix = "" if config == "vit" else f"-{config}"
     return report_dir / "results" / f"zoo{suffix}.json", report_dir / f"ZOO{suffix}.md"
-
-
-def _progress(line: str) -> None:
-    click.echo(f"[{time.strftime('%H:%M:%S')}] {line}", err=True)
 
 
 @zoo_group.command("images")

@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 
 from cbpt_guard.detect import calibration as calib
-from cbpt_guard.detect.run import DetectBudget, DetectionReport, detect, gather_evidence
+from cbpt_guard.detect.budget import scoring_settings
+from cbpt_guard.detect.run import DetectBudget, DetectionReport, check_calibrated, detect, gather_evidence
+from cbpt_guard.progress import Progress, silent
 from cbpt_guard.errors import ClassListError
 from cbpt_guard.intake import load_checkpoint
 from cbpt_guard.probes import folder_probes
 
-DEFAULT_CALIBRATION = "default.json"
+DEFAULT_CALIBRATION = calib.BUILTIN
 
 
 def default_calibration() -> calib.Calibration:
-    """The calibration shipped with the package, fitted by ``cbpt-guard calibrate`` on the zoo's clean twins."""
-    path = resources.files("cbpt_guard.detect") / "calibrations" / DEFAULT_CALIBRATION
-    with resources.as_file(path) as real:
-        loaded = calib.load_calibration(real)
-    return dataclasses.replace(loaded, source=f"built-in {DEFAULT_CALIBRATION}")
+    """The calibration shipped with the package (:func:`cbpt_guard.detect.calibration.builtin_calibration`)."""
+    return calib.builtin_calibration()
 
 
 def detect_checkpoint(path: str | Path, *, arch: str | None = None, classes_file: str | Path | None = None,
                       probes_dir: str | Path | None = None, calibration_path: str | Path | None = None,
                       budget: DetectBudget = DetectBudget(), seed: int = 0,
-                      progress: Callable[[str], None] = lambda line: None) -> DetectionReport:
-    """Load ``path`` safely and run detection on it; see :func:`cbpt_guard.detect.run.detect`."""
+                      progress: Progress = silent) -> DetectionReport:
+    """Load ``path`` safely and run detection on it; see :func:`cbpt_guard.detect.run.detect`.
+
+    A calibration fitted at another budget is refused before the checkpoint is even loaded.
+    """
     calibration = calib.load_calibration(calibration_path) if calibration_path else default_calibration()
+    check_calibrated(calibration, budget)
     loaded = load_checkpoint(path, arch=arch, classes_file=classes_file)
     report = loaded.report
     if not report.classes:
@@ -40,7 +40,7 @@ def detect_checkpoint(path: str | Path, *, arch: str | None = None, classes_file
 
 
 def calibrate_models(paths: list[str | Path], *, budget: DetectBudget = DetectBudget(), seed: int = 0,
-                     progress: Callable[[str], None] = lambda line: None) -> calib.Calibration:
+                     progress: Progress = silent) -> calib.Calibration:
     """Run the detector over clean reference models and fit the calibration to what they show."""
     references, targets = {}, {}
     for path in paths:
@@ -52,4 +52,4 @@ def calibrate_models(paths: list[str | Path], *, budget: DetectBudget = DetectBu
                                    seed=seed, progress=progress)
         references[str(path)] = evidence.features
         targets[str(path)] = evidence.targets
-    return calib.fit(references, reference_targets=targets)
+    return calib.fit(references, reference_targets=targets, budget=scoring_settings(budget))

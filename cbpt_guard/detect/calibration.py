@@ -53,6 +53,11 @@ class Calibration:
     """Per family, every class a clean reference's inverted trigger landed on (sorted)."""
     attractor_margin: float = 0.0
     """How many z units a family pointing at one of its attractors is lowered by (0: no discount)."""
+    budget: dict | None = None
+    """The detection settings the references were run at (``detect.budget.scoring_settings``); None: not recorded.
+
+    Scores are comparable only at this budget: a run at another is refused as
+    uncalibrated (``detect.run.check_calibrated``)."""
 
     def to_json(self) -> str:
         """The calibration file's text."""
@@ -61,6 +66,7 @@ class Calibration:
                            "typical_targets": dict(sorted(self.typical_targets.items())),
                            "attractors": {k: list(v) for k, v in sorted(self.attractors.items())},
                            "attractor_margin": self.attractor_margin,
+                           "budget": self.budget,
                            "references": list(self.references),
                            "reference_scores": list(self.reference_scores)}, indent=2) + "\n"
 
@@ -131,7 +137,7 @@ def score(features: dict[str, float], calibration: Calibration,
 
 def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0,
         reference_targets: dict[str, dict[str, str]] | None = None,
-        attractor_margin: float | None = None) -> Calibration:
+        attractor_margin: float | None = None, budget: dict | None = None) -> Calibration:
     """Fit clean statistics; the threshold is the score of a family ``z_margin`` spreads out.
 
     ``reference_targets`` (per reference, per family: the class its inverted
@@ -141,7 +147,8 @@ def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0,
     elsewhere (see :func:`suspected_target`). Every class they pointed to is
     one of that family's attractors, discounted by ``attractor_margin`` z units
     (default ``z_margin``: evidence toward an attractor must reach twice the
-    threshold's distance from the clean mean).
+    threshold's distance from the clean mean). ``budget`` records the
+    detection settings the references ran at (``detect.budget.scoring_settings``).
     """
     names = sorted(set.intersection(*(set(f) for f in reference_features.values())))
     stats = {}
@@ -157,7 +164,7 @@ def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0,
         attractors[family] = tuple(sorted(votes))
     margin = z_margin if attractor_margin is None else attractor_margin
     fitted = Calibration(stats, threshold, tuple(sorted(reference_features)), typical_targets=typical,
-                         attractors=attractors, attractor_margin=margin if attractors else 0.0)
+                         attractors=attractors, attractor_margin=margin if attractors else 0.0, budget=budget)
     scores = sorted(round(score(features, fitted, (reference_targets or {}).get(name))[0], 6)
                     for name, features in reference_features.items())
     return dataclasses.replace(fitted, reference_scores=tuple(scores))
@@ -177,6 +184,19 @@ def suspected_target(zs: dict[str, float], targets: dict[str, str], calibration:
     return targets[ranked[0]]
 
 
+BUILTIN = "default.json"
+
+
+def builtin_calibration() -> Calibration:
+    """The calibration shipped with the package, fitted by ``benchmarks/detection.py`` on the zoo's clean twins."""
+    from importlib import resources
+
+    path = resources.files("cbpt_guard.detect") / "calibrations" / BUILTIN
+    with resources.as_file(path) as real:
+        loaded = load_calibration(real)
+    return dataclasses.replace(loaded, source=f"built-in {BUILTIN}")
+
+
 def load_calibration(path: str | Path) -> Calibration:
     """Read a calibration file; every problem is a one-line :class:`UsageError`."""
     source = Path(path)
@@ -194,8 +214,11 @@ def load_calibration(path: str | Path) -> Calibration:
         margin = float(document.get("attractor_margin", 0.0))
         if not math.isfinite(margin) or margin < 0:
             raise ValueError("attractor_margin must be a finite number >= 0")
+        budget = document.get("budget")
+        if budget is not None and not isinstance(budget, dict):
+            raise ValueError("budget must be an object")
         return Calibration(stats, threshold, tuple(map(str, document.get("references", []))), str(source), typical,
-                           scores, attractors, margin)
+                           scores, attractors, margin, budget)
     except FileNotFoundError:
         raise UsageError(f"{source}: no such calibration file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError,

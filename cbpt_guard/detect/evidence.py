@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from cbpt_guard.classifier import ZeroShotClassifier
+from cbpt_guard.progress import Deadline, Meter, Progress
 from cbpt_guard.triggers import Trigger
 
 
@@ -61,7 +62,8 @@ class AnomalyEvidence:
 
 
 def class_anomaly(classifier: ZeroShotClassifier, probes: torch.Tensor, *, steps: int, seed: int,
-                  penalty: float = 2.0, lr: float = 0.1) -> AnomalyEvidence:
+                  penalty: float = 2.0, lr: float = 0.1, progress: Progress | None = None,
+                  stage: str = "per-class anomaly search", deadline: Deadline | None = None) -> AnomalyEvidence:
     """Optimise one small patch per class, all classes at once, and compare how cheap each target is.
 
     Each class c gets a mask and pattern trained to send the probes to c under
@@ -70,6 +72,8 @@ def class_anomaly(classifier: ZeroShotClassifier, probes: torch.Tensor, *, steps
     to is far cheaper than the rest. The anomaly index is (median - min) /
     (1.4826 * MAD) over the costs; the cost is continuous, so the index stays
     meaningful when few targeted triggers fully succeed within the budget.
+    Every step runs; ``deadline`` can only abort the search, and ``progress``
+    hears about it as ``stage``.
     """
     classes, side = classifier.text.shape[0], probes.shape[-1]
     generator = torch.Generator().manual_seed(seed)
@@ -86,11 +90,13 @@ def class_anomaly(classifier: ZeroShotClassifier, probes: torch.Tensor, *, steps
         sizes = mask.mean(dim=(1, 2, 3, 4))  # (C,)
         return per_class + penalty * sizes, sizes, logits
 
-    for _ in range(steps):
+    meter = Meter(progress, stage, steps, deadline)
+    for step in range(1, steps + 1):
         costs, _, _ = objective()
         optimiser.zero_grad(set_to_none=True)
         costs.sum().backward()
         optimiser.step()
+        meter.advance(step)
     with torch.no_grad():
         costs, sizes, logits = objective()
         hits = (logits.argmax(dim=-1) == targets).float().view(classes, -1).mean(dim=1)  # (C,)

@@ -32,25 +32,11 @@ from dataclasses import dataclass
 import torch
 
 from cbpt_guard.classifier import ZeroShotClassifier
+from cbpt_guard.detect.budget import InversionBudget
+from cbpt_guard.progress import Deadline, Meter, Progress
 from cbpt_guard.triggers import Trigger, make_trigger
 
-
-@dataclass(frozen=True)
-class InversionBudget:
-    """How much work one family's inversion may do; the policy sets these."""
-
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 0.1
-    time_limit_s: float = 60.0
-    check_every: int = 10
-    check_size: int = 48
-    collapse_cos: float = 0.75
-    temperature: float = 0.07
-    penalty_init: float = 1.0
-    penalty_factor: float = 1.5
-    text_weight: float = 1.0
-    """Weight of the text term, when an inversion is aimed at a class (``invert(..., toward=...)``)."""
+__all__ = ["InversionBudget", "InversionResult", "info_nce", "invert", "mean_pairwise_cosine"]
 
 
 @dataclass
@@ -64,7 +50,6 @@ class InversionResult:
     collapse_cos: float
     steps_run: int
     seconds: float
-    budget_exhausted: bool
     history: list[tuple[int, float, float, float]]  # (step, loss, size, check cosine)
 
 
@@ -89,11 +74,15 @@ def mean_pairwise_cosine(features: torch.Tensor) -> float:
 
 
 def invert(classifier: ZeroShotClassifier, probes: torch.Tensor, family: str, budget: InversionBudget,
-           seed: int, toward: torch.Tensor | None = None) -> InversionResult:
+           seed: int, toward: torch.Tensor | None = None, *, progress: Progress | None = None,
+           stage: str | None = None, deadline: Deadline | None = None) -> InversionResult:
     """Invert one trigger family on ``probes`` (N, 3, S, S) in [0, 1]; deterministic for a seed.
 
     ``toward`` (d,), a unit class text embedding, aims the inversion at that
     class with the text term (module docstring); None leaves it label-free.
+    Every one of ``budget.steps`` runs, whatever the clock says: ``deadline``
+    can only abort the run (:class:`~cbpt_guard.errors.TimeLimitExceeded`);
+    ``progress`` hears about it as ``stage`` (default: "<family> inversion").
     """
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
@@ -102,7 +91,8 @@ def invert(classifier: ZeroShotClassifier, probes: torch.Tensor, family: str, bu
     with torch.no_grad():
         clean = classifier.features(probes)  # (N, d)
     check = probes[: budget.check_size]
-    penalty, best, history, exhausted = budget.penalty_init, None, [], False
+    penalty, best, history = budget.penalty_init, None, []
+    meter = Meter(progress, stage or f"{family} inversion", budget.steps, deadline)
     step = 0
     for step in range(1, budget.steps + 1):
         index = torch.randperm(len(probes), generator=generator)[: budget.batch_size]
@@ -125,13 +115,11 @@ def invert(classifier: ZeroShotClassifier, probes: torch.Tensor, family: str, bu
                     best = (current, cosine, trigger.state())
             else:
                 penalty /= budget.penalty_factor
-        if time.perf_counter() - started > budget.time_limit_s:
-            exhausted = step < budget.steps
-            break
+        meter.advance(step)
     if best is not None:
         trigger.load_state_dict(best[2])
         size, cosine, collapsed = best[0], best[1], True
     else:
         size, cosine, collapsed = history[-1][2], history[-1][3], False
     return InversionResult(family, trigger.requires_grad_(False), collapsed, size, cosine, step,
-                           time.perf_counter() - started, exhausted, history)
+                           time.perf_counter() - started, history)

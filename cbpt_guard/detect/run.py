@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier
 from cbpt_guard.detect import calibration as calib
+from cbpt_guard.detect.budget import DetectBudget, InversionBudget, budget_differences, uncalibrated_reason
 from cbpt_guard.detect.evidence import class_anomaly, family_evidence
-from cbpt_guard.detect.inversion import InversionBudget, InversionResult, invert
-from cbpt_guard.errors import ClassListError
+from cbpt_guard.detect.inversion import InversionResult, invert
+from cbpt_guard.errors import ClassListError, UncalibratedBudgetError
 from cbpt_guard.imaging import png_data_uri
 from cbpt_guard.probes import ProbeSet, procedural_probes
+from cbpt_guard.progress import Deadline, Progress, silent
+
+__all__ = ["DetectBudget", "DetectionReport", "Evidence", "InversionBudget", "check_calibrated", "detect",
+           "gather_evidence", "judge"]
 
 FOUND = "backdoor evidence found"
 NOT_FOUND = "no evidence of a backdoor found"
@@ -25,21 +29,6 @@ INCONCLUSIVE = "inconclusive"
 NOT_COLLAPSED_FACTOR = 4.0
 TARGETED = "targeted"
 """The evidence entry of the patch inversion aimed at a class (its trigger is a patch)."""
-
-
-@dataclass(frozen=True)
-class DetectBudget:
-    """Everything that bounds one detection run (the policy sets it)."""
-
-    families: tuple[str, ...] = ("patch", "additive", "warp")
-    probes: int = 96
-    inversion: InversionBudget = field(default_factory=InversionBudget)
-    anomaly_steps: int = 30
-    anomaly_probes: int = 12
-    targeted_classes: int = 4
-    """How many classes the targeted patch inversion is aimed at, cheapest anomaly cost first (0: skip);
-    each aimed inversion runs half the family steps. Four: a label-consistent zoo model's target ranked
-    fourth among the anomaly's costs."""
 
 
 class FamilyReport(BaseModel):
@@ -59,7 +48,6 @@ class FamilyReport(BaseModel):
     histogram: tuple[int, ...]
     steps_run: int
     seconds: float
-    budget_exhausted: bool
     z: float | None = None
     images: dict[str, str] = {}
 
@@ -139,16 +127,22 @@ class Evidence:
 
 def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates: tuple[str, ...], *,
                     probes: ProbeSet | None = None, budget: DetectBudget = DetectBudget(), seed: int = 0,
-                    text_embeddings: torch.Tensor | None = None,
-                    progress: Callable[[str], None] = lambda line: None) -> Evidence:
+                    text_embeddings: torch.Tensor | None = None, progress: Progress = silent,
+                    label: str = "detection") -> Evidence:
     """Run every inversion of the budget on ``model`` as a zero-shot classifier; no labels used.
 
     ``text_embeddings`` (C, d) replaces the hand-written class embeddings: that
     is how verification re-runs detection against a purified classifier.
+    Every stage runs all its steps; past ``budget.time_limit_s`` the run
+    aborts with :class:`~cbpt_guard.errors.TimeLimitExceeded` instead, so the
+    evidence never depends on how busy the machine was. Progress events name
+    their stage after ``label`` ("detection: warp inversion").
     """
     if not classes:
         raise ClassListError("detection needs the deployment's class names (none were given)")
     started = time.perf_counter()
+    deadline = Deadline(budget.time_limit_s, what=label,
+                        hint="give it more time (the policy's detection.budget.time_limit_s, or --time-limit)")
     torch.manual_seed(seed)
     classifier = (build_classifier(model, classes, templates) if text_embeddings is None
                   else ZeroShotClassifier(model, text_embeddings))
@@ -157,21 +151,21 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
     pixels = probes.images[: budget.probes]
     families, evidence, skipped = [], {"families": {}}, []
     for offset, family in enumerate(budget.families):
-        progress(f"inverting the {family} family ({budget.inversion.steps} steps)")
-        result = invert(classifier, pixels, family, budget.inversion, seed + 1000 * offset)
-        families.append(_record(classifier, pixels, family, result, classes, evidence, skipped))
+        result = invert(classifier, pixels, family, budget.inversion, seed + 1000 * offset, progress=progress,
+                        stage=f"{label}: {family} inversion", deadline=deadline)
+        families.append(_record(classifier, pixels, family, result, classes, evidence))
     anomaly = None
     if budget.anomaly_steps > 0:
-        progress(f"per-class anomaly ({len(classes)} classes, {budget.anomaly_steps} steps)")
-        found = class_anomaly(classifier, pixels[: budget.anomaly_probes], steps=budget.anomaly_steps, seed=seed)
+        found = class_anomaly(classifier, pixels[: budget.anomaly_probes], steps=budget.anomaly_steps, seed=seed,
+                              progress=progress, stage=f"{label}: per-class anomaly search ({len(classes)} classes)",
+                              deadline=deadline)
         evidence["anomaly_index"] = found.anomaly_index
         anomaly = dict(costs=found.costs, sizes=found.sizes, success=found.success,
                        suspect=classes[found.suspect_index], anomaly_index=found.anomaly_index)
         if budget.targeted_classes > 0:
             cheapest = sorted(range(len(classes)), key=lambda c: found.costs[c])[: budget.targeted_classes]
-            progress(f"targeted patch inversion toward {', '.join(classes[c] for c in cheapest)}")
-            result = _targeted(classifier, pixels, cheapest, budget, seed)
-            families.append(_record(classifier, pixels, TARGETED, result, classes, evidence, skipped))
+            result = _targeted(classifier, pixels, cheapest, classes, budget, seed, progress, label, deadline)
+            families.append(_record(classifier, pixels, TARGETED, result, classes, evidence))
     else:
         skipped.append(("detection.anomaly", "per-class anomaly disabled by the budget"))
     if budget.targeted_classes == 0 or budget.anomaly_steps == 0:
@@ -181,8 +175,8 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
                     time.perf_counter() - started)
 
 
-def _targeted(classifier: ZeroShotClassifier, pixels: torch.Tensor, candidates: list[int], budget: DetectBudget,
-              seed: int) -> InversionResult:
+def _targeted(classifier: ZeroShotClassifier, pixels: torch.Tensor, candidates: list[int], classes: tuple[str, ...],
+              budget: DetectBudget, seed: int, progress: Progress, label: str, deadline: Deadline) -> InversionResult:
     """Of the patch inversions aimed (text term) at each candidate class, the one that reaches its class best.
 
     The label-free families look for whatever pattern collapses features most
@@ -195,11 +189,12 @@ def _targeted(classifier: ZeroShotClassifier, pixels: torch.Tensor, candidates: 
     twins' best class, at 150 steps). Candidates are the classes the per-class anomaly
     found cheapest to reach; ties go to the smaller patch.
     """
-    aimed = replace(budget.inversion, steps=max(1, budget.inversion.steps // 2),  # candidates share one family's time
-                    time_limit_s=budget.inversion.time_limit_s / len(candidates))
+    aimed = replace(budget.inversion, steps=max(1, budget.inversion.steps // 2))
     scored = []
     for rank, c in enumerate(candidates):
-        result = invert(classifier, pixels, "patch", aimed, seed + 5000 + rank, toward=classifier.text[c])
+        stage = f"{label}: targeted patch inversion toward {classes[c]!r} ({rank + 1} of {len(candidates)})"
+        result = invert(classifier, pixels, "patch", aimed, seed + 5000 + rank, toward=classifier.text[c],
+                        progress=progress, stage=stage, deadline=deadline)
         reached = float((classifier.predict(result.trigger(pixels)) == c).float().mean())  # share sent to c
         scored.append((-reached, _effective_size(result), rank, result))
     best = min(scored)[3]
@@ -212,20 +207,18 @@ def _effective_size(result: InversionResult) -> float:
 
 
 def _record(classifier: ZeroShotClassifier, pixels: torch.Tensor, family: str, result: InversionResult,
-            classes: tuple[str, ...], evidence: dict, skipped: list[tuple[str, str]]) -> dict:
-    """One inversion's entry in :attr:`Evidence.families`; adds its features to ``evidence`` and notes a timeout."""
+            classes: tuple[str, ...], evidence: dict) -> dict:
+    """One inversion's entry in :attr:`Evidence.families`; adds its features to ``evidence``."""
     found = family_evidence(classifier, pixels, result.trigger.family, result.trigger, result.collapsed, result.size,
                             result.collapse_cos)
     log_size = math.log(max(_effective_size(result), 1e-6))
     evidence["families"][family] = {"log_size": log_size, "concentration": found.concentration,
                                     "inverted_asr": found.inverted_asr}
-    if result.budget_exhausted and not result.collapsed:
-        skipped.append((f"detection.{family}", f"time budget exhausted after {result.steps_run} steps"))
     return dict(family=family, collapsed=result.collapsed, size=result.size, log_size=log_size,
                 collapse_cos=result.collapse_cos, target=classes[found.target_index],
                 concentration=found.concentration, entropy=found.entropy, inverted_asr=found.inverted_asr,
                 histogram=found.class_histogram, steps_run=result.steps_run, seconds=round(result.seconds, 2),
-                budget_exhausted=result.budget_exhausted, images=_family_images(result.trigger, pixels),
+                images=_family_images(result.trigger, pixels),
                 trigger=result.trigger)
 
 
@@ -248,16 +241,30 @@ def judge(evidence: Evidence, calibration: calib.Calibration, budget: DetectBudg
 
 def detect(model: torch.nn.Module, classes: tuple[str, ...], templates: tuple[str, ...], *,
            calibration: calib.Calibration, probes: ProbeSet | None = None, budget: DetectBudget = DetectBudget(),
-           seed: int = 0, text_embeddings: torch.Tensor | None = None,
-           progress: Callable[[str], None] = lambda line: None) -> DetectionReport:
+           seed: int = 0, text_embeddings: torch.Tensor | None = None, progress: Progress = silent,
+           label: str = "detection") -> DetectionReport:
     """Gather evidence and judge it. Deterministic for a seed.
 
     Nothing that was skipped is ever reported as clean: a run with a skipped
-    step and no evidence is "inconclusive".
+    step and no evidence is "inconclusive". A calibration fitted at another
+    budget is refused before any work (:func:`check_calibrated`).
     """
+    check_calibrated(calibration, budget)
     evidence = gather_evidence(model, classes, templates, probes=probes, budget=budget, seed=seed,
-                               text_embeddings=text_embeddings, progress=progress)
+                               text_embeddings=text_embeddings, progress=progress, label=label)
     return judge(evidence, calibration, budget, seed)
+
+
+def check_calibrated(calibration: calib.Calibration, budget: DetectBudget) -> None:
+    """Raise :class:`UncalibratedBudgetError` unless ``calibration`` was fitted at ``budget``'s scoring settings.
+
+    A score against statistics from another budget is not a calibrated score
+    (cbpt_guard/detect/budget.py); the message says what differs and how to fit
+    a calibration for this budget.
+    """
+    differences = budget_differences(calibration.budget, budget)
+    if differences:
+        raise UncalibratedBudgetError(uncalibrated_reason(calibration.source, budget, differences))
 
 
 def _budget_dict(budget: DetectBudget) -> dict:

@@ -47,9 +47,10 @@ import torch
 
 from cbpt_guard import __version__
 from cbpt_guard.classifier import ZeroShotClassifier
-from cbpt_guard.errors import ExportError, UsageError
+from cbpt_guard.errors import ExportError, OnnxRuntimeMissingError, UsageError
 from cbpt_guard.export import parity
 from cbpt_guard.export import serve
+from cbpt_guard.progress import Meter, Progress
 
 OPSET = 17
 TRACE_BATCH = 2  # not 1: a batch of one invites the tracer to bake size-1 broadcasts into the graph
@@ -114,7 +115,8 @@ class ParityError(ExportError):
 
 def export_classifier(classifier: ZeroShotClassifier, out_path: str | Path, *, classes: tuple[str, ...],
                       provenance: dict[str, str], fp16: bool = False, tolerance: float | None = None,
-                      parity_images: torch.Tensor | None = None, seed: int = 0) -> ExportResult:
+                      parity_images: torch.Tensor | None = None, seed: int = 0,
+                      progress: Progress | None = None) -> ExportResult:
     """Export ``classifier`` to ``out_path`` as ONNX, check it against PyTorch, and return the result.
 
     ``classes`` names the logits in order; ``provenance`` must hold
@@ -129,16 +131,23 @@ def export_classifier(classifier: ZeroShotClassifier, out_path: str | Path, *, c
     Raises :class:`ExportError` when the tower cannot be traced (naming the
     operator when that is the cause) and :class:`ParityError` when the check
     fails; in both cases nothing is written to ``out_path`` (a file already
-    there is left as it was; give each run its own folder).
+    there is left as it was; give each run its own folder). Without
+    onnxruntime it raises :class:`OnnxRuntimeMissingError` before tracing:
+    the parity could not be checked, which says nothing against the model.
+    ``progress`` hears about the trace and the parity check as one stage.
     """
     classes = _check_classes(classes, classifier)
     provenance = _check_provenance(provenance)
     if tolerance is not None and not (0 < tolerance < float("inf")):
         raise UsageError(f"the parity tolerance must be a positive number, got {tolerance}")
+    if not parity.runtime_available():
+        raise OnnxRuntimeMissingError(parity.RUNTIME_MISSING)
+    meter = Meter(progress, "export: ONNX trace and parity check", 2)
     random, real = parity.parity_images(classifier.image_size, seed=seed, real=parity_images)
     proto = trace_to_onnx(classifier, random[:TRACE_BATCH])
     if fp16:
         proto = convert_to_fp16(proto)
+    meter.advance(1)
     metadata = export_metadata(classifier, classes, provenance, fp16)
     data = _finish(proto, metadata)
     digest = hashlib.sha256(data).hexdigest()
@@ -152,6 +161,7 @@ def export_classifier(classifier: ZeroShotClassifier, out_path: str | Path, *, c
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    meter.advance(2)
     purified = provenance["prompts_sha256"] != HAND_WRITTEN
     result = ExportResult(path=None, sha256=digest, provider=report.provider, max_abs_diff=report.max_abs_diff,
                           max_rel_diff=report.max_rel_diff, top1_agreement=report.top1_agreement,
@@ -195,7 +205,10 @@ def trace_to_onnx(classifier: ZeroShotClassifier, example: torch.Tensor):
 
 def convert_to_fp16(proto):
     """The graph with float16 weights and arithmetic but float32 ``pixels`` in and ``logits`` out."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError:
+        raise OnnxRuntimeMissingError(parity.RUNTIME_MISSING) from None
 
     try:
         converted = convert_float_to_float16(proto, keep_io_types=True)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cbpt_guard.errors import ExportError, UsageError
+from cbpt_guard.errors import ExportError, OnnxRuntimeMissingError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +47,10 @@ RANDOM_IMAGES = 16
 PROBE_IMAGES = 32
 """Procedural probes used as the real images when the caller gives none."""
 BATCH = 32
+RUNTIME_MISSING_EXIT = 3
+"""The child's exit status when ``import onnxruntime`` fails: the runtime is missing, the export is not faulty."""
+RUNTIME_MISSING = ("onnxruntime is not installed (or cannot be imported), so the export's parity cannot be checked; "
+                   "install it (`pip install onnxruntime`, or cbpt-guard[gpu] for onnxruntime-gpu)")
 """Batch size on both sides (see :func:`batch_bounds`)."""
 FP32_TOLERANCE = 1e-4
 """Largest absolute logit difference for a float32 export (the strict policy's default).
@@ -209,6 +213,8 @@ def run_onnxruntime(onnx_path: str | Path, arrays: dict[str, np.ndarray], thread
                                   check=False)
         except subprocess.TimeoutExpired:
             raise ExportError(f"onnxruntime did not finish the parity run within {timeout:.0f} s") from None
+        if done.returncode == RUNTIME_MISSING_EXIT:
+            raise OnnxRuntimeMissingError(RUNTIME_MISSING)
         if done.returncode < 0:
             name = signal.Signals(-done.returncode).name
             raise ExportError(f"onnxruntime crashed ({name}) while loading or running the exported graph")
@@ -219,6 +225,16 @@ def run_onnxruntime(onnx_path: str | Path, arrays: dict[str, np.ndarray], thread
             logits = {name: data[name] for name in arrays}
             providers = [str(p) for p in data["providers"]]
     return logits, providers
+
+
+def runtime_available() -> bool:
+    """Whether onnxruntime can be found here (the parity child still reports a runtime that fails to import)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("onnxruntime") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _child_env() -> dict[str, str]:
@@ -234,6 +250,11 @@ def _worker(argv: list[str]) -> int:
     from cbpt_guard.export.serve import OnnxClassifier
 
     model, inputs, outputs, threads = argv
+    try:
+        import onnxruntime  # noqa: F401 - a missing runtime is its own outcome, not a faulty export
+    except ImportError as error:
+        print(f"{RUNTIME_MISSING}: {error}", file=sys.stderr)
+        return RUNTIME_MISSING_EXIT
     classifier = OnnxClassifier(model, threads=int(threads) or None)
     results: dict[str, np.ndarray] = {}
     with np.load(inputs, allow_pickle=False) as data:

@@ -13,7 +13,6 @@ class embeddings (the encoders, and so the collapse itself, are unchanged).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +22,7 @@ from cbpt_guard.detect import calibration as calib
 from cbpt_guard.detect.run import DetectBudget, DetectionReport, Evidence, detect
 from cbpt_guard.errors import UsageError
 from cbpt_guard.probes import ProbeSet, procedural_probes
+from cbpt_guard.progress import Progress, silent
 from cbpt_guard.purify.trainer import TuningResult, pseudo_labels, tune_prompts
 from cbpt_guard.purify.triggers_choice import select_dummy_triggers
 from cbpt_guard.purify.verify import ClassifierMetrics, DummyTrigger, accuracy_drop, measure
@@ -168,7 +168,7 @@ def purify_and_verify(model: torch.nn.Module, classes: tuple[str, ...], template
                       evidence: Evidence, calibration: calib.Calibration, *, settings: PurifySettings,
                       data: ProbeSet | None = None, probes: ProbeSet | None = None,
                       detect_budget: DetectBudget = DetectBudget(), seed: int = 0, target: str | None = None,
-                      progress: Callable[[str], None] = lambda line: None) -> PurificationRun:
+                      progress: Progress = silent) -> PurificationRun:
     """Tune class prompts against detection's dummy triggers, then verify the purified classifier.
 
     ``data`` is a labelled few-shot set (tier few-shot); without it the
@@ -182,19 +182,18 @@ def purify_and_verify(model: torch.nn.Module, classes: tuple[str, ...], template
         split_unlabelled(probes, image_size, seed)
     train_labels = split.train_labels if split.train_labels is not None else pseudo_labels(original, split.train)
     dummies = dummy_triggers(evidence, calibration)
-    progress(f"prompt tuning on {len(split.train)} {split.tier} images against {len(dummies)} dummy trigger(s), "
-             f"{settings.steps} steps")
+    progress(f"prompt tuning on {len(split.train)} {split.tier} images against {len(dummies)} dummy trigger(s)")
     tuning = tune_prompts(model, classes, templates, split.train, train_labels, [d.trigger for d in dummies],
                           n_ctx=settings.n_ctx, steps=settings.steps, lr=settings.lr, l_bd=settings.l_bd,
                           l_drift=settings.l_drift, l_distill=settings.l_distill, margin=settings.margin,
-                          batch_size=settings.batch_size, seed=seed, optimiser=settings.optimiser)
+                          batch_size=settings.batch_size, seed=seed, optimiser=settings.optimiser, progress=progress)
     purified = ZeroShotClassifier(model, tuning.class_embeddings)
     reference = original.predict(split.held)  # (M,)
     before = measure(original, split.held, split.held_labels, reference, dummies)
     after = measure(purified, split.held, split.held_labels, reference, dummies)
-    progress("verification: fresh detection against the purified classifier")
     recheck = detect(model, classes, templates, calibration=calibration, probes=probes, budget=detect_budget,
-                     seed=seed + RECHECK_SEED_OFFSET, text_embeddings=tuning.class_embeddings, progress=progress)
+                     seed=seed + RECHECK_SEED_OFFSET, text_embeddings=tuning.class_embeddings, progress=progress,
+                     label="re-detection of the purified classifier")
     return PurificationRun(tier=split.tier, settings=settings, dummies=dummies, tuning=tuning, before=before,
                            after=after, ca_drop=accuracy_drop(before, after), train_images=len(split.train),
                            held_out_images=len(split.held), recheck=recheck,

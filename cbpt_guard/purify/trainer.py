@@ -21,6 +21,7 @@ import torch
 
 from cbpt_guard.classifier import ZeroShotClassifier, class_embeddings
 from cbpt_guard.errors import UsageError
+from cbpt_guard.progress import Meter, Progress
 from cbpt_guard.purify import losses
 from cbpt_guard.purify.prompt_learner import ClassPromptLearner
 from cbpt_guard.purify.text_encoder import EmbeddingTextEncoder
@@ -186,7 +187,7 @@ def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: S
                  n_ctx: int = 4, steps: int = 100, lr: float = 1e-2, l_bd: float = 2.0, l_drift: float = 1.0,
                  l_distill: float = 100.0, margin: float = 8.0, leave: str = "target",
                  strength: float = TRIGGER_STRENGTH, backdoor: str = "leave", batch_size: int | None = None,
-                 seed: int = 0, optimiser: str = "adamw") -> TuningResult:
+                 seed: int = 0, optimiser: str = "adamw", progress: Progress | None = None) -> TuningResult:
     """CBPT on pixels ``images`` in [0, 1] (N, 3, S, S) with (pseudo-)labels (N,) and frozen dummy ``triggers``.
 
     Each batch pairs every clean image with its copy stamped by each trigger
@@ -206,6 +207,7 @@ def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: S
     backdoored models, 16 shots; benchmarks/PURIFICATION.md), the defaults
     left a mean real-trigger ASR of 1.4% at clean accuracy 91.6% (the
     backdoored models': 93.1%); "reclassify" with the same weights left 44.1%.
+    ``progress`` hears about the steps as the stage "purification: prompt tuning".
     """
     started = time.perf_counter()
     _check_inputs(classnames, images, labels)  # every argument checked before any feature is computed
@@ -232,7 +234,8 @@ def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: S
     batch_size = len(images) if batch_size is None else min(batch_size, len(images))
     curves: dict[str, list[float]] = {name: [] for name in ("total", "clean", "backdoor", "drift", "distill")}
     order = torch.empty(0, dtype=torch.long)
-    for _ in range(steps):
+    meter = Meter(progress, "purification: prompt tuning", steps)
+    for step in range(1, steps + 1):
         if len(order) < batch_size:  # a fresh permutation per epoch
             order = torch.randperm(len(images), generator=generator)
         index, order = order[:batch_size].to(device), order[batch_size:]  # (B,)
@@ -258,6 +261,7 @@ def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: S
         curves["total"].append(loss.item())
         for name, value in parts.items():
             curves[name].append(value.item())
+        meter.advance(step)
     with torch.no_grad():
         tuned = learner.class_embeddings(encoder)  # (C, d)
     return TuningResult(ctx=learner.ctx.detach().clone(), class_embeddings=tuned, original_embeddings=original,
