@@ -108,6 +108,8 @@ class FamilyEvidence(_Frozen):
     target is a class the clean references' same family also landed on."""
     steps_run: int
     budget_exhausted: bool
+    """Always false now: budgets are counted in steps and a run past its time limit stops, inconclusive, with
+    no evidence at all. Kept so that Verdicts written before still load."""
     images: dict[str, str]
     """PNG data URIs: clean, stamped, and mask/pattern, perturbation or flow."""
 

@@ -200,3 +200,18 @@ def test_on_a_terminal_a_stage_rewrites_one_line_and_ends_it():
     text = out.getvalue()
     assert text.count("\r") == 2 and text.count("\n") == 2
     assert "step 10/20 (50%), 4 s elapsed, ETA 4 s" in text and text.endswith("next stage\n")
+
+
+def test_prompt_tuning_reports_its_steps_with_an_eta(tiny):
+    from cbpt_guard.purify.trainer import tune_prompts
+    from cbpt_guard.triggers import make_trigger
+
+    loaded = load_checkpoint(tiny)
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    reported = []
+    tune_prompts(loaded.model, CLASSES, loaded.report.templates, images, torch.tensor([0, 1, 2, 0, 1, 2]),
+                 [make_trigger("patch", 32, 0)], steps=4, progress=reported.append)
+    lines = [str(e) for e in reported]
+    assert lines[0] == "purification: prompt tuning: step 0/4 (0%), 0 s elapsed, ETA --"
+    assert lines[-1].startswith("purification: prompt tuning: step 4/4 (100%)")
+    assert all("ETA" in line for line in lines)

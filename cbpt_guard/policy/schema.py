@@ -166,11 +166,12 @@ class DataSettings(_Section):
 
 
 class DetectionBudget(_Section):
-    """How much work trigger inversion may do per family."""
+    """How much work trigger inversion does per family, in steps, and how long a detection run may take."""
 
     steps: Annotated[Int, Field(ge=1, le=100_000)] = 300
     batch_size: Annotated[Int, Field(ge=1, le=4096)] = 32
-    time_limit_s: Annotated[Float, Field(gt=0, le=86_400)] = 900.0
+    time_limit_s: Annotated[Float, Field(gt=0, le=86_400)] = 3600.0
+    """Wall-clock limit of a whole detection run: past it the run stops, inconclusive. It never shortens a stage."""
     targeted_classes: Annotated[Int, Field(ge=0, le=1000)] = 4
     """Classes the targeted patch inversion is aimed at (0 skips it, which leaves detection inconclusive)."""
 
