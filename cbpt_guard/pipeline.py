@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import NormalDist
@@ -43,7 +42,9 @@ from cbpt_guard.errors import (
     UsageError,
 )
 from cbpt_guard.policy import DataTier, LoadedPolicy, resolve_policy
+from cbpt_guard.progress import Progress
 from cbpt_guard.report import REPORT_FILES
+from cbpt_guard.user_images import UserImages, check_folders, data_info, load_user_images
 from cbpt_guard.verdict import (
     CheckpointInfo,
     DataInfo,
@@ -74,7 +75,7 @@ class _Run:
     policy: LoadedPolicy
     seed: int
     today: dt.date
-    progress: Callable[[str], None]
+    progress: Progress
     steps: dict[str, StepInfo] = field(default_factory=dict)
     failures: list[StageFailure] = field(default_factory=list)
     skipped: list[SkippedStep] = field(default_factory=list)
@@ -119,27 +120,33 @@ class _Run:
 def check(model: str | Path, *, policy: str | Path = "strict", out_dir: str | Path | None = None,
           probes: str | Path | None = None, data: str | Path | None = None, classes_file: str | Path | None = None,
           arch: str | None = None, seed: int = 0, today: dt.date | None = None,
-          progress: Callable[[str], None] | None = None) -> Verdict:
+          progress: Progress | None = None) -> Verdict:
     """Check the checkpoint at ``model`` under ``policy`` (a ready-policy name or a YAML path).
 
     ``probes`` is a folder of unlabelled images (the unlabelled tier), ``data``
     a labelled few-shot ImageFolder (the few-shot tier, used to purify and to
     measure clean accuracy). With ``out_dir`` the reports, the Verdict JSON,
     the purified prompts and the ONNX export are written there. Raises only
-    usage errors (exit 4); everything else ends up in the returned Verdict.
+    usage errors (exit 4): among them folders that cannot serve, found right
+    after intake; everything else ends up in the returned Verdict. A policy
+    whose calibration was fitted at another detection budget skips detection
+    (inconclusive) before any inversion. ``progress`` receives
+    :class:`~cbpt_guard.progress.ProgressEvent` records (step counts, ETA) and
+    plain lines between stages.
     """
     started = time.perf_counter()
     loaded_policy = resolve_policy(policy)
     run = _Run(loaded_policy, seed, today or dt.date.today(), progress or (lambda line: None))
     out = Path(out_dir) if out_dir is not None else None
-    _check_folders(probes, data)
+    check_folders(probes, data)
     uncalibrated = uncalibrated_budget(loaded_policy)  # a cheap file comparison: before any model is loaded
 
     loaded = _intake(run, model, arch, classes_file)
-    inputs = _Inputs()
+    inputs = UserImages()
     if loaded is not None:
-        inputs = _load_inputs(run, loaded, probes, data)
-    run.data = _data_info(probes, data, inputs)
+        inputs = load_user_images(loaded.report, probes, data, probe_limit=detect_budget(run.policy).probes,
+                                  seed=run.seed)
+    run.data = data_info(probes, data, inputs)
     evidence = calibration = None
     if loaded is not None and uncalibrated:
         run.skip("detection", uncalibrated, required=True)
@@ -159,73 +166,6 @@ def check(model: str | Path, *, policy: str | Path = "strict", out_dir: str | Pa
     if out is not None:
         verdict = _write_reports(run, verdict, out)
     return verdict
-
-
-# -- inputs -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Inputs:
-    """The user's images, loaded and checked before detection: unlabelled probes and the labelled few-shot set."""
-
-    probes: object | None = None  # ProbeSet
-    data: object | None = None  # ProbeSet, tier few-shot
-
-
-def _check_folders(probes, data) -> None:
-    """Each folder given exists and is a folder: the cheapest check, before the policy's calibration or the model."""
-    for path, what in ((probes, "probe folder"), (data, "data folder")):
-        if path is not None and not Path(path).is_dir():
-            raise UsageError(f"{path}: the {what} is not a directory")
-
-
-def _load_inputs(run: _Run, loaded, probes, data) -> _Inputs:
-    """Load the user's images now, so a useless folder is a usage error (exit 4) before any detection runs.
-
-    ``--probes`` must hold at least one readable image. ``--data`` must be an
-    ImageFolder whose subfolders are exactly the model's class names, each
-    with at least one readable image: a folder that names no class or misses
-    one is refused with the names that differ, so an empty or mistyped folder
-    can never count as the few-shot tier.
-    """
-    from cbpt_guard.probes import class_folder_problems, fewshot_folder, folder_probes
-
-    report = loaded.report
-    side = report.image_size[0]
-    probe_set = data_set = None
-    if probes is not None:
-        try:
-            probe_set = folder_probes(probes, side, limit=detect_budget(run.policy).probes, seed=run.seed)
-        except CbptError as error:
-            raise UsageError(f"--probes {probes}: {_unprefixed(error, probes)}") from None
-    if data is not None:
-        problems = class_folder_problems(data, report.classes)
-        if problems:
-            raise UsageError(f"--data {data}: {problems}")
-        try:
-            data_set = fewshot_folder(data, side, report.classes, seed=run.seed)
-        except CbptError as error:
-            raise UsageError(f"--data {data}: {_unprefixed(error, data)}") from None
-        empty = [name for index, name in enumerate(report.classes) if not bool((data_set.labels == index).any())]
-        if empty:
-            raise UsageError(f"--data {data}: no readable image for class(es) {empty}")
-    return _Inputs(probe_set, data_set)
-
-
-def _unprefixed(error: CbptError, path) -> str:
-    """An error's message without the folder name it starts with (the caller names the flag and the folder)."""
-    message = str(error)
-    prefix = f"{Path(path)}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
-
-
-def _data_info(probes, data, inputs: _Inputs) -> DataInfo:
-    """The tier the run really has: few-shot only with a loaded labelled set, unlabelled only with loaded probes."""
-    tier = (DataTier.FEW_SHOT if inputs.data is not None else DataTier.UNLABELLED if inputs.probes is not None
-            else DataTier.ZERO_DATA)
-    skipped = tuple(inputs.probes.skipped) if inputs.probes is not None else ()
-    return DataInfo(tier=tier.value, probes=str(probes) if inputs.probes is not None else "procedural",
-                    labelled=str(data) if inputs.data is not None else None, probe_files_skipped=skipped)
 
 
 def uncalibrated_budget(loaded: LoadedPolicy) -> str | None:
@@ -321,7 +261,7 @@ def _detection(run: _Run, loaded, probe_set):
     return evidence, calibration
 
 
-def _purification(run: _Run, loaded, evidence, calibration, inputs: _Inputs, out: Path | None):
+def _purification(run: _Run, loaded, evidence, calibration, inputs: UserImages, out: Path | None):
     """CBPT and verification; the prompts are saved when there is an output folder."""
     from cbpt_guard.purify.api import PurifySettings, purify_and_verify
     from cbpt_guard.purify.artifacts import save_prompts
@@ -646,7 +586,7 @@ def exit_code(verdict: Verdict) -> ExitCode:
 def purify_checkpoint(model: str | Path, *, data: str | Path | None = None, probes: str | Path | None = None,
                       policy: str | Path = "strict", shots: int | None = None, out_dir: str | Path | None = None,
                       classes_file: str | Path | None = None, arch: str | None = None, seed: int = 0,
-                      progress: Callable[[str], None] | None = None) -> PurificationInfo:
+                      progress: Progress | None = None) -> PurificationInfo:
     """Detect, then purify and verify whatever detection found, whatever a policy would decide.
 
     The stand-alone purification behind ``cbpt-guard purify``: the policy
@@ -660,7 +600,7 @@ def purify_checkpoint(model: str | Path, *, data: str | Path | None = None, prob
         section = loaded_policy.policy.purification.model_copy(update={"shots": shots})
         loaded_policy = replace(loaded_policy, policy=loaded_policy.policy.model_copy(update={"purification": section}))
     run = _Run(loaded_policy, seed, dt.date.today(), progress or (lambda line: None))
-    _check_folders(probes, data)
+    check_folders(probes, data)
     uncalibrated = uncalibrated_budget(loaded_policy)
     if uncalibrated:
         from cbpt_guard.errors import UncalibratedBudgetError
@@ -669,8 +609,8 @@ def purify_checkpoint(model: str | Path, *, data: str | Path | None = None, prob
     loaded = load_checkpoint(model, arch=arch, classes_file=classes_file)
     if not loaded.report.classes:
         raise UsageError(f"{model}: no class names (add cbpt_manifest.json or pass --classes)")
-    inputs = _load_inputs(run, loaded, probes, data)
-    run.data = _data_info(probes, data, inputs)
+    inputs = load_user_images(loaded.report, probes, data, probe_limit=detect_budget(run.policy).probes, seed=seed)
+    run.data = data_info(probes, data, inputs)
     evidence, calibration = _detection(run, loaded, inputs.probes)
     if evidence is not None:
         _purification(run, loaded, evidence, calibration, inputs, Path(out_dir) if out_dir else None)

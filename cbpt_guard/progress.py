@@ -46,7 +46,8 @@ class ProgressEvent:
     def __str__(self) -> str:
         share = 100 * self.step // max(1, self.total)
         eta = "ETA --" if self.eta_s is None else f"ETA {format_seconds(self.eta_s)}"
-        return f"{self.stage}: step {self.step}/{self.total} ({share}%), {format_seconds(self.elapsed_s)} elapsed, {eta}"
+        elapsed = format_seconds(self.elapsed_s)
+        return f"{self.stage}: step {self.step}/{self.total} ({share}%), {elapsed} elapsed, {eta}"
 
 
 Progress = Callable[["ProgressEvent | str"], None]
