@@ -44,7 +44,7 @@ _CUDA_ONLY = ("nvidia-", "cuda-", "triton")
 def roots(flavour: str) -> list[Requirement]:
     """The requirements the Action installs for ``flavour``: the package's dependencies, extra and build backend."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extra = project["optional-dependencies"]["cpu"]  # onnxruntime; the gpu flavour swaps in onnxruntime-gpu below
+    extra = project["optional-dependencies"]["cpu"]  # empty: onnxruntime is core; gpu swaps in onnxruntime-gpu below
     return [Requirement(r) for r in [*project["dependencies"], *extra, *BUILD_REQUIREMENTS]]
 
 
