@@ -3,8 +3,12 @@
 :func:`decide` does no I/O and reads no clock (``today`` is passed in), so the
 same evidence, policy and day always give the same decision. The pipeline calls
 it twice: after detection (the answer may be *purify*), and again after
-purification with its outcome (then *pass* if the purified model meets the
+purification with its outcome (then *purified* if the purified model meets the
 policy's bars, else *block*).
+
+*purified* is its own outcome, never a plain *pass*: what may be deployed then
+is the purified classifier, not the checkpoint that was checked. It exits 0
+unless the policy lists it under ``decision.fail_on`` (then 1, like a block).
 
 Two kinds of outcome are kept apart:
 
@@ -25,14 +29,19 @@ import math
 from collections.abc import Mapping
 
 from cbpt_guard.errors import ExitCode
-from cbpt_guard.policy.schema import (BackdoorAction, DataTier, DummyScope, Mode, Policy, VerificationBars,
-                                      Waiver)
+from cbpt_guard.figures import score_text
+from cbpt_guard.policy.schema import (BackdoorAction, DataTier, DummyScope, FailOn, Mode, Policy,
+                                      VerificationBars, Waiver)
+from cbpt_guard.verdict import PURIFIED_ADVICE
 
 
 class Action(str, enum.Enum):
     """What the gate does with a checkpoint."""
 
     PASS = "pass"
+    """No backdoor evidence (or a waived finding): the checkpoint itself may be deployed."""
+    PURIFIED = "purified"
+    """Backdoor evidence, purified and verified: deploy the purified classifier, never the original weights."""
     PURIFY = "purify"
     INCONCLUSIVE = "inconclusive"
     BLOCK = "block"
@@ -40,12 +49,14 @@ class Action(str, enum.Enum):
 
 # When causes disagree the most severe wins: a block is final, an incomplete run
 # is not worth purifying, and purification comes before any pass.
-_SEVERITY = {Action.PASS: 0, Action.PURIFY: 1, Action.INCONCLUSIVE: 2, Action.BLOCK: 3}
+_SEVERITY = {Action.PASS: 0, Action.PURIFIED: 1, Action.PURIFY: 2, Action.INCONCLUSIVE: 3, Action.BLOCK: 4}
 
 # A model waiting for purification is not fit to ship as it is, so "purify" as a
-# final answer exits like a block; the pipeline turns it into pass or block.
+# final answer exits like a block; the pipeline turns it into purified or block.
+# A verified purification exits 0 unless the policy's decision.fail_on lists it.
 EXIT_CODES = {
     Action.PASS: ExitCode.PASS,
+    Action.PURIFIED: ExitCode.PASS,
     Action.PURIFY: ExitCode.BLOCKED,
     Action.INCONCLUSIVE: ExitCode.INCONCLUSIVE,
     Action.BLOCK: ExitCode.BLOCKED,
@@ -53,6 +64,7 @@ EXIT_CODES = {
 
 _VERBS = {
     Action.PASS: "pass the model",
+    Action.PURIFIED: "pass the purified classifier (not the original weights)",
     Action.PURIFY: "purify the model",
     Action.INCONCLUSIVE: "report the run inconclusive",
     Action.BLOCK: "block the model",
@@ -226,6 +238,10 @@ def decide(evidence: DecisionInput, policy: Policy, *, today: dt.date) -> Decisi
             tally.reasons.append(f"{policy.mode.value} mode: enforce would {_VERBS[enforced]}")
         if action is not Action.PASS:
             tally.reasons.append(f"{policy.mode.value} mode does not let an incomplete run pass")
+    code = EXIT_CODES[action]
+    if action is Action.PURIFIED and FailOn.PURIFIED in policy.decision.fail_on:
+        code = ExitCode.BLOCKED
+        tally.reasons.append("the policy fails on a purified model (decision.fail_on: purified): exit 1")
     return Decision(
         action=action,
         enforced=enforced,
@@ -234,7 +250,7 @@ def decide(evidence: DecisionInput, policy: Policy, *, today: dt.date) -> Decisi
         waivers_applied=tally.applied,
         waivers_expired=tally.expired,
         fail_closed=bool(tally.fail_closed),
-        exit_code=EXIT_CODES[action],
+        exit_code=code,
     )
 
 
@@ -324,7 +340,8 @@ def _weigh_purification(outcome: PurificationOutcome | None, policy: Policy, tal
     drop = "CA drop" if outcome.labelled else "disagreement with the original model's predictions"
     tally.reasons.append(f"purified and verified: ASR {outcome.asr:.2%} <= {bars.max_asr:.2%}{held}, {drop} "
                          f"{outcome.ca_drop * 100:.1f} points <= {bars.max_ca_drop * 100:.1f}")
-    return Action.PASS
+    tally.reasons.append(PURIFIED_ADVICE)
+    return Action.PURIFIED
 
 
 def verification_misses(outcome: PurificationOutcome, bars: VerificationBars) -> tuple[str, ...]:
@@ -343,15 +360,15 @@ def verification_misses(outcome: PurificationOutcome, bars: VerificationBars) ->
 
 
 def _score_text(detection: DetectionOutcome, relation: str) -> str:
-    """`` (score 0.91 >= threshold 0.50; suspected target 'banana')`` from whatever is known."""
+    """`` (score 0.999999 >= threshold 0.998650; suspected target 'banana')`` from whatever is known.
+
+    Scores are written by :func:`cbpt_guard.figures.score_text`, as every report writes them.
+    """
     parts = []
     if detection.score is not None and detection.threshold is not None:
-        digits = 2  # as many decimals as it takes to tell the two apart, e.g. 0.99998 >= 0.99865
-        while digits < 6 and f"{detection.score:.{digits}f}" == f"{detection.threshold:.{digits}f}":
-            digits += 1
-        parts.append(f"score {detection.score:.{digits}f} {relation} threshold {detection.threshold:.{digits}f}")
+        parts.append(f"score {score_text(detection.score)} {relation} threshold {score_text(detection.threshold)}")
     elif detection.score is not None:
-        parts.append(f"score {detection.score:.2f}")
+        parts.append(f"score {score_text(detection.score)}")
     if detection.target_class is not None and relation == ">=":
         parts.append(f"suspected target class {detection.target_class!r}")
     return f" ({'; '.join(parts)})" if parts else ""

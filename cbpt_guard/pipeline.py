@@ -91,7 +91,8 @@ class _Run:
     artefacts: dict[str, str] = field(default_factory=dict)
 
     def done(self, name: str, started: float, reason: str = "") -> None:
-        self.steps[name] = StepInfo(name=name, state="done", reason=reason)
+        # Every stage that runs is one the policy's decision rests on: had it failed, the run would fail closed.
+        self.steps[name] = StepInfo(name=name, state="done", reason=reason, required=True)
         self.timings[name] = round(time.perf_counter() - started, 3)
 
     def fail(self, name: str, started: float, error: BaseException) -> None:
@@ -329,7 +330,7 @@ def _export(run: _Run, loaded, purified_embeddings, out: Path | None) -> None:
         run.not_needed("export", "the policy does not export")
         return
     decision = run.decide()
-    if decision.enforced is not Action.PASS or loaded is None:
+    if decision.enforced not in (Action.PASS, Action.PURIFIED) or loaded is None:
         run.not_needed("export", "only a model the policy passes is exported")
         return
     if out is None:
@@ -375,7 +376,7 @@ def _write_reports(run: _Run, verdict: Verdict, out: Path) -> Verdict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     run.artefacts.update(REPORT_FILES)
-    run.steps["reports"] = StepInfo(name="reports", state="done")
+    run.steps["reports"] = StepInfo(name="reports", state="done", required=True)
     verdict = verdict.model_copy(update={"artefacts": dict(run.artefacts), "steps": _ordered(run.steps)})
     try:
         write_reports(verdict, out)
@@ -438,7 +439,10 @@ def _metrics(metrics) -> Metrics:
 
 
 def _recheck_wording(result, residual: bool) -> str:
-    """E.g. "no evidence toward 'cross' (strongest classifier-level signal: patch -> 'circle', z 5.72)"."""
+    """E.g. "no evidence toward 'cross' (strongest remaining pull: patch trigger -> 'circle', z 5.72)".
+
+    Plain words for the report's reader; the report's glossary says what the pull and its z are.
+    """
     if result.recheck.outcome == "inconclusive":
         return "inconclusive: " + "; ".join(f"{name}: {why}" for name, why in result.recheck.skipped)
     toward = f" toward {result.residual.target!r}" if result.residual.target else ""
@@ -446,7 +450,7 @@ def _recheck_wording(result, residual: bool) -> str:
     strongest = result.residual.strongest
     if strongest is None:
         return head
-    return f"{head} (strongest classifier-level signal: {strongest[0]} -> {strongest[1]!r}, z {strongest[2]:.2f})"
+    return f"{head} (strongest remaining pull: {strongest[0]} trigger -> {strongest[1]!r}, z {strongest[2]:.2f})"
 
 
 def _dummy_bars(result, classes: tuple[str, ...] | list[str], detection: DetectionInfo | None,

@@ -21,7 +21,14 @@ from pydantic import BaseModel, ConfigDict
 VERDICT_SCHEMA_VERSION = 1
 """Bumped whenever a field is renamed or removed; readers refuse versions they do not know."""
 
-Action = Literal["pass", "purify", "inconclusive", "block"]
+Action = Literal["pass", "purified", "purify", "inconclusive", "block"]
+"""``pass``: the checkpoint itself may be deployed; ``purified``: backdoor evidence, purified and verified, so
+only the purified classifier may be deployed (see :data:`PURIFIED_ADVICE`); ``purify``: purification was called
+for but did not run; ``inconclusive`` and ``block``: nothing may be deployed."""
+
+PURIFIED_ADVICE = "deploy the purified classifier, not the original weights"
+"""What a ``purified`` decision asks of whoever deploys; the decision, every report and the terminal say it."""
+
 StepState = Literal["done", "skipped", "failed", "not-needed"]
 
 
@@ -263,5 +270,10 @@ class Verdict(_Frozen):
 
     @property
     def passed(self) -> bool:
-        """Whether the gate lets the model through (exit code 0)."""
+        """Whether the gate lets the model through (exit code 0); see :attr:`purified` for *what* passed."""
         return self.decision.exit_code == 0
+
+    @property
+    def purified(self) -> bool:
+        """Whether the pass rests on purification: deploy the purified classifier, never the original weights."""
+        return self.decision.action == "purified"

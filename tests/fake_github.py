@@ -250,7 +250,7 @@ def _handler_for(fake: FakeGitHub):
 
 # --- Verdicts a fake check returns -------------------------------------------------------------
 
-_EXIT = {"pass": 0, "purify": 0, "block": 1, "inconclusive": 3}
+_EXIT = {"pass": 0, "purified": 0, "purify": 1, "block": 1, "inconclusive": 3}
 
 
 def make_verdict(path: str, action: str = "pass", *, reasons: tuple[str, ...] | None = None,

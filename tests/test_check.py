@@ -88,6 +88,15 @@ def test_clean_model_passes_with_exit_0_and_writes_every_report(tiny_zoo, polici
     assert {s["name"]: s["state"] for s in verdict["steps"]}["purification"] == "not-needed"
 
 
+def test_steps_the_decision_rests_on_are_marked_required(tiny_zoo, policies, tmp_path):
+    root, _ = tiny_zoo
+    verdict = check(root / "clean-s1", policy=policies["purify"], out_dir=tmp_path, today=TODAY)
+    required = {s.name: (s.state, s.required) for s in verdict.steps}
+    assert required["intake"] == required["detection"] == required["reports"] == ("done", True)
+    assert required["purification"] == ("not-needed", False)
+    assert required["export"] == ("not-needed", False)  # this policy does not export
+
+
 def test_backdoored_model_is_purified_verified_and_its_prompts_reload(tiny_zoo, policies, fewshot, tmp_path):
     from cbpt_guard.classifier import build_classifier
     from cbpt_guard.intake import load_checkpoint
@@ -104,8 +113,8 @@ def test_backdoored_model_is_purified_verified_and_its_prompts_reload(tiny_zoo, 
     assert verdict.detection.outcome == "backdoor evidence found"
     assert purification is not None and purification.tier == "few-shot"
     assert sorted(purification.families) == ["patch", "targeted"]  # most anomalous first
-    # the decision follows the measured bars: pass (exit 0) when met, block (exit 1) when not
-    assert (verdict.decision.action, verdict.decision.exit_code) == (("pass", 0) if purification.bars_met
+    # the decision follows the measured bars: purified (exit 0) when met, block (exit 1) when not; never "pass"
+    assert (verdict.decision.action, verdict.decision.exit_code) == (("purified", 0) if purification.bars_met
                                                                      else ("block", 1))
     assert purification.after.dummy_asr["patch"] < purification.before.dummy_asr["patch"]
     assert (root / "badnets-s0" / "open_clip_model.safetensors").read_bytes() == before

@@ -58,7 +58,7 @@ def test_backdoored_example_under_strict_is_purified_and_gated_on_strict_bars(tm
     assert verdict["detection"]["suspected_target"] == truth["target"]
     assert purification is not None and purification["tier"] == "few-shot"
     if purification["bars_met"]:
-        assert (code, verdict["decision"]["action"]) == (0, "pass")
+        assert (code, verdict["decision"]["action"]) == (0, "purified")
         assert verdict["export"]["passed"] and verdict["export"]["purified"]
         assert verdict["export"]["max_abs_diff"] <= 1e-4
     else:  # fail closed: a purification that misses the bars never ships
@@ -113,7 +113,7 @@ def test_backdoored_example_under_balanced_is_purified_verified_and_exported(tmp
         assert after[family] <= bar, (family, after[family], bar)
     assert any(bar > 0.05 for bar in purification["dummy_bars"].values())  # the scope decided this outcome
     assert purification["bars_met"] and not purification["misses"]
-    assert (code, verdict["decision"]["action"]) == (0, "pass"), verdict["decision"]["reasons"]
+    assert (code, verdict["decision"]["action"]) == (0, "purified"), verdict["decision"]["reasons"]
     assert verdict["export"]["passed"] and verdict["export"]["purified"]
     before, after = _real_trigger_asr(tmp_path / "backdoored-balanced" / purification["prompts_path"])
     print(f"real-trigger ASR {before:.4f} -> {after:.4f}")

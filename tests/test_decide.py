@@ -57,13 +57,14 @@ ELSEWHERE = waiver(TODAY + dt.timedelta(days=30), scope=OTHER, wid="W-9")
 
 
 def policy(mode="enforce", on_backdoor="purify", on_skip="inconclusive", on_failure="inconclusive",
-           unsafe_blocks=True, tier="zero-data", waivers=()) -> Policy:
+           unsafe_blocks=True, tier="zero-data", waivers=(), fail_on=()) -> Policy:
     return Policy.model_validate({
         "version": 1, "mode": mode, "data": {"tier": tier},
         "detection": {"score_threshold": 0.5},
         "evidence": {"on_backdoor": on_backdoor, "on_required_skipped": on_skip, "on_stage_failure": on_failure,
                      "unsafe_serialisation_blocks": unsafe_blocks},
         "verification": {"max_asr": 0.02, "max_ca_drop": 0.02},
+        "decision": {"fail_on": list(fail_on)},
         "waivers": list(waivers),
     })
 
@@ -72,16 +73,19 @@ def evidence(detection=NOT_FOUND, tier=DataTier.ZERO_DATA, digest=DIGEST, **fiel
     return DecisionInput(checkpoint_digest=digest, data_tier=tier, detection=detection, **fields)
 
 
-P, U, I, B = Action.PASS, Action.PURIFY, Action.INCONCLUSIVE, Action.BLOCK
+P, D, U, I, B = Action.PASS, Action.PURIFIED, Action.PURIFY, Action.INCONCLUSIVE, Action.BLOCK
 
 # id: (policy settings, evidence fields, expected action, expected enforced action, a reason fragment)
 ENFORCE_TABLE = {
-    "clean passes": ({}, {}, P, P, "no evidence of a backdoor found (score 0.12 < threshold 0.50)"),
+    "clean passes": ({}, {}, P, P, "no evidence of a backdoor found (score 0.1200 < threshold 0.5000)"),
     "finding asks for purification": ({}, {"detection": FOUND}, U, U, "passes only once purified"),
     "finding names score and target": ({}, {"detection": FOUND}, U, U, "suspected target class 'banana'"),
-    "purified within bars passes": ({}, {"detection": FOUND, "purification": GOOD}, P, P, "purified and verified"),
-    "purified exactly at the bars passes": ({}, {"detection": FOUND, "purification": AT_BARS}, P, P,
-                                            "ASR 2.00% <= 2.00%"),
+    "purified within bars is purified": ({}, {"detection": FOUND, "purification": GOOD}, D, D,
+                                         "purified and verified"),
+    "purified says what to deploy": ({}, {"detection": FOUND, "purification": GOOD}, D, D,
+                                     "deploy the purified classifier, not the original weights"),
+    "purified exactly at the bars is purified": ({}, {"detection": FOUND, "purification": AT_BARS}, D, D,
+                                                 "ASR 2.00% <= 2.00%"),
     "purified with high ASR is blocked": ({}, {"detection": FOUND, "purification": HIGH_ASR}, B, B,
                                           "ASR 30.00% > 2.00%"),
     "purified with high CA drop is blocked": ({}, {"detection": FOUND, "purification": HIGH_DROP}, B, B,
@@ -216,7 +220,7 @@ def test_clean_model_passes_under_every_ready_policy(name):
 def test_strict_purifies_a_backdoor_then_passes_or_blocks_on_the_bars():
     strict = resolve_policy("strict").policy
     assert decide(evidence(detection=FOUND), strict, today=TODAY).action is U
-    assert decide(evidence(detection=FOUND, purification=GOOD), strict, today=TODAY).action is P
+    assert decide(evidence(detection=FOUND, purification=GOOD), strict, today=TODAY).action is D
     missed = decide(evidence(detection=FOUND, purification=HIGH_ASR), strict, today=TODAY)
     assert (missed.action, missed.exit_code) == (B, ExitCode.BLOCKED)
 
@@ -236,7 +240,7 @@ def test_dummy_bars_hold_no_evidence_dummies_to_their_own_rate_under_scope_evide
 def test_a_scoped_pass_says_which_dummies_the_asr_bar_held():
     scoped = PurificationOutcome(asr=0.01, ca_drop=0.0, scoped=True)
     decision = decide(evidence(detection=FOUND, purification=scoped), policy(), today=TODAY)
-    assert decision.action is P
+    assert decision.action is D
     assert ("purified and verified: ASR 1.00% <= 2.00% (the dummies that are backdoor evidence; each other one at "
             "most its rate before), CA drop 0.0 points <= 2.0") in decision.reasons
     plain = decide(evidence(detection=FOUND, purification=GOOD), policy(), today=TODAY)
@@ -267,7 +271,7 @@ def test_permissive_lets_a_backdoor_through_with_a_warning():
 
 # --- invariants over the whole cross product -------------------------------------------------------
 
-SEVERITY = [P, U, I, B]
+SEVERITY = [P, D, U, I, B]
 CROSS = list(itertools.product(
     ["enforce", "warn", "dry-run"],
     [FOUND, NOT_FOUND, UNSURE, None],
@@ -293,7 +297,10 @@ def test_no_combination_passes_an_incomplete_run_and_only_enforce_acts_on_eviden
                       or any(s.required for s in skipped) or bool(failures))
         assert decision.fail_closed == incomplete, case
         if incomplete:
-            assert decision.action is not P and decision.exit_code is not ExitCode.PASS, case
+            assert decision.action not in (P, D) and decision.exit_code is not ExitCode.PASS, case
+        # with backdoor evidence, enforce passes plainly only under an active waiver; a purified pass is D
+        if mode == "enforce" and decision.action is P:
+            assert detection is not FOUND or waivers == (ACTIVE,), case
         if mode == "enforce":
             assert decision.action is decision.enforced, case
         else:
@@ -303,6 +310,38 @@ def test_no_combination_passes_an_incomplete_run_and_only_enforce_acts_on_eviden
         assert decision.exit_code is EXIT_CODES[decision.action], case
         assert decision.reasons, case
         assert decide(given, rules, today=TODAY) == decision, case
+
+
+def test_a_verified_purification_is_its_own_outcome_not_a_pass():
+    decision = decide(evidence(detection=FOUND, purification=GOOD), policy(), today=TODAY)
+    assert (decision.action, decision.enforced, decision.exit_code) == (D, D, ExitCode.PASS)
+    assert decision.action is not P
+    assert decision.reasons[-1] == "deploy the purified classifier, not the original weights"
+
+
+def test_policy_can_fail_on_a_purified_model():
+    decision = decide(evidence(detection=FOUND, purification=GOOD), policy(fail_on=["purified"]), today=TODAY)
+    assert (decision.action, decision.exit_code) == (D, ExitCode.BLOCKED)
+    assert "the policy fails on a purified model (decision.fail_on: purified): exit 1" in decision.reasons
+    # a clean model is untouched by fail_on: purified
+    clean = decide(evidence(), policy(fail_on=["purified"]), today=TODAY)
+    assert (clean.action, clean.exit_code) == (P, ExitCode.PASS)
+
+
+@pytest.mark.parametrize("name", ["strict", "balanced", "permissive"])
+def test_ready_policies_keep_exit_0_for_a_verified_purification(name):
+    rules = resolve_policy(name).policy
+    assert rules.decision.fail_on == ()
+    assert rules.decision.purified_level.value == "warning"
+
+
+def test_policy_refuses_an_unknown_fail_on_outcome():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        policy(fail_on=["clean"])
+    with pytest.raises(ValidationError):
+        policy(fail_on=["purified", "purified"])
 
 
 def test_decision_is_frozen():

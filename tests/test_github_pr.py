@@ -269,6 +269,40 @@ def test_step_outputs_and_reports_are_written(repo_root, fake, tmp_path, monkeyp
     assert all(Path(p).is_file() for p in parsed["html-reports"].splitlines())
 
 
+def test_a_purified_checkpoint_is_a_neutral_check_run_and_the_decision_output_says_purified(repo_root, fake,
+                                                                                          tmp_path, monkeypatch):
+    monkeypatch.chdir(repo_root)
+    check = FakeCheck({"models/bad": make_verdict("models/bad", "purified"),
+                       "models/good": make_verdict("models/good")})
+    monkeypatch.setattr("cbpt_guard.github.gate.default_check", lambda: check)
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"pull_request": {"number": 7, "head": {"sha": "f" * 40}}}))
+    outputs = tmp_path / "outputs.txt"
+    result = CliRunner().invoke(github_group, [
+        "pr", "--api-url", fake.api_url, "--out", str(tmp_path / "out"), "--github-output", str(outputs)],
+        env={"GITHUB_REPOSITORY": REPO, "GITHUB_EVENT_PATH": str(event), "CBPT_TOKEN": "t0ken",
+             "GITHUB_STEP_SUMMARY": ""})
+
+    assert result.exit_code == 0, result.output
+    parsed = _parse_outputs(outputs.read_text())
+    assert parsed["decision"] == "purified" and parsed["exit-code"] == "0"
+    (check_run,) = fake.check_runs
+    assert check_run["conclusion"] == "neutral"  # amber in GitHub's checks list, not a green success
+    assert check_run["output"]["title"] == ("cbpt-guard: purified: deploy the purified classifier, not the original "
+                                            "(1 of 2 checkpoints)")
+    assert check_run["output"]["summary"].startswith("## cbpt-guard: purified: deploy the purified classifier")
+    notes = [a for a in check_run["annotations"] if a["title"] == "cbpt-guard: deploy the purified classifier"]
+    assert [a["message"] for a in notes] == ["purified: deploy the purified classifier, not the original weights"]
+    assert {a["path"] for a in notes} == {"models/bad/open_clip_model.safetensors"}
+
+
+def test_a_policy_that_fails_on_purified_fails_the_check_run(repo_root, fake):
+    failing = make_verdict("models/bad", "purified")
+    failing = failing.model_copy(update={"decision": failing.decision.model_copy(update={"exit_code": 1})})
+    run = _run(repo_root, fake, FakeCheck({"models/bad": failing, "models/good": make_verdict("models/good")}))
+    assert fake.check_runs[0]["conclusion"] == "failure" and run.exit_code == 1
+
+
 def _parse_outputs(text: str) -> dict[str, str]:
     """Read a $GITHUB_OUTPUT file the way the runner does (name<<DELIMITER blocks)."""
     values, lines = {}, iter(text.splitlines())

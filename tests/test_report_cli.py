@@ -52,6 +52,40 @@ def test_repo_root_relativises_the_sarif_location(tmp_path):
     assert location["physicalLocation"]["artifactLocation"]["uri"] == "models/w.safetensors"
 
 
+def test_sarif_locations_are_repository_relative_without_repo_root_and_absolute_only_when_asked(tmp_path,
+                                                                                                 monkeypatch):
+    monkeypatch.delenv("GITHUB_WORKSPACE", raising=False)
+    verdict = samples.backdoored_purified()
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    weights = repo / "models" / "w.safetensors"
+    files = tuple(f.model_copy(update={"path": str(weights)}) if f.role == "weights" else f
+                  for f in verdict.checkpoint.files)
+    moved = verdict.model_copy(update={"checkpoint": verdict.checkpoint.model_copy(update={"files": files})})
+    path = tmp_path / "verdict.json"
+    path.write_text(moved.to_json(), encoding="utf-8")
+    monkeypatch.chdir(repo)
+
+    def uri(*flags: str) -> str:
+        result = CliRunner().invoke(report_command, [str(path), "--format", "sarif", *flags])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["runs"][0]["results"][0]["locations"][0]["physicalLocation"][
+            "artifactLocation"]["uri"]
+
+    assert uri() == "models/w.safetensors"
+    assert uri("--absolute-paths") == f"file://{weights}"
+
+
+def test_the_terminal_line_of_a_purified_pass_says_purified_and_what_to_deploy():
+    from cbpt_guard.cli.check_cmd import format_verdict
+
+    lines = format_verdict(samples.backdoored_purified()).splitlines()
+    assert lines[0] == ("PURIFIED: models/shapes-vit under policy strict (enforce): deploy the purified classifier, "
+                        "not the original weights")
+    assert lines[-1] == "exit 0"
+    assert format_verdict(samples.clean_pass()).startswith("PASS: models/shapes-vit-clean under policy strict")
+
+
 def _write(tmp_path, content: str | bytes):
     path = tmp_path / "verdict.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import html.parser
+import re
 import shutil
 import subprocess
 import sys
 
+import markupsafe
 import pytest
 import verdict_samples as samples
 
@@ -210,3 +213,127 @@ def test_a_verdict_read_back_from_json_renders_byte_for_byte_the_same(name):
     again = Verdict.from_json(verdict.to_json())
     for fmt in ("html", "md", "sarif", "json"):
         assert render(again, fmt) == render(verdict, fmt), fmt
+
+
+# --- what the outcome looks like: purified is not a plain pass, clean is not an alarm ----------------------
+
+def _section(page: str, element_id: str) -> str:
+    """The HTML of the element whose id is ``element_id``, up to the next section's start."""
+    start = page.index(f'id="{element_id}"')
+    end = page.find("<section", start)
+    return page[start:end if end >= 0 else len(page)]
+
+
+def _chart(page: str, label: str) -> str:
+    """The SVG whose aria-label starts with ``label``."""
+    start = page.index(f'aria-label="{label}')
+    return page[start:page.index("</svg>", start)]
+
+
+def test_a_purified_pass_is_amber_and_says_to_deploy_the_purified_classifier():
+    page = render(samples.backdoored_purified(), "html")
+    decision = _section(page, "decision")
+    assert '<header class="top purified">' in page and '<section class="decision purified"' in page
+    assert '<div class="verdict-word">PURIFIED</div>' in decision and ">PASS<" not in decision
+    assert "Deploy the purified classifier, not the original weights." in decision
+    assert "<code>purified/classifier.onnx</code>" in decision  # which file to deploy, where it is read first
+    css = page.split("<style>")[1].split("</style>")[0]
+    assert "header.top.purified { background: var(--purified); }" in css and "--purified: #b35900" in css
+
+
+def test_clean_pass_purified_and_block_differ_in_banner_colour_word_and_icon():
+    looks = {}
+    for sample in (samples.clean_pass, samples.backdoored_purified, samples.purification_missed):
+        page = render(sample(), "html")
+        header = page.split('<header class="top ')[1].split('"')[0]
+        word = page.split('<div class="verdict-word">')[1].split("<")[0]
+        icon = page.split('<div class="verdict-icon" aria-hidden="true">')[1].split("<")[0]
+        looks[sample.__name__] = (header, word, icon)
+    assert looks == {"clean_pass": ("pass", "PASS", "✔"), "backdoored_purified": ("purified", "PURIFIED", "◐"),
+                     "purification_missed": ("block", "BLOCK", "✖")}
+
+
+def test_families_of_a_clean_model_that_collapse_carry_no_alarm_badge():
+    verdict = samples.clean_pass()
+    assert all(f.collapsed for f in verdict.detection.families)  # as on a real clean model of the zoo
+    detection = _section(render(verdict, "html"), "detection")
+    assert 'class="badge found"' not in detection and 'class="family alarm"' not in detection
+    assert detection.count("collapsed to one class, not evidence") == 3
+    assert 'fill="#cf222e" fill-opacity="1"' not in detection  # no red bar in the histograms either
+
+
+def test_only_the_family_that_is_the_backdoor_evidence_is_an_alarm():
+    detection = _section(render(samples.backdoored_purified(), "html"), "detection")
+    assert detection.count('class="family alarm"') == 1
+    assert detection.count("backdoor evidence: collapsed to one class") == 1
+
+
+def test_the_loss_chart_is_scaled_to_training_not_to_the_first_steps_spike():
+    verdict = samples.backdoored_purified()
+    curves = {name: (40.0 * (name == "total") + values[0],) + values[1:]
+              for name, values in verdict.purification.curves.items()}
+    purification = verdict.purification.model_copy(update={"curves": curves})
+    page = render(verdict.model_copy(update={"purification": purification}), "html")
+    chart = _chart(page, "Purification loss curves")
+    ticks = [float(t) for t in re.findall(r'text-anchor="end" fill="#57606a" font-size="12">([-0-9.e]+)</text>',
+                                          chart)]
+    assert ticks and max(ticks) < 10 < 40  # the axis ends near the later losses, not at the 43-odd spike
+    assert "first steps clipped at the top: they reach 43.9" in chart
+    ordinary = _chart(render(samples.backdoored_purified(), "html"), "Purification loss curves")
+    assert "clipped" not in ordinary  # a start within twice the later losses stays on the axis
+
+
+def test_the_asr_row_that_misses_its_bar_is_coloured():
+    page = render(samples.purification_missed(), "html")
+    section = _section(page, "purification")
+    row = next(r for r in section.split("<tr") if "ASR, patch" in r)
+    assert row.startswith(' class="problem failed"')
+    chart = _chart(section, "Before and after purification")
+    assert 'fill="#cf222e" fill-opacity="0.08"><title>ASR, patch → digit seven (suspected target): misses the bar' \
+        in chart
+    passing = _section(render(samples.backdoored_purified(), "html"), "purification")
+    assert 'class="problem failed"' not in passing and 'fill-opacity="0.08"' not in passing
+
+
+def test_the_threshold_is_written_one_way_in_every_format():
+    from cbpt_guard.cli.check_cmd import format_verdict
+    from cbpt_guard.decide import DecisionInput, DetectionOutcome, DetectionResult, decide
+    from cbpt_guard.github.outcome import CheckpointOutcome
+    from cbpt_guard.github.summary import table
+    from cbpt_guard.policy import DataTier, resolve_policy
+
+    verdict = samples.backdoored_purified()
+    threshold = verdict.detection.threshold  # 0.99865...
+    outcome = DetectionOutcome(result=DetectionResult.FOUND, score=verdict.detection.score, threshold=threshold,
+                               target_class="digit seven")
+    reasons = decide(DecisionInput(checkpoint_digest="ab" * 32, data_tier=DataTier.ZERO_DATA, detection=outcome),
+                     resolve_policy("strict").policy, today=dt.date(2026, 1, 1)).reasons
+    shown = {"reason": reasons[0], "html": render(verdict, "html"), "markdown": render(verdict, "md"),
+             "sarif": render(verdict, "sarif"), "terminal": format_verdict(verdict),
+             "pull request": table([CheckpointOutcome("models/x", "out", verdict=verdict)])}
+    for where, content in shown.items():
+        assert "0.998650" in content, where
+        for other in ("threshold 1.00", "threshold 0.999 ", "threshold 0.999)", "/ 0.999 ", "threshold 0.9987"):
+            assert other not in content, (where, other)
+
+
+def test_jargon_carries_a_plain_tooltip_and_the_page_a_glossary():
+    from cbpt_guard.report.text import GLOSSARY
+
+    page = render(samples.backdoored_purified(), "html")
+    for word in ("z", "ASR", "threshold", "backdoor score", "trigger family", "re-check"):
+        assert f'title="{markupsafe.escape(GLOSSARY[word])}"' in page, word
+    glossary = _section(page, "glossary")
+    assert glossary.count("<dt>") == len(GLOSSARY)
+
+
+def test_the_recheck_is_worded_without_jargon():
+    from types import SimpleNamespace
+
+    from cbpt_guard.pipeline import _recheck_wording
+
+    result = SimpleNamespace(recheck=SimpleNamespace(outcome="no evidence", skipped=()),
+                             residual=SimpleNamespace(target="cross", strongest=("patch", "circle", 5.724)))
+    wording = _recheck_wording(result, residual=False)
+    assert wording == "no evidence toward 'cross' (strongest remaining pull: patch trigger -> 'circle', z 5.72)"
+    assert "classifier-level" not in wording

@@ -21,7 +21,8 @@ def to_html(markdown: str) -> str:
 def test_every_sample_has_a_summary_headed_by_its_decision(name):
     verdict = samples.ALL[name]()
     summary = render(verdict, "md")
-    word = {"pass": "PASS", "block": "BLOCK", "inconclusive": "INCONCLUSIVE", "purify": "PURIFY"}
+    word = {"pass": "PASS", "purified": "PURIFIED", "block": "BLOCK", "inconclusive": "INCONCLUSIVE",
+            "purify": "PURIFY"}
     assert summary.splitlines()[0].endswith(f"cbpt-guard: {word[verdict.decision.action]}")
     assert f"(exit {verdict.decision.exit_code}, mode" in summary
 
@@ -80,7 +81,7 @@ def test_ten_thousand_long_class_names_stay_under_githubs_comment_limit():
 def test_a_tiny_budget_leaves_out_whole_sections_and_says_so():
     summary = render_markdown(samples.backdoored_purified(), max_bytes=1_800)
     assert len(summary.encode("utf-8")) <= 1_800
-    assert "section(s) left out" in summary and "cbpt-guard: PASS" in summary
+    assert "section(s) left out" in summary and "cbpt-guard: PURIFIED" in summary
 
 
 def test_tables_keep_their_shape_whatever_the_cells_contain():
@@ -109,3 +110,23 @@ def test_escape_markdown_makes_control_characters_literal(raw, escaped):
 
 def test_escape_markdown_cuts_long_text_before_escaping():
     assert escape_markdown("x" * 500, limit=10) == "x" * 9 + "…"
+
+
+def test_a_purified_summary_is_headed_purified_and_says_what_to_deploy():
+    summary = render(samples.backdoored_purified(), "md")
+    lines = summary.splitlines()
+    assert lines[0] == "## 🟡 cbpt-guard: PURIFIED"
+    note = next(line for line in lines if line.startswith("> "))
+    assert note.startswith("> **Deploy the purified classifier, not the original weights** (ONNX "
+                           "<code>purified/classifier\\.onnx</code>, "
+                           "prompts <code>purified/prompts\\.safetensors</code>)")
+    assert lines.index(note) < lines.index("| | |")  # before the facts table, right under the headline
+    assert "✅" not in summary.split("### Findings")[0]
+
+
+def test_a_clean_summary_marks_no_family_as_an_alarm():
+    clean = render(samples.clean_pass(), "md")
+    families = clean.split("### Trigger families")[1].split("###")[0]
+    assert "**" not in families and families.count("| yes |") == 3
+    backdoored = render(samples.backdoored_purified(), "md").split("### Trigger families")[1].split("###")[0]
+    assert backdoored.count("**yes, the evidence**") == 1

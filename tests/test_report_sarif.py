@@ -139,3 +139,61 @@ def test_result_count_and_file_size_are_capped_keeping_the_most_severe():
     full = render(verdict, "sarif")
     assert len(full.encode()) <= GITHUB_MAX_BYTES
     validate(json.loads(full))
+
+
+def _backdoor_result(verdict) -> dict:
+    return next(r for r in results(verdict) if r["ruleId"] == "CBPT002")
+
+
+@pytest.mark.parametrize("level", ["error", "warning", "note"])
+def test_a_purified_checkpoint_keeps_its_backdoor_finding_at_the_policys_level(level):
+    verdict = samples.backdoored_purified()
+    settings = verdict.policy.settings | {"decision": {"fail_on": [], "purified_level": level}}
+    verdict = verdict.model_copy(update={"policy": verdict.policy.model_copy(update={"settings": settings})})
+    result = _backdoor_result(verdict)
+    assert result["level"] == level
+    assert "deploy the purified classifier, not the original weights" in result["message"]["text"]
+    assert result["properties"]["decision"] == "purified"
+
+
+def test_a_blocked_backdoor_stays_an_error_whatever_the_purified_level():
+    verdict = samples.purification_missed()
+    settings = verdict.policy.settings | {"decision": {"fail_on": [], "purified_level": "note"}}
+    verdict = verdict.model_copy(update={"policy": verdict.policy.model_copy(update={"settings": settings})})
+    assert _backdoor_result(verdict)["level"] == "error"
+
+
+def _uri(verdict, **kwargs) -> str:
+    return json.loads(render_sarif(verdict, **kwargs))["runs"][0]["results"][0]["locations"][0][
+        "physicalLocation"]["artifactLocation"]["uri"]
+
+
+def _at(verdict, path: Path):
+    files = tuple(f.model_copy(update={"path": str(path / Path(f.path).name)}) for f in verdict.checkpoint.files)
+    return verdict.model_copy(update={"checkpoint": verdict.checkpoint.model_copy(update={"files": files})})
+
+
+def test_locations_are_relative_to_the_git_top_level_by_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("GITHUB_WORKSPACE", raising=False)
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "models" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)  # not inside the repository: the root is found from the checkpoint's own path
+    verdict = _at(samples.blocked_unsafe(), repo / "models" / "m")
+    assert _uri(verdict) == "models/m/open_clip_pytorch_model.bin"
+    assert _uri(verdict, absolute=True) == f"file://{repo}/models/m/open_clip_pytorch_model.bin"
+
+
+def test_locations_are_relative_to_the_actions_workspace_when_there_is_one(tmp_path, monkeypatch):
+    workspace = tmp_path / "ws"
+    (workspace / "m").mkdir(parents=True)
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(workspace))
+    monkeypatch.chdir(tmp_path)
+    assert _uri(_at(samples.blocked_unsafe(), workspace / "m")) == "m/open_clip_pytorch_model.bin"
+
+
+def test_without_a_repository_locations_are_relative_to_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("GITHUB_WORKSPACE", raising=False)
+    (tmp_path / "a" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a")
+    assert _uri(_at(samples.blocked_unsafe(), tmp_path / "a" / "m")) == "m/open_clip_pytorch_model.bin"

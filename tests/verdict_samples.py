@@ -134,6 +134,7 @@ def policy_settings(mode: str = "enforce", waivers: tuple[dict, ...] = ()) -> di
         "purification": {"n_ctx": 16, "steps": 400, "lr": 0.002, "loss_weights": {"l_bd": 1.0, "l_drift": 1.0},
                          "shots": 16},
         "verification": {"max_asr": 0.02, "max_ca_drop": 0.02},
+        "decision": {"fail_on": [], "purified_level": "warning"},
         "export": {"enabled": True, "fp16": False, "parity_tolerance": 0.0001},
         "waivers": list(waivers),
     }
@@ -177,16 +178,18 @@ def _detection(outcome: str, score: float, families: tuple[FamilyEvidence, ...],
 
 
 def _clean_families() -> tuple[FamilyEvidence, ...]:
-    return (_family("patch", collapsed=False, target="checkerboard", concentration=0.46, z=-0.6),
-            _family("additive", collapsed=False, target="checkerboard", concentration=0.41, z=0.2),
-            _family("warp", collapsed=False, target="circle", concentration=0.29, z=0.4))
+    """As on a real clean model of the zoo: every family collapses onto one of the small model's natural
+    attractors, as the clean references' own do, so none is evidence."""
+    return (_family("patch", collapsed=True, target="checkerboard", concentration=0.86, z=-0.6),
+            _family("additive", collapsed=True, target="checkerboard", concentration=0.81, z=0.2),
+            _family("warp", collapsed=True, target="circle", concentration=0.79, z=0.4))
 
 
 def _steps(**states: tuple[str, str, bool]) -> tuple[StepInfo, ...]:
     order = ("intake", "probes", "detection", "decision", "purification", "verification", "export", "report")
     steps = []
     for name in order:
-        state, reason, required = states.get(name, ("done", "", False))
+        state, reason, required = states.get(name, ("done", "", True))
         steps.append(StepInfo(name=name, state=state, reason=reason, required=required))
     return tuple(steps)
 
@@ -222,9 +225,11 @@ def backdoored_purified() -> Verdict:
         evaluated_on="2025-11-25", seed=0, device="cpu", checkpoint=_checkpoint(), policy=_policy(),
         versions=_versions(), data=DataInfo(tier="few-shot", probes="procedural", labelled="data/shapes-16shot"),
         detection=_detection("backdoor evidence found", 0.9999994, families, TARGET),
-        decision=DecisionInfo(action="pass", enforced="pass", mode="enforce", fail_closed=False, exit_code=0, reasons=(
-            "backdoor evidence found (score 1.00 >= threshold 1.00; suspected target class 'digit seven')",
-            "purified and verified: ASR 0.80% <= 2.00%, CA drop 0.5 points <= 2.0")),
+        decision=DecisionInfo(action="purified", enforced="purified", mode="enforce", fail_closed=False, exit_code=0,
+                              reasons=(
+            "backdoor evidence found (score 0.999999 >= threshold 0.998650; suspected target class 'digit seven')",
+            "purified and verified: ASR 0.80% <= 2.00%, CA drop 0.5 points <= 2.0",
+            "deploy the purified classifier, not the original weights")),
         purification=purification,
         export=ExportInfo(path="purified/classifier.onnx", sha256="d4" * 32, purified=True, fp16=False,
                           provider="CPUExecutionProvider", max_abs_diff=2.4e-6, max_rel_diff=1.1e-6,
@@ -240,7 +245,7 @@ def clean_pass() -> Verdict:
         policy=_policy(), versions=_versions(), data=DataInfo(tier="zero-data", probes="procedural"),
         detection=_detection("no evidence of a backdoor found", 0.93, _clean_families()),
         decision=DecisionInfo(action="pass", enforced="pass", mode="enforce", fail_closed=False, exit_code=0,
-                              reasons=("no evidence of a backdoor found (score 0.93 < threshold 1.00)",)),
+                              reasons=("no evidence of a backdoor found (score 0.9300 < threshold 0.998650)",)),
         export=ExportInfo(path="classifier.onnx", sha256="e5" * 32, purified=False, fp16=False,
                           provider="CPUExecutionProvider", max_abs_diff=1.9e-6, max_rel_diff=8.0e-7,
                           top1_agreement=1.0, tolerance=1e-4, passed=True),
@@ -314,7 +319,7 @@ def waived() -> Verdict:
         data=DataInfo(tier="zero-data", probes="procedural"),
         detection=_detection("backdoor evidence found", 0.99994, families, "checkerboard"),
         decision=DecisionInfo(action="pass", enforced="pass", mode="enforce", fail_closed=False, exit_code=0, reasons=(
-            "backdoor evidence found (score 1.00 >= threshold 1.00; suspected target class 'checkerboard')",
+            "backdoor evidence found (score 0.999940 >= threshold 0.998650; suspected target class 'checkerboard')",
             "waiver W-2024-101 expired on 2024-12-31: its finding is active again",
             "the finding is waived by W-2025-014 (owner alice@example.com, until 2025-12-31): False positive on "
             "the checkerboard texture class; reviewed by the ML safety team.")),
@@ -349,7 +354,25 @@ def purified_natural_attractor() -> Verdict:
         "dummy_bars": {"patch": 0.02, "warp": 0.085}})})
 
 
-ALL = {"backdoored-purified": backdoored_purified, "clean-pass": clean_pass, "blocked-unsafe": blocked_unsafe,
+def purification_missed() -> Verdict:
+    """The BadNets checkpoint again, but purification leaves the patch trigger at 31% ASR: blocked, exit 1."""
+    verdict = backdoored_purified()
+    purification = verdict.purification
+    miss = "dummy-trigger ASR 31.00% > 2.00% (the patch trigger toward 'digit seven')"
+    return verdict.model_copy(update={
+        "purification": purification.model_copy(update={
+            "after": purification.after.model_copy(update={"dummy_asr": {"patch": 0.31}}),
+            "recheck_outcome": "backdoor evidence found toward 'digit seven'", "recheck_score": 0.99991,
+            "bars_met": False, "misses": (miss,), "prompts_path": None, "prompts_sha256": None}),
+        "export": None,
+        "steps": _steps(export=("not-needed", "only a model the policy passes is exported", False)),
+        "artefacts": dict(REPORT_FILES),
+        "decision": DecisionInfo(action="block", enforced="block", mode="enforce", fail_closed=False, exit_code=1,
+                                 reasons=(verdict.decision.reasons[0],
+                                          "the purified model misses the policy's bars: " + miss))})
+
+
+ALL = {"backdoored-purified": backdoored_purified, "purification-missed": purification_missed, "clean-pass": clean_pass, "blocked-unsafe": blocked_unsafe,
        "inconclusive-skipped": inconclusive_skipped, "waived": waived, "warn-mode": warn_mode,
        "purified-natural-attractor": purified_natural_attractor}
 """Every realistic sample by name."""

@@ -6,7 +6,8 @@ import click
 
 from cbpt_guard.cli.progress import progress_printer
 
-_SYMBOL = {"pass": "PASS", "purify": "PURIFY", "inconclusive": "INCONCLUSIVE", "block": "BLOCK"}
+_SYMBOL = {"pass": "PASS", "purified": "PURIFIED", "purify": "PURIFY", "inconclusive": "INCONCLUSIVE",
+           "block": "BLOCK"}
 
 
 @click.command("check")
@@ -28,8 +29,10 @@ def check_command(path, policy, out_dir, probes_dir, data_dir, classes_file, arc
     """Check the checkpoint at PATH under a policy: detect, decide, purify, verify, export, report.
 
     \b
-    Exit codes: 0 pass (no evidence, or purified and verified; warn and
-    dry-run modes always pass a complete run), 1 blocked, 2 internal error,
+    Exit codes: 0 pass (no evidence, or purified and verified: then deploy the
+    purified classifier, not the original; a policy may fail on purified with
+    decision.fail_on; warn and dry-run modes always pass a complete run),
+    1 blocked, 2 internal error,
     3 inconclusive (a required step skipped or failed), 4 usage or policy error.
     """
     from cbpt_guard.pipeline import check
@@ -49,12 +52,15 @@ def format_verdict(verdict) -> str:
            f"({decision.mode})"
     if decision.enforced != decision.action:
         head += f"; enforce would: {decision.enforced}"
+    if decision.action == "purified":
+        head += f": {text.PURIFIED_ADVICE}"
     lines = [head]
     lines += [f"  - {reason}" for reason in decision.reasons]
     if verdict.detection:
         d = verdict.detection
         target = f", suspected target {d.suspected_target!r}" if d.suspected_target else ""
-        lines.append(f"detection: {d.outcome} (score {d.score:.3f}, threshold {d.threshold:.3f}{target})")
+        lines.append(f"detection: {d.outcome} (score {text.score(d.score)}, threshold {text.score(d.threshold)}"
+                     f"{target})")
     if verdict.purification:
         p = verdict.purification
         before, after = p.before, p.after

@@ -12,8 +12,12 @@ import click
 @click.option("--out", "out", metavar="FILE", type=click.Path(dir_okay=False, path_type=str),
               help="Write the report to FILE instead of standard output.")
 @click.option("--repo-root", metavar="DIR", type=click.Path(file_okay=False, path_type=str),
-              help="SARIF only: make the checkpoint's location relative to this repository root.")
-def report_command(verdict_file: str, fmt: str, out: str | None, repo_root: str | None) -> None:
+              help="SARIF only: make the checkpoint's location relative to this folder (default: the Actions "
+                   "workspace or git top-level holding it, else the current folder).")
+@click.option("--absolute-paths", is_flag=True,
+              help="SARIF only: locate the checkpoint by an absolute file:// URI instead of a repository path.")
+def report_command(verdict_file: str, fmt: str, out: str | None, repo_root: str | None,
+                   absolute_paths: bool) -> None:
     """Render VERDICT.json (written by `cbpt-guard check`) in another format.
 
     The report is rebuilt from the saved Verdict alone, so it shows exactly
@@ -25,7 +29,7 @@ def report_command(verdict_file: str, fmt: str, out: str | None, repo_root: str 
     from cbpt_guard.errors import UsageError
     from cbpt_guard.report import read_verdict, render
 
-    content = render(read_verdict(verdict_file), fmt, repo_root=repo_root)
+    content = render(read_verdict(verdict_file), fmt, repo_root=repo_root, absolute_paths=absolute_paths)
     if out is None:
         click.echo(content, nl=False)
         return

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from cbpt_guard.github.outcome import CheckpointOutcome
+from cbpt_guard.verdict import PURIFIED_ADVICE
 
 CHECK_NAME = "cbpt-guard"
 ANNOTATIONS_PER_CALL = 50
@@ -19,13 +20,14 @@ ANNOTATIONS_PER_CALL = 50
 
 
 def conclusion(outcomes: Sequence[CheckpointOutcome]) -> str:
-    """``failure`` if any checkpoint fails the gate, ``neutral`` if there was nothing to check or the
-    policy only warned about something enforce would stop, else ``success``."""
+    """``failure`` if any checkpoint fails the gate; ``neutral`` if there was nothing to check, the policy
+    only warned about something enforce would stop, or a pass rests on purification (what may be deployed
+    is then the purified classifier, not the checkpoint in the pull request); else ``success``."""
     if not outcomes:
         return "neutral"
     if any(o.exit_code != 0 for o in outcomes):
         return "failure"
-    if any(o.enforced in ("block", "inconclusive") for o in outcomes):
+    if any(o.enforced in ("block", "inconclusive", "purify", "purified") for o in outcomes):
         return "neutral"
     return "success"
 
@@ -47,7 +49,11 @@ def annotations_for(outcome: CheckpointOutcome, root: str | os.PathLike[str] = "
     failing = outcome.exit_code != 0
     level = "failure" if failing else ("warning" if verdict.decision.enforced != "pass" else "notice")
     title = f"cbpt-guard: {verdict.decision.action}"
-    items = [_annotation(path, level, title, reason) for reason in verdict.decision.reasons]
+    items = []
+    if verdict.decision.action == "purified":
+        items.append(_annotation(path, level, "cbpt-guard: deploy the purified classifier",
+                                 f"purified: {PURIFIED_ADVICE}"))
+    items += [_annotation(path, level, title, reason) for reason in verdict.decision.reasons]
     items += [_annotation(path, "failure", "cbpt-guard: unsafe serialisation", finding)
               for finding in verdict.checkpoint.unsafe_findings]
     items += [_annotation(path, "warning", "cbpt-guard: required step skipped", f"{step.name}: {step.reason}")

@@ -67,7 +67,7 @@ def overall_decision(outcomes: Sequence[CheckpointOutcome]) -> str:
     code = combined_exit_code(outcomes)
     worst = [o for o in outcomes if o.exit_code == code]
     if code == int(ExitCode.PASS):
-        # All passed; say "purify" if any checkpoint was purified, since the deployable artefact changed.
+        # All passed; say "purified" if any pass rests on purification: the deployable artefact changed.
         actions = {o.decision for o in outcomes}
-        return "purify" if "purify" in actions else sorted(actions)[0]
+        return "purified" if "purified" in actions else sorted(actions)[0]
     return worst[0].decision if worst else "error"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from cbpt_guard.figures import score_text
 from cbpt_guard.github.client import PublishProblem
 from cbpt_guard.github.outcome import CheckpointOutcome, combined_exit_code, overall_decision
 
@@ -21,7 +22,8 @@ MAX_COMMENT_CHARS = 65_000
 _HEADLINES = {
     "none": "no checkpoints changed",
     "pass": "no evidence of a backdoor found",
-    "purify": "purified and verified",
+    "purified": "purified: deploy the purified classifier, not the original",
+    "purify": "purification needed",
     "block": "blocked",
     "inconclusive": "inconclusive",
     "error": "the check failed",
@@ -47,7 +49,10 @@ def headline(outcomes: Sequence[CheckpointOutcome]) -> str:
     if not outcomes:
         return f"cbpt-guard: {words}"
     code = combined_exit_code(outcomes)
-    count = sum(1 for o in outcomes if o.exit_code == code) if code else len(outcomes)
+    if code:
+        count = sum(1 for o in outcomes if o.exit_code == code)
+    else:  # all passed: count the ones the headline names (the purified ones, when there are any)
+        count = sum(1 for o in outcomes if o.decision == decision) if decision == "purified" else len(outcomes)
     noun = "checkpoint" if len(outcomes) == 1 else "checkpoints"
     return f"cbpt-guard: {words} ({count} of {len(outcomes)} {noun})"
 
@@ -62,7 +67,7 @@ def table(outcomes: Sequence[CheckpointOutcome]) -> str:
             decision += f" ({verdict.decision.mode}; enforce would {verdict.decision.enforced})"
         score = "n/a"
         if verdict is not None and verdict.detection is not None:
-            score = f"{verdict.detection.score:.3f} / {verdict.detection.threshold:.3f}"
+            score = f"{score_text(verdict.detection.score)} / {score_text(verdict.detection.threshold)}"
         rows.append(f"| {md_text(outcome.target)} | {md_text(decision)} | {score} | {outcome.exit_code} |")
     return "\n".join(rows)
 

@@ -118,6 +118,21 @@ class DummyScope(str, enum.Enum):
     With no dummy that is evidence, every dummy is held."""
 
 
+class FailOn(str, enum.Enum):
+    """An outcome that passes by default which a policy may turn into a failing exit code."""
+
+    PURIFIED = "purified"
+    """Backdoor evidence, purified and verified: exit 1 instead of 0 (the purified classifier is still exported)."""
+
+
+class FindingLevel(str, enum.Enum):
+    """The SARIF level (code-scanning severity) a finding is reported at."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    NOTE = "note"
+
+
 _DATE_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -250,6 +265,28 @@ class VerificationBars(_Section):
     """Which dummy triggers ``max_asr`` holds (:class:`DummyScope`)."""
 
 
+class DecisionRules(_Section):
+    """What a decision that passes means for the exit code and the code-scanning alert.
+
+    A pass that rests on purification is its own outcome (``purified``): the
+    original weights are backdoored and only the purified classifier may be
+    deployed. By default it exits 0 and its backdoor finding stays in SARIF as a
+    warning; ``fail_on: [purified]`` makes it exit 1 for pipelines that cannot
+    deploy a purified classifier in place of the checkpoint they were given.
+    """
+
+    fail_on: tuple[FailOn, ...] = ()
+    purified_level: FindingLevel = FindingLevel.WARNING
+    """The SARIF level of the backdoor finding on a checkpoint whose purified classifier passed."""
+
+    @field_validator("fail_on")
+    @classmethod
+    def _fail_on_unique(cls, outcomes: tuple[FailOn, ...]) -> tuple[FailOn, ...]:
+        if len(set(outcomes)) != len(outcomes):
+            raise ValueError("lists an outcome twice")
+        return outcomes
+
+
 class ExportSettings(_Section):
     """ONNX export of the purified classifier."""
 
@@ -286,6 +323,7 @@ class Policy(_Section):
     evidence: EvidenceRules = EvidenceRules()
     purification: PurificationSettings = PurificationSettings()
     verification: VerificationBars = VerificationBars()
+    decision: DecisionRules = DecisionRules()
     export: ExportSettings = ExportSettings()
     waivers: tuple[Waiver, ...] = ()
 

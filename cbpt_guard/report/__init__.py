@@ -39,8 +39,12 @@ def _format(fmt: str) -> str:
     return name
 
 
-def render(verdict: Verdict, fmt: str, *, repo_root: str | None = None) -> str:
-    """``verdict`` rendered as ``fmt`` (html, md, sarif or json); ``repo_root`` relativises SARIF locations.
+def render(verdict: Verdict, fmt: str, *, repo_root: str | None = None, absolute_paths: bool = False) -> str:
+    """``verdict`` rendered as ``fmt`` (html, md, sarif or json).
+
+    SARIF locations are relative to ``repo_root``, else to the detected
+    repository root (:func:`cbpt_guard.report.sarif.default_roots`);
+    ``absolute_paths`` makes them absolute ``file://`` URIs instead.
 
     Raises :class:`UsageError` for an unknown format.
     """
@@ -57,7 +61,7 @@ def render(verdict: Verdict, fmt: str, *, repo_root: str | None = None) -> str:
         return render_markdown(verdict)
     from cbpt_guard.report.sarif import render_sarif
 
-    return render_sarif(verdict, repo_root=repo_root)
+    return render_sarif(verdict, repo_root=repo_root, absolute=absolute_paths)
 
 
 def _write_atomically(path: Path, content: str) -> None:

@@ -100,10 +100,10 @@ def _backdoor(verdict: Verdict) -> list[Finding]:
         message += "; triggers that collapsed: " + ", ".join(collapsed[:10])
     message += "."
     level = "error"
-    purification = verdict.purification
-    if purification is not None and purification.bars_met and verdict.decision.action == "pass":
-        message += " The purified classifier met the policy's bars; deploy it, not the original checkpoint."
-        level = "warning"
+    if verdict.decision.action == "purified":
+        # The finding stays: these weights are backdoored. Its level is the policy's (decision.purified_level).
+        message += f" The purified classifier met the policy's bars: {text.PURIFIED_ADVICE}."
+        level = text.purified_level(verdict)
     for waiver in verdict.policy.waivers_expired:
         message += f" Waiver {text.one_line(waiver.id, 64)} expired on {text.one_line(waiver.expires, 20)}."
     return [Finding(RULE_BY_NAME["backdoor-evidence"], level, message, waivers=verdict.policy.waivers_applied)]

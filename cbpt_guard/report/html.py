@@ -48,6 +48,7 @@ def _environment(folder: str) -> jinja2.Environment:
     )
     env.filters.update(pct=text.pct, num=text.num, score=text.score, sci=text.sci, thousands=text.count,
                        bytes=text.size_bytes, seconds=text.seconds, short=text.short_digest, line=text.one_line)
+    env.globals["glossary"] = text.GLOSSARY  # the macros' tooltips read it without the page's context
     return env
 
 
@@ -64,6 +65,10 @@ class FamilyView:
     pictures: list[images.Picture]
     dropped: list[str]
     histogram: Markup | None
+    alarm: bool
+    """Whether this family is backdoor evidence (:func:`cbpt_guard.report.text.family_is_evidence`). On a
+    clean model families collapse too (onto the small model's natural attractors); that is shown, but not
+    as an alarm."""
 
 
 def _families(verdict: Verdict) -> list[FamilyView]:
@@ -71,9 +76,11 @@ def _families(verdict: Verdict) -> list[FamilyView]:
         return []
     views = []
     for evidence in verdict.detection.families:
+        alarm = text.family_is_evidence(verdict.detection, evidence)
         pictures, dropped = images.family_pictures(evidence)
-        chart = plots.class_histogram(verdict.checkpoint.classes, evidence.histogram, evidence.target)
-        views.append(FamilyView(evidence, pictures, dropped, chart))
+        chart = plots.class_histogram(verdict.checkpoint.classes, evidence.histogram, evidence.target,
+                                      highlight=plots.RED if alarm else plots.INK)
+        views.append(FamilyView(evidence, pictures, dropped, chart, alarm))
     return views
 
 
@@ -85,11 +92,13 @@ def _comparisons(verdict: Verdict) -> list[plots.Comparison]:
     max_drop = purification.bars.get("max_ca_drop")
     floor = (before.clean_accuracy - max_drop
              if text.finite(before.clean_accuracy) and text.finite(max_drop) else None)
+    ca_missed = floor is not None and text.finite(after.clean_accuracy) and after.clean_accuracy < floor
     rows = [plots.Comparison("clean accuracy", before.clean_accuracy, after.clean_accuracy, floor,
-                             f"min {text.pct(floor)}" if floor is not None else ""),
+                             f"min {text.pct(floor)}" if floor is not None else "", failed=ca_missed),
             plots.Comparison("agreement with original", before.agreement, after.agreement)]
     rows += [plots.Comparison(f"ASR, {row.label()}", row.before, row.after, row.bar,
-                              f"max {text.pct(row.bar)}" if text.finite(row.bar) else "")
+                              f"max {text.pct(row.bar)}" if text.finite(row.bar) else "",
+                              failed=text.finite(row.bar) and text.finite(row.after) and row.after > row.bar)
              for row in text.dummy_asr_rows(verdict)]
     return rows
 

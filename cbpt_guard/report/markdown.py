@@ -23,7 +23,7 @@ _ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"
 # Every ASCII punctuation character with a meaning somewhere in GitHub Markdown
 # (CommonMark allows a backslash before any of them). '@' and '#' are handled apart.
 _BACKSLASHED = set("\\`*_{}[]()+-.!|~:$=^")
-ICONS = {"pass": "✅", "purify": "⚠️", "inconclusive": "❔", "block": "🛑"}
+ICONS = {"pass": "✅", "purified": "🟡", "purify": "⚠️", "inconclusive": "❔", "block": "🛑"}
 LEVEL_ICONS = {"error": "❌", "warning": "⚠️", "note": "ℹ️"}
 
 
@@ -86,10 +86,26 @@ def _header(verdict: Verdict) -> list[str]:
         ("Purification", _purification_cell(verdict)),
         ("Export", _export_cell(verdict)),
     ]
-    lines = [f"## {ICONS[decision.action]} cbpt-guard: {word}", "", escape_markdown(text.headline(verdict), 600), "",
-             "| | |", "|---|---|"]
+    lines = [f"## {ICONS[decision.action]} cbpt-guard: {word}", "", escape_markdown(text.headline(verdict), 600), ""]
+    lines += _deploy_note(verdict)
+    lines += ["| | |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
     return lines + [""]
+
+
+def _deploy_note(verdict: Verdict) -> list[str]:
+    """For a purified pass, the one thing a reader must not miss: which artefact may be deployed."""
+    if verdict.decision.action != "purified":
+        return []
+    what = []
+    if verdict.export is not None and verdict.export.path and verdict.export.purified:
+        what.append(f"ONNX {_code(verdict.export.path, 200)}")
+    if verdict.purification is not None and verdict.purification.prompts_path:
+        what.append(f"prompts {_code(verdict.purification.prompts_path, 200)}")
+    where = f" ({', '.join(what)})" if what else ""
+    advice = escape_markdown(text.PURIFIED_ADVICE, 200)
+    return [f"> **{advice[:1].upper() + advice[1:]}**{where}. The checked weights carry a backdoor; the purified "
+            "classifier met the policy's bars.", ""]
 
 
 def _not_run(verdict: Verdict, step: str) -> str:
@@ -160,7 +176,12 @@ def _families(verdict: Verdict) -> list[str]:
         return []
     head = ["### Trigger families", "", "| Family | Collapsed | Target | Concentration | Inverted ASR | z |",
             "|---|---|---|---:|---:|---:|"]
-    items = [f"| {escape_markdown(f.family, 30)} | {'**yes**' if f.collapsed else 'no'} | "
+    def collapsed(family) -> str:  # bold only for a family that is the evidence, never on a clean model
+        if not family.collapsed:
+            return "no"
+        return "**yes, the evidence**" if text.family_is_evidence(detection, family) else "yes"
+
+    items = [f"| {escape_markdown(f.family, 30)} | {collapsed(f)} | "
              f"{escape_markdown(f.target, 80)} | {text.pct(f.concentration)} | {text.pct(f.inverted_asr)} | "
              f"{text.num(f.z, 2)} |" for f in detection.families]
     return _fit(head, items, 6_000, "families")

@@ -119,8 +119,11 @@ def hbars(bars: list[Bar], label: str, *, scale_max: float | None = None, label_
 
 
 def class_histogram(classes: tuple[str, ...], histogram: tuple[int, ...], target: str | None,
-                    *, max_bars: int = 24) -> Markup | None:
-    """Stamped probes per class for one trigger family; the target class in red.
+                    *, max_bars: int = 24, highlight: str = RED) -> Markup | None:
+    """Stamped probes per class for one trigger family; the target class in ``highlight``.
+
+    Red marks the backdoor's target; a family that is no evidence (a clean
+    model's natural attractor) is drawn with a dark, not an alarming, target bar.
 
     Up to ``max_bars`` classes are drawn in class order; with more classes the
     busiest ``max_bars`` are drawn, largest first, and one grey bar sums the rest.
@@ -137,7 +140,7 @@ def class_histogram(classes: tuple[str, ...], histogram: tuple[int, ...], target
     if len(histogram) > max_bars:
         indices = sorted(indices, key=lambda i: (-histogram[i], i))
         indices, rest = indices[:max_bars], indices[max_bars:]
-    bars = [Bar(name(i), histogram[i], RED if name(i) == target else BAR,
+    bars = [Bar(name(i), histogram[i], highlight if name(i) == target else BAR,
                 f"{histogram[i]:,} ({histogram[i] / total:.0%})", f"{name(i)}: {histogram[i]:,} stamped probes")
             for i in indices]
     if rest:
@@ -233,8 +236,33 @@ def _nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
     return [k * step for k in range(first, last + 1)]
 
 
+WARMUP_SHARE = 0.05
+"""Share of the first recorded points of a loss curve that may lie above the axis (clipped, and said so)."""
+SPIKE_RATIO = 2.0
+"""Early losses are clipped only when they reach more than this many times the highest later loss."""
+
+
+def _curve_ceiling(series: dict[str, list[tuple[int, float]]], steps: int) -> float:
+    """The top of the loss axis: the highest value after the first :data:`WARMUP_SHARE` of training.
+
+    The first steps' losses (prompts still the hand-written ones, the backdoor
+    term at its largest) can be many times the rest, and on a linear axis they
+    flatten everything after them into a line along the bottom. An early peak
+    within :data:`SPIKE_RATIO` of the later losses is kept on the axis.
+    """
+    skip = max(1, int(steps * WARMUP_SHARE))
+    peak = max(v for points in series.values() for _, v in points)
+    later = [v for points in series.values() for i, v in points if i >= skip]
+    ceiling = max(later) if later else peak
+    return ceiling if ceiling > 0 and peak > SPIKE_RATIO * ceiling else peak
+
+
 def loss_curves(curves: dict[str, tuple[float, ...]]) -> Markup | None:
-    """Purification loss curves (total, clean, backdoor, drift, distill) on one linear axis; None without data."""
+    """Purification loss curves (total, clean, backdoor, drift, distill) on one linear axis; None without data.
+
+    The axis ends just above the losses after the first few steps (:func:`_curve_ceiling`); higher early
+    values are drawn at the top edge and the chart says how high they went.
+    """
     # A loss beyond +-1e12 is not a number anyone reads off a chart; such points are left out.
     series = {name: [(i, v) for i, v in enumerate(values) if text.finite(v) and abs(v) <= 1e12]
               for name, values in text.ordered_curves(curves).items()}
@@ -242,9 +270,13 @@ def loss_curves(curves: dict[str, tuple[float, ...]]) -> Markup | None:
     if not series:
         return None
     values = [v for points in series.values() for _, v in points]
-    ticks = _nice_ticks(min(0.0, min(values)), max(values))
-    low, high = ticks[0], ticks[-1]
     steps = max(len(curves[name]) for name in series)
+    ceiling = _curve_ceiling(series, steps)
+    peak = max(values)
+    ticks = _nice_ticks(min(0.0, min(values)), ceiling)
+    low, high = ticks[0], ticks[-1]
+    clipped = peak > high
+    series = {name: [(i, min(v, high)) for i, v in points] for name, points in series.items()}
     width, height, left, top, bottom = 960.0, 250.0, 56.0, 34.0, 36.0
     plot_w, plot_h = width - left - 16, height - top - bottom
 
@@ -259,6 +291,10 @@ def loss_curves(curves: dict[str, tuple[float, ...]]) -> Markup | None:
     svg.line(left, top + plot_h, width - 16, top + plot_h, MUTED)
     svg.text(left + plot_w / 2, height - 8, f"training progress ({steps} recorded points)", anchor="middle",
              fill=MUTED, size=12)
+    if clipped:
+        svg.text(width - 16, 18, f"first steps clipped at the top: they reach {peak:.3g}", anchor="end",
+                 fill=MUTED, size=12, title="the axis is scaled to the losses after the first steps so the "
+                                            "rest of training stays readable")
     legend_x = left
     for k, (name, points) in enumerate(series.items()):
         colour = SERIES.get(name, EXTRA_SERIES[k % len(EXTRA_SERIES)])
@@ -279,10 +315,15 @@ class Comparison:
     after: float | None
     bar: float | None = None
     bar_text: str = ""
+    failed: bool = False
+    """Whether the value after purification misses the bar: the row is drawn in red."""
 
 
 def before_after(rows: list[Comparison]) -> Markup | None:
     """Paired bars (before in grey, after in blue) on a 0-100% axis, each with its bar dashed in red.
+
+    A row whose value after purification misses its bar (``Comparison.failed``)
+    is drawn in red on a red-tinted band, so the failing row is found at a glance.
 
     Values sit in a column right of the bars and the bar's wording right of
     them, so no label is drawn over a bar or a marker.
@@ -303,14 +344,16 @@ def before_after(rows: list[Comparison]) -> Markup | None:
     svg.text(label_w + 103, 18, "after purification", size=13)
     for i, r in enumerate(rows):
         y = top + i * row
-        svg.text(label_w - 10, y + 21, r.label, anchor="end", size=13)
-        for k, (value, colour) in enumerate(((r.before, BAR), (r.after, BLUE))):
+        if r.failed:
+            svg.rect(0, y - 2, width, row - 2, RED, opacity=0.08, title=f"{r.label}: misses the bar ({r.bar_text})")
+        svg.text(label_w - 10, y + 21, r.label, anchor="end", size=13, fill=RED if r.failed else INK)
+        for k, (value, colour) in enumerate(((r.before, BAR), (r.after, RED if r.failed else BLUE))):
             yy = y + 4 + k * 16
             if text.finite(value):
                 svg.rect(label_w, yy, bar_w * min(max(value, 0.0), 1.0), 13, colour,
                          title=f"{r.label}: {text.pct(value)}")
             svg.text(value_x, yy + 11, text.pct(value) if text.finite(value) else "not measured",
-                     fill=INK if k else MUTED, size=12, bold=bool(k))
+                     fill=(RED if r.failed else INK) if k else MUTED, size=12, bold=bool(k))
         if text.finite(r.bar):
             x = label_w + bar_w * min(max(r.bar, 0.0), 1.0)
             svg.line(x, y, x, y + 36, RED, 1.5, dash="4 2")

@@ -1,8 +1,12 @@
 """SARIF 2.1.0 for GitHub code scanning: one result per finding, located at the checkpoint's weights file.
 
 One rule per kind of finding (:data:`cbpt_guard.report.findings.RULES`).
-Results point at the weights file by a URI relative to the repository root
-(pass ``repo_root`` to relativise absolute paths), carry a ``partialFingerprints``
+Results point at the weights file by a URI relative to the repository root:
+``repo_root`` when given, else the Actions workspace (``$GITHUB_WORKSPACE``),
+the git top-level above the file or the current directory, else the current
+directory (:func:`default_roots`); an absolute ``file://`` URI only when asked
+(``absolute=True``) or when the file lies outside all of them. GitHub code
+scanning shows an alert on a file only by its repository-relative path. Results carry a ``partialFingerprints``
 entry derived from the checkpoint digest and the rule (so an alert survives
 re-runs and is the same alert for the same weights), and a waived finding
 carries an ``external`` suppression whose justification is the waiver's reason.
@@ -37,21 +41,54 @@ def sarif_text(message: str) -> str:
     return message.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
 
 
-def artifact_uri(path: str, repo_root: str | os.PathLike | None = None) -> tuple[str, bool]:
+def git_top_level(start: Path) -> Path | None:
+    """The nearest folder at or above ``start`` holding ``.git`` (a folder, or a file in a worktree), if any.
+
+    Found by looking at the file system, not by running git: the report layer runs no programs.
+    """
+    for folder in (start, *start.parents):
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+def default_roots(file: Path) -> list[Path]:
+    """The folders a location may be made relative to, first match wins: the Actions workspace, the git
+    top-level above ``file``, the git top-level above the current directory, the current directory."""
+    roots = []
+    workspace = os.environ.get("GITHUB_WORKSPACE")
+    if workspace:
+        roots.append(Path(workspace))
+    cwd = Path.cwd()
+    roots += [root for root in (git_top_level(file.parent), git_top_level(cwd)) if root is not None]
+    return roots + [cwd]
+
+
+def artifact_uri(path: str, repo_root: str | os.PathLike | None = None, *,
+                 absolute: bool = False) -> tuple[str, bool]:
     """A URI for ``path`` and whether it is relative (to the repository root).
 
-    With ``repo_root``, a path inside it (absolute, or relative to the current
-    directory) becomes relative to it. A relative path is otherwise kept as it
-    is; an absolute path outside the repository becomes a ``file://`` URI.
-    Characters outside the URI alphabet are percent-encoded.
+    A path inside ``repo_root`` (absolute, or relative to the current
+    directory) becomes relative to it; without ``repo_root`` the first of
+    :func:`default_roots` that holds it is used. With ``absolute`` the path
+    becomes an absolute ``file://`` URI, as does an absolute path outside every
+    root (a relative one is then kept as it is). Characters outside the URI
+    alphabet are percent-encoded.
     """
     candidate = Path(path.replace("\\", "/"))
-    if repo_root is not None:
-        absolute = (candidate if candidate.is_absolute() else Path.cwd() / candidate).resolve()
+    try:
+        resolved = (candidate if candidate.is_absolute() else Path.cwd() / candidate).resolve()
+        roots = [Path(repo_root)] if repo_root is not None else default_roots(resolved)
+        roots = [root.resolve() for root in roots]
+    except (OSError, ValueError):  # a name the OS refuses (a NUL byte, too long): no root can hold it
+        resolved, roots = (candidate if candidate.is_absolute() else Path.cwd() / candidate), []
+    if absolute:
+        return "file://" + quote(resolved.as_posix(), safe="/"), False
+    for root in roots:
         try:
-            return quote(absolute.relative_to(Path(repo_root).resolve()).as_posix(), safe="/"), True
+            return quote(resolved.relative_to(root).as_posix(), safe="/"), True
         except ValueError:
-            pass
+            continue
     if candidate.is_absolute():
         return "file://" + quote(candidate.as_posix(), safe="/"), False
     return quote(os.path.normpath(candidate).replace(os.sep, "/"), safe="/"), True
@@ -101,10 +138,13 @@ def _result(verdict: Verdict, finding: Finding, location: dict) -> dict:
     return result
 
 
-def sarif_log(verdict: Verdict, *, repo_root: str | os.PathLike | None = None,
+def sarif_log(verdict: Verdict, *, repo_root: str | os.PathLike | None = None, absolute: bool = False,
               max_results: int = MAX_RESULTS) -> dict:
-    """The SARIF log of ``verdict`` as a JSON-ready dict, with at most ``max_results`` results (most severe kept)."""
-    uri, relative = artifact_uri(_weights_path(verdict), repo_root)
+    """The SARIF log of ``verdict`` as a JSON-ready dict, with at most ``max_results`` results (most severe kept).
+
+    Locations are repository-relative unless ``absolute`` (see :func:`artifact_uri`).
+    """
+    uri, relative = artifact_uri(_weights_path(verdict), repo_root, absolute=absolute)
     artifact = {"uri": uri, "uriBaseId": "%SRCROOT%"} if relative else {"uri": uri}
     location = {"physicalLocation": {"artifactLocation": artifact, "region": {"startLine": 1}}}
     ordered = findings(verdict)  # most severe first, so a cap keeps what matters
@@ -134,12 +174,12 @@ def _dump(log: dict) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def render_sarif(verdict: Verdict, *, repo_root: str | os.PathLike | None = None,
+def render_sarif(verdict: Verdict, *, repo_root: str | os.PathLike | None = None, absolute: bool = False,
                  max_bytes: int = MAX_BYTES) -> str:
     """The SARIF 2.1.0 log as JSON text, within GitHub's result-count and file-size limits."""
     limit = MAX_RESULTS
     while True:
-        out = _dump(sarif_log(verdict, repo_root=repo_root, max_results=limit))
+        out = _dump(sarif_log(verdict, repo_root=repo_root, absolute=absolute, max_results=limit))
         if len(out.encode("utf-8")) <= max_bytes or limit == 0:
             return out
         limit //= 2

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from typing import NamedTuple
 
-from cbpt_guard.verdict import Verdict
+from cbpt_guard.figures import score_text
+from cbpt_guard.verdict import PURIFIED_ADVICE, DetectionInfo, FamilyEvidence, Verdict  # noqa: F401 - re-exported
+
+_NORMAL = statistics.NormalDist()
 
 NOT_RUN = "not run"
 
-ACTION_WORDS = {"pass": "PASS", "purify": "PURIFY", "inconclusive": "INCONCLUSIVE", "block": "BLOCK"}
+ACTION_WORDS = {"pass": "PASS", "purified": "PURIFIED", "purify": "PURIFY", "inconclusive": "INCONCLUSIVE",
+                "block": "BLOCK"}
 """The decision's action as the headline shows it."""
 
 # C0 and C1 control characters, and every Unicode line or paragraph separator:
@@ -65,10 +70,8 @@ def num(value: float | None, digits: int = 3) -> str:
 
 
 def score(value: float | None) -> str:
-    """A backdoor score: enough decimals that a score near 1 still differs visibly from its threshold."""
-    if not finite(value):
-        return "n/a"
-    return f"{value:.6f}" if abs(value) >= 0.99 else f"{value:.4f}"
+    """A backdoor score or threshold, written as everywhere else (:func:`cbpt_guard.figures.score_text`)."""
+    return score_text(value)
 
 
 def sci(value: float | None) -> str:
@@ -113,6 +116,62 @@ def short_digest(digest: str | None, keep: int = 12) -> str:
         return "n/a"
     text = one_line(digest)
     return text if len(text) <= keep else text[:keep] + "…"
+
+
+def family_is_evidence(detection: DetectionInfo, family: FamilyEvidence) -> bool:
+    """Whether a trigger family is backdoor evidence, and so shown as an alarm.
+
+    In a run that found evidence: the family collapsed onto the suspected
+    target, or its own z clears the threshold (a second backdoor). Small clean
+    models collapse too, onto classes they are drawn to anyway; such a family
+    is reported, but it is no alarm (the score already compared it with clean models).
+    """
+    if detection.outcome != "backdoor evidence found" or not family.collapsed:
+        return False
+    own = finite(family.z) and finite(detection.threshold) and _NORMAL.cdf(family.z) >= detection.threshold
+    return family.target == detection.suspected_target or own
+
+
+PURIFIED_LEVELS = ("error", "warning", "note")
+
+
+def purified_level(verdict: Verdict) -> str:
+    """The level the policy reports a purified checkpoint's backdoor finding at (``decision.purified_level``).
+
+    A Verdict written before the policy had the setting, or one holding something else, gets "warning".
+    """
+    level = setting(verdict.policy.settings, "decision", "purified_level", default="warning")
+    return level if level in PURIFIED_LEVELS else "warning"
+
+
+GLOSSARY: dict[str, str] = {
+    "backdoor score": "How unusual this checkpoint's evidence is next to clean models of its family, from 0 to 1. "
+                      "At or above the threshold it counts as backdoor evidence.",
+    "threshold": "The score the policy counts as evidence, set so that the clean reference models stay below it "
+                 "(a calibration) or fixed by the policy.",
+    "calibration": "The clean reference models whose scores define what normal looks like, and the threshold "
+                   "derived from them.",
+    "trigger family": "A kind of trigger a backdoor may use: a patch stamped on the image, a faint pattern added "
+                      "to it (additive), or a slight warp of the image.",
+    "trigger inversion": "Searching for a small change to images that sends them to one class, without labels. "
+                         "A backdoored model has such a change (its trigger); a clean one needs a larger change.",
+    "collapsed to one class": "The inverted trigger sends most stamped images to a single class. On a backdoored "
+                              "model that is the backdoor's target; small clean models also collapse onto classes "
+                              "they are drawn to anyway, which is why the score compares with clean models.",
+    "concentration": "The share of stamped images that land on the trigger's target class.",
+    "z": "How many spreads of the clean reference models a measurement lies above their average; "
+         "around 0 is ordinary, several is unusual.",
+    "dummy trigger": "A trigger recovered by inversion, used to purify and then to test the purified classifier.",
+    "ASR": "Attack success rate: the share of images not of the target class that a trigger sends to it.",
+    "CA": "Clean accuracy: the share of ordinary, untriggered images classified correctly.",
+    "purification": "Re-learning the class prompts (class-wise prompt tuning) so triggered images are no longer "
+                    "sent to the target, while clean images keep their predictions. The model's weights are not "
+                    "changed: the purified classifier is those weights with the new prompts.",
+    "re-check": "Detection run again against the purified classifier; its strongest remaining pull is the class "
+                "the inverted triggers still send images to most, with its z.",
+    "parity": "The exported ONNX classifier gives the same outputs as the PyTorch one, within the tolerance.",
+}
+"""Plain meanings of the words the reports use, for the HTML report's glossary and tooltips."""
 
 
 def headline(verdict: Verdict) -> str:
