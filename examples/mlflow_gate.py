@@ -2,14 +2,20 @@
 
 The registry hook in four steps: download the version's artifacts through the
 MLflow client, run ``cbpt_guard.check`` on the checkpoint among them, record the
-decision on the version as tags, and move the alias (``champion`` by default) to
-the version only if the gate passed it as it is. A version that fails is never promoted, and
-if the alias already pointed at it (a re-check under a stricter policy) the alias
-is taken away.
+decision on the version as tags, and move the alias (``champion`` by default):
+
+- ``pass`` (no evidence of a backdoor): the alias moves to the version itself;
+- ``purified`` (backdoor evidence, purified and verified): the original weights
+  are backdoored and are never promoted. The purified classifier (its ONNX
+  export, its prompts and the verdict) is registered as a new version of the
+  same model, tagged with the source version and the source checkpoint's
+  SHA-256, and the alias moves to that new version;
+- anything else: nothing is promoted, and if the alias pointed at the version
+  (a re-check under a stricter policy) the alias is taken away.
 
     python examples/mlflow_gate.py --tracking-uri http://mlflow:5000 --name clip-prod --version 7
 
-Exit code: the gate's (0 pass, 1 blocked, 2 tool error, 3 inconclusive, 4 usage),
+Exit code: the gate's (0 pass or purified, 1 blocked, 2 tool error, 3 inconclusive, 4 usage),
 so a CI job or a registry webhook can stop on it. Needs ``pip install mlflow``.
 """
 
@@ -24,11 +30,21 @@ from pathlib import Path
 
 TAG_PREFIX = "cbpt_guard."
 CONFIG_NAMES = ("open_clip_config.json", "config.json")
+PURIFIED_ARTIFACT_PATH = "purified-classifier"
+"""Where the purified classifier's files sit in the run that registers it."""
+FALLBACK_EXPERIMENT = "cbpt-guard"
+"""The experiment that holds the registering run when the checked version has no run of its own."""
 
 
 @dataclasses.dataclass(frozen=True)
 class GateResult:
-    """What the gate decided for one model version, and whether the version was promoted."""
+    """What the gate decided for one model version, and which version (if any) the alias now points at.
+
+    ``promoted`` says the alias was moved; ``promoted_version`` is where to: the
+    checked version after a ``pass``, the newly registered purified classifier
+    (``purified_version``) after a ``purified`` decision, never the original
+    weights of a backdoored version.
+    """
 
     name: str
     version: str
@@ -37,6 +53,8 @@ class GateResult:
     promoted: bool
     reasons: tuple[str, ...]
     report_dir: str
+    promoted_version: str | None = None
+    purified_version: str | None = None
 
 
 def find_checkpoint(folder: Path) -> Path:
@@ -53,7 +71,8 @@ def gate_version(client, name: str, version: str, *, tracking_uri: str, policy: 
     ``client`` is an :class:`mlflow.MlflowClient`; ``check`` defaults to
     :func:`cbpt_guard.check` (injectable for tests). Tags written on the version:
     ``cbpt_guard.decision``, ``cbpt_guard.exit_code``, ``cbpt_guard.checkpoint_sha256``,
-    ``cbpt_guard.policy`` and ``cbpt_guard.policy_sha256``.
+    ``cbpt_guard.policy`` and ``cbpt_guard.policy_sha256`` (and ``cbpt_guard.purified_version``
+    when its purified classifier was registered, see :func:`register_purified`).
     """
     import mlflow.artifacts
 
@@ -70,16 +89,66 @@ def gate_version(client, name: str, version: str, *, tracking_uri: str, policy: 
             "policy": verdict.policy.name, "policy_sha256": verdict.policy.sha256}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, TAG_PREFIX + key, value)
-    # Only a plain pass promotes the version itself: after "purify" (exit 0 too) what passed
-    # is the purified classifier in the reports folder, not these weights.
-    promoted = code == 0 and decision == "pass"
-    if promoted:
-        client.set_registered_model_alias(name, alias, version)
+    # Only a plain pass promotes the version itself. After "purified" (exit 0 too) these weights are
+    # backdoored: what passed is the purified classifier, registered as a version of its own.
+    target = purified = None
+    if code == 0 and decision == "pass":
+        target = str(version)
+    elif code == 0 and decision == "purified":
+        purified = register_purified(client, name, str(version), verdict, report_dir)
+        client.set_model_version_tag(name, version, TAG_PREFIX + "purified_version", purified)
+        target = purified if _deployable(verdict, report_dir) else None
+    if target != str(version):  # a version that did not pass as it is never keeps the alias
+        _withdraw_alias(client, name, alias, str(version))
+    if target is not None:
+        client.set_registered_model_alias(name, alias, target)
         if stage:
-            client.transition_model_version_stage(name, version, stage)
+            client.transition_model_version_stage(name, target, stage)
+    return GateResult(name, str(version), decision, code, target is not None, tuple(verdict.decision.reasons),
+                      str(report_dir), promoted_version=target, purified_version=purified)
+
+
+def _deployable(verdict, report_dir: Path) -> bool:
+    """Whether the purified classifier was exported to ONNX, its parity checked, and the file is there."""
+    export = verdict.export
+    return (export is not None and export.purified and export.passed and bool(export.path)
+            and (report_dir / export.path).is_file())
+
+
+def register_purified(client, name: str, version: str, verdict, report_dir: Path) -> str:
+    """Register the purified classifier of ``name``/``version`` as a new version of ``name``; return it.
+
+    The registering run holds the ONNX export, the purified prompts and the
+    verdict under ``purified-classifier/``. The new version is tagged with
+    the source version, the source checkpoint's SHA-256 and the digests of
+    what it holds, so the deployed artefact can be traced to the weights it
+    was purified from. The run goes in the experiment of the source version's
+    own run (else in ``cbpt-guard``).
+    """
+    files = [report_dir / verdict.artefacts[role] for role in ("onnx", "prompts", "verdict")
+             if role in verdict.artefacts and (report_dir / verdict.artefacts[role]).is_file()]
+    source_run = client.get_model_version(name, version).run_id
+    if source_run:
+        experiment_id = client.get_run(source_run).info.experiment_id
     else:
-        _withdraw_alias(client, name, alias, version)
-    return GateResult(name, str(version), decision, code, promoted, tuple(verdict.decision.reasons), str(report_dir))
+        existing = client.get_experiment_by_name(FALLBACK_EXPERIMENT)
+        experiment_id = existing.experiment_id if existing else client.create_experiment(FALLBACK_EXPERIMENT)
+    tags = {TAG_PREFIX + "decision": "purified", TAG_PREFIX + "source_version": str(version),
+            TAG_PREFIX + "source_checkpoint_sha256": verdict.checkpoint.digest,
+            TAG_PREFIX + "policy": verdict.policy.name, TAG_PREFIX + "policy_sha256": verdict.policy.sha256}
+    if verdict.export is not None and verdict.export.sha256:
+        tags[TAG_PREFIX + "onnx_sha256"] = verdict.export.sha256
+    if verdict.purification is not None and verdict.purification.prompts_sha256:
+        tags[TAG_PREFIX + "prompts_sha256"] = verdict.purification.prompts_sha256
+    run = client.create_run(experiment_id, tags=tags, run_name=f"{name}-v{version}-purified")
+    for path in files:
+        client.log_artifact(run.info.run_id, str(path), PURIFIED_ARTIFACT_PATH)
+    client.set_terminated(run.info.run_id)
+    created = client.create_model_version(
+        name, source=f"runs:/{run.info.run_id}/{PURIFIED_ARTIFACT_PATH}", run_id=run.info.run_id, tags=tags,
+        description=f"Purified classifier of version {version} (checkpoint sha256 {verdict.checkpoint.digest}): "
+                    "deploy this, not the original weights.")
+    return str(created.version)
 
 
 def _withdraw_alias(client, name: str, alias: str, version: str) -> None:
@@ -117,7 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     except CbptError as error:  # a usage error (a bad policy): nothing was decided, nothing is promoted
         print(f"cbpt-guard: error: {error}", file=sys.stderr)
         return int(error.exit_code)
-    action = f"promoted to alias {args.alias!r}" if result.promoted else "not promoted"
+    if result.promoted and result.promoted_version != result.version:
+        action = (f"its purified classifier registered as version {result.promoted_version} and promoted to alias "
+                  f"{args.alias!r}; the original weights are not promoted")
+    elif result.promoted:
+        action = f"promoted to alias {args.alias!r}"
+    elif result.purified_version:
+        action = (f"its purified classifier registered as version {result.purified_version}, not promoted (no "
+                  "ONNX export with a passing parity check)")
+    else:
+        action = "not promoted"
     print(f"{result.name} version {result.version}: {result.decision} (exit {result.exit_code}), {action}")
     for reason in result.reasons:
         print(f"  - {reason}")

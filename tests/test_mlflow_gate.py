@@ -179,3 +179,115 @@ def test_real_check_blocks_backdoored_and_promotes_clean_with_strict_policy(mlfl
     assert (good_code, client.get_model_version(name, good).tags["cbpt_guard.decision"]) == (0, "pass")
     assert _alias_version(client, name, "champion") == good
     assert bad_code == int(bad_tags["cbpt_guard.exit_code"])
+
+
+# --- a registry without a server: sqlite in tmp_path, the same client calls ---------------------------------
+
+@pytest.fixture
+def sqlite_registry(tmp_path, monkeypatch):
+    """A real MLflow tracking and model registry on a sqlite file, artifacts in tmp_path (no server)."""
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # anything MLflow would put in the current folder stays in tmp_path
+    uri = f"sqlite:///{tmp_path}/registry.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_experiment("cbpt-guard-tests", artifact_location=(tmp_path / "artifacts").as_uri())
+    return client, uri
+
+
+def _purified_check(model, *, policy, out_dir, **_):
+    """A stand-in for cbpt_guard.check that purifies: it writes the files a real purified run writes."""
+    import verdict_samples as samples
+
+    verdict = samples.backdoored_purified()
+    out = Path(out_dir)
+    for role in ("onnx", "prompts"):
+        (out / verdict.artefacts[role]).parent.mkdir(parents=True, exist_ok=True)
+        (out / verdict.artefacts[role]).write_bytes(f"{role} of the purified classifier".encode())
+    (out / verdict.artefacts["verdict"]).write_text(verdict.to_json())
+    return verdict
+
+
+def _fixed_check(action: str):
+    def check(model, *, policy, out_dir, **_):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return make_verdict(str(model), action)
+    return check
+
+
+def _artifact_names(client, run_id: str) -> set[str]:
+    return {Path(f.path).name for f in client.list_artifacts(run_id, gate.PURIFIED_ARTIFACT_PATH)}
+
+
+def test_registry_gate_never_moves_the_alias_to_backdoored_weights(sqlite_registry, tmp_path):
+    client, uri = sqlite_registry
+    name = "clip-registry"
+    clean, purified, blocked = (_register(client, name, EXAMPLES / folder)
+                                for folder in ("clean", "backdoored", "backdoored"))
+
+    passed = gate.gate_version(client, name, clean, tracking_uri=uri, work_dir=tmp_path / "clean",
+                               check=_fixed_check("pass"))
+    assert (passed.decision, passed.promoted_version, passed.purified_version) == ("pass", clean, None)
+    assert _alias_version(client, name, "champion") == clean
+
+    result = gate.gate_version(client, name, purified, tracking_uri=uri, work_dir=tmp_path / "purified",
+                               check=_purified_check)
+    new = result.purified_version
+    assert (result.decision, result.exit_code, result.promoted) == ("purified", 0, True)
+    assert new not in (None, purified, clean) and result.promoted_version == new
+    assert _alias_version(client, name, "champion") == new  # the purified classifier, not the original weights
+    registered = client.get_model_version(name, new)
+    digest = client.get_model_version(name, purified).tags["cbpt_guard.checkpoint_sha256"]
+    assert registered.tags["cbpt_guard.source_checkpoint_sha256"] == digest
+    assert registered.tags["cbpt_guard.source_version"] == purified
+    assert registered.tags["cbpt_guard.decision"] == "purified"
+    assert _artifact_names(client, registered.run_id) == {"classifier.onnx", "prompts.safetensors", "verdict.json"}
+    assert client.get_model_version(name, purified).tags["cbpt_guard.purified_version"] == new
+    assert client.get_model_version(name, purified).tags["cbpt_guard.decision"] == "purified"
+
+    refused = gate.gate_version(client, name, blocked, tracking_uri=uri, work_dir=tmp_path / "blocked",
+                                check=_fixed_check("block"))
+    assert (refused.promoted, refused.promoted_version, refused.purified_version) == (False, None, None)
+    assert _alias_version(client, name, "champion") == new  # a block moves nothing
+
+    # the alias never lands on original weights the gate did not pass as they are
+    originals = {str(v.version) for v in client.search_model_versions(f"name='{name}'")
+                 if v.tags.get("cbpt_guard.decision") in ("purified", "block") and str(v.version) != new}
+    assert originals == {purified, blocked} and _alias_version(client, name, "champion") not in originals
+
+
+def test_a_purified_version_that_held_the_alias_loses_it_to_its_purified_classifier(sqlite_registry, tmp_path):
+    client, uri = sqlite_registry
+    name = "clip-recheck-purified"
+    original = _register(client, name, EXAMPLES / "backdoored")
+    client.set_registered_model_alias(name, "champion", original)  # promoted before the gate existed
+
+    result = gate.gate_version(client, name, original, tracking_uri=uri, work_dir=tmp_path, check=_purified_check)
+    assert _alias_version(client, name, "champion") == result.purified_version != original
+
+
+def test_a_purified_pass_without_an_onnx_export_registers_it_but_promotes_nothing(sqlite_registry, tmp_path):
+    client, uri = sqlite_registry
+    name = "clip-no-export"
+    original = _register(client, name, EXAMPLES / "backdoored")
+
+    def check(model, *, policy, out_dir, **kwargs):
+        verdict = _purified_check(model, policy=policy, out_dir=out_dir, **kwargs)
+        return verdict.model_copy(update={"export": None})
+
+    result = gate.gate_version(client, name, original, tracking_uri=uri, work_dir=tmp_path, check=check)
+    assert result.purified_version is not None and not result.promoted
+    assert _alias_version(client, name, "champion") is None
+
+
+def test_command_line_says_the_purified_classifier_was_promoted_not_the_original(sqlite_registry, tmp_path,
+                                                                                   monkeypatch, capsys):
+    client, uri = sqlite_registry
+    name = "clip-cli"
+    original = _register(client, name, EXAMPLES / "backdoored")
+    monkeypatch.setattr("cbpt_guard.check", _purified_check)
+    code = gate.main(["--tracking-uri", uri, "--name", name, "--version", original, "--work-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (f"{name} version {original}: purified (exit 0), its purified classifier registered as version 2 and "
+            "promoted to alias 'champion'; the original weights are not promoted") in out
