@@ -511,14 +511,14 @@ def _plain_zip() -> bytes:
         (lambda: _torch_bytes({"a": torch.zeros(1)}, legacy=True, pickle_protocol=0), FileKind.PICKLE),
         (lambda: pickle.dumps({"a": 1}, protocol=2), FileKind.PICKLE),
         (lambda: pickle.dumps({"a": 1}, protocol=5), FileKind.PICKLE),
-        (lambda: pickle.dumps({"a": 1}, protocol=0), FileKind.OTHER),
+        (lambda: pickle.dumps({"a": 1}, protocol=0), FileKind.PICKLE),
         (lambda: b'{"model_cfg": {}}', FileKind.OTHER),
         (lambda: struct.pack("<Q", 10**6) + b"{}", FileKind.OTHER),
         (lambda: b"", FileKind.OTHER),
         (lambda: random.Random(0).randbytes(256), FileKind.OTHER),
     ],
     ids=["safetensors", "torch_zip", "plain_zip", "legacy_torch", "legacy_torch_protocol0", "pickle2",
-         "pickle5", "pickle0_not_torch", "json", "safetensors_bad_length", "empty", "random"],
+         "pickle5", "pickle0", "json", "safetensors_bad_length", "empty", "random"],
 )
 def test_sniff_identifies_files_by_their_bytes(build, kind):
     assert sniff(build()) is kind

@@ -2,19 +2,20 @@
 
 A file called ``model.safetensors`` may hold a pickle, and a ``.bin`` may be a zip:
 what decides how a file is read (and which safety checks run) is what its first
-bytes say. A file that two readers would parse differently, such as a pickle with
-a zip archive appended, is a polyglot; :func:`is_polyglot` finds those so that the
-reader can refuse them.
+bytes say. Pickles are recognised by their opcodes, so the header-less protocols 0
+and 1 are pickles too. A file that two readers would parse differently, such as a
+pickle with a zip archive appended, is a polyglot; :func:`is_polyglot` finds those
+so that the reader can refuse them.
 """
 
 from __future__ import annotations
 
 import enum
 import io
-import pickletools
 import struct
 import zipfile
-from collections.abc import Sequence
+
+from cbpt_guard.intake.pickle_scan import starts_as_pickle
 
 ZIP_LOCAL_MAGIC = b"PK\x03\x04"
 """The zip local-file header signature; ``torch.save`` archives start with it."""
@@ -22,12 +23,13 @@ ZIP_LOCAL_MAGIC = b"PK\x03\x04"
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 """The integer that the first pickle of a legacy (pre-zip) ``torch.save`` file holds."""
 
+NUMPY_MAGIC = b"\x93NUMPY"
+"""The first bytes of a numpy ``.npy`` file (``np.save``)."""
+
 _PICKLE_PROTO = 0x80
 _PICKLE_PROTOCOLS = range(2, 6)
-# The magic-number pickle is at most PROTO, one integer opcode, STOP (15 bytes at
-# protocol 2, 25 as protocol-0 text); a bound keeps sniffing cheap on any input.
-_MAGIC_PICKLE_MAX_BYTES = 64
-_INTEGER_OPS = frozenset({"INT", "LONG", "LONG1", "LONG4"})
+# safetensors pads its header with spaces to 8-byte alignment; more is not its framing.
+_MAX_HEADER_PADDING = 4096
 
 
 class FileKind(str, enum.Enum):
@@ -39,6 +41,8 @@ class FileKind(str, enum.Enum):
     """A zip archive (``torch.save`` since 1.6): pickles inside, to be scanned."""
     PICKLE = "pickle"
     """A bare pickle stream, or a legacy ``torch.save`` file (several pickles, then raw data)."""
+    NUMPY = "numpy"
+    """A ``.npy`` array: a literal header, then raw data, or a pickle for object arrays."""
     OTHER = "other"
     """Anything else: not a checkpoint this tool reads."""
 
@@ -46,15 +50,22 @@ class FileKind(str, enum.Enum):
 def sniff(data: bytes) -> FileKind:
     """Classify ``data`` by its leading bytes.
 
-    Zip and pickle are checked before safetensors on purpose: a file that could be
-    read either way is then sent down the path that scans for code.
+    A file whose safetensors framing holds (a header length that fits, a header
+    from ``{`` to ``}``) is safetensors, even when its first bytes also happen to
+    read as a pickle (a header of 640 bytes starts ``\x80\x02``, one of 11,912
+    bytes is the pickle ``True``): readers of such files must also scan that
+    pickle (:func:`cbpt_guard.intake.pickle_scan.starts_as_pickle` says whether
+    there is one). Otherwise a PROTO 2-5 header, or opcodes that walk to a STOP
+    (protocols 0 and 1), make a pickle.
     """
     if data.startswith(ZIP_LOCAL_MAGIC):
         return FileKind.TORCH_ZIP
-    if _starts_with_pickle_proto(data) or _starts_with_torch_magic(data):
-        return FileKind.PICKLE
+    if data.startswith(NUMPY_MAGIC):
+        return FileKind.NUMPY
     if _looks_like_safetensors(data):
         return FileKind.SAFETENSORS
+    if _starts_with_pickle_proto(data) or starts_as_pickle(data):
+        return FileKind.PICKLE
     return FileKind.OTHER
 
 
@@ -77,35 +88,13 @@ def _starts_with_pickle_proto(data: bytes) -> bool:
     return len(data) >= 2 and data[0] == _PICKLE_PROTO and data[1] in _PICKLE_PROTOCOLS
 
 
-def _starts_with_torch_magic(data: bytes) -> bool:
-    """Catch legacy torch files written with pickle protocol 0 or 1 (no PROTO opcode)."""
-    head = io.BytesIO(data[:_MAGIC_PICKLE_MAX_BYTES])
-    try:
-        ops = [(op.name, arg) for op, arg, _ in pickletools.genops(head)]
-    except ValueError:
-        return False
-    return _ops_hold_torch_magic(ops)
-
-
-def _ops_hold_torch_magic(ops: Sequence[tuple[str, object]]) -> bool:
-    """Say whether one pickle's opcodes are exactly "push the torch magic number, stop".
-
-    Shared with the pickle scanner, which uses it to tell a legacy torch file (read
-    as a sequence of pickles) from a single bare pickle.
-    """
-    # PROTO and FRAME (protocol 4+) only frame the stream; they carry no value.
-    body = [(name, arg) for name, arg in ops if name not in ("PROTO", "FRAME")]
-    return (
-        len(body) == 2
-        and body[0][0] in _INTEGER_OPS
-        and body[0][1] == TORCH_LEGACY_MAGIC
-        and body[1][0] == "STOP"
-    )
-
-
 def _looks_like_safetensors(data: bytes) -> bool:
-    """A u64 header length that fits in the file, then the JSON header's opening brace."""
+    """A u64 header length that fits in the file, and a header from ``{`` to ``}`` (spaces may pad it)."""
     if len(data) < 10:
         return False
     (header_len,) = struct.unpack("<Q", data[:8])
-    return 2 <= header_len <= len(data) - 8 and data[8:9] == b"{"
+    if not 2 <= header_len <= len(data) - 8 or data[8:9] != b"{":
+        return False
+    end = 8 + header_len
+    tail = data[max(9, end - _MAX_HEADER_PADDING) : end].rstrip(b" ")
+    return tail.endswith(b"}")

@@ -3,8 +3,9 @@
 Each file is read into memory exactly once; its SHA-256 and its kind are taken
 from those bytes, and the same bytes are what gets parsed and loaded, so there
 is no window in which a file could be swapped between the check and the load.
-Every pickle or torch archive in a model directory is scanned, not only the one
-that will be loaded: a consumer downstream may pick a different file.
+Every pickle, torch archive, numpy array and zip in a model directory is scanned,
+not only the file that will be loaded: a consumer downstream may pick a different
+file.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from cbpt_guard.intake.manifest import (
     parse_manifest_text,
     read_text_file,
 )
+from cbpt_guard.intake.archive_scan import PICKLE_SUFFIXES, scan_for_imports, scan_zip
+from cbpt_guard.intake.numpy_scan import scan_npy
+from cbpt_guard.intake.pickle_scan import scan_pickle, starts_as_pickle
 from cbpt_guard.intake.report import CheckpointReport, FileRecord, SkippedItem
 from cbpt_guard.intake.safetensors_reader import read_safetensors
-from cbpt_guard.intake.pickle_scan import scan_pickle, scan_torch_zip
 from cbpt_guard.intake.torch_reader import read_torch_state_dict
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -43,7 +46,6 @@ HF_PREPROCESSOR = "preprocessor_config.json"  # its image mean and std override 
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 MAX_CONFIG_BYTES = 1024 * 1024
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 MAX_DIRECTORY_FILES = 256
 CHECKPOINT_KINDS = (FileKind.SAFETENSORS, FileKind.TORCH_ZIP, FileKind.PICKLE)
 
@@ -99,7 +101,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, classes_file: 
         plan = _plan_single_file(target, arch)
     for read in plan.files:
         if read is not plan.weights:
-            _scan_unloaded(read)
+            plan.notes[read.path] = _scan_unloaded(read)
     state_dict, dtypes = _read_weights(plan.weights)
     if plan.layout == "hf-clip-dir":
         state_dict = hf_clip.convert_hf_state_dict(state_dict, plan.model_cfg)
@@ -123,6 +125,7 @@ class _Plan:
     roles: dict[Path, str]
     manifest: ReadFile | None = None
     skipped: list[SkippedItem] = field(default_factory=list)
+    notes: dict[Path, str] = field(default_factory=dict)  # what the scan of each unloaded file found
 
 
 def _plan_single_file(target: Path, arch: str | None) -> _Plan:
@@ -194,22 +197,43 @@ def _read_directory(target: Path) -> tuple[list[ReadFile], list[SkippedItem]]:
     return files, skipped
 
 
-def _scan_unloaded(read: ReadFile) -> None:
-    """Refuse a side file that would run code if some other consumer loaded it."""
+def _scan_unloaded(read: ReadFile) -> str:
+    """Refuse a side file that would run code if some other consumer loaded it; else say what it is."""
     origin = str(read.path)
     if is_polyglot(read.data):
         finding = "polyglot: a zip archive hidden in a file that does not start as one"
         raise UnsafeCheckpointError(f"{origin}: refusing the directory: {finding}", findings=(finding,))
     if read.kind is FileKind.TORCH_ZIP:
-        scan_torch_zip(read.data, origin)
-    elif read.kind is FileKind.PICKLE:
+        archive = scan_zip(read.data, origin)
+        if archive.kind == "npz":
+            return (f"numpy .npz of {len(archive.arrays)} arrays ({archive.object_arrays} object arrays, "
+                    "their pickles scanned for unsafe imports); not loaded")
+        return "scanned for unsafe imports; not loaded"
+    if read.kind is FileKind.PICKLE:
         scan_pickle(read.data, origin)
-    elif read.kind is FileKind.OTHER and read.path.suffix.lower() in PICKLE_SUFFIXES:
-        # A header-less (protocol 0/1) pickle sniffs as OTHER, yet other tools would unpickle it.
-        try:
-            scan_pickle(read.data, origin)
-        except MalformedCheckpointError:
-            pass  # not a pickle at all: nothing could execute it
+        return "scanned for unsafe imports; not loaded"
+    if read.kind is FileKind.NUMPY:
+        if scan_npy(read.data, origin).pickle is None:
+            return "numpy array of numbers (no object dtype, holds no code); not loaded"
+        return "numpy object array: its pickle scanned for unsafe imports (np.load needs allow_pickle=True); not loaded"
+    if read.kind is FileKind.SAFETENSORS:
+        _refuse_hidden_pickle(read)
+        return "safetensors (holds no code); not loaded"
+    if read.path.suffix.lower() in PICKLE_SUFFIXES:
+        # Bytes that do not parse to a STOP still run every opcode ahead of the error in an unpickler.
+        scan_for_imports(read.data, origin)
+    return ""
+
+
+def _refuse_hidden_pickle(read: ReadFile) -> None:
+    """Refuse a safetensors file whose bytes also read as a pickle that imports something unsafe.
+
+    The safetensors framing leaves the first eight bytes (the header length) free
+    enough to open a pickle; loading it as safetensors is safe, but a consumer
+    that unpickles the same file would run that pickle.
+    """
+    if starts_as_pickle(read.data):
+        scan_for_imports(read.data, str(read.path), container="pickle (its safetensors bytes also read as one)")
 
 
 def _skipped_summary(skipped: list[SkippedItem]) -> str:
@@ -235,12 +259,19 @@ def _parse_json(read: ReadFile) -> dict:
 def _read_weights(read: ReadFile) -> tuple[dict, dict[str, int]]:
     origin = str(read.path)
     if read.kind == FileKind.SAFETENSORS:
+        _refuse_hidden_pickle(read)
         state_dict, header = read_safetensors(read.data, origin)
         dtypes = [entry.dtype for entry in header.tensors]
     elif read.kind in (FileKind.TORCH_ZIP, FileKind.PICKLE):
         state_dict = read_torch_state_dict(read.data, origin)
         dtypes = [str(tensor.dtype).removeprefix("torch.") for tensor in state_dict.values()]
+    elif read.kind == FileKind.NUMPY:
+        objects = scan_npy(read.data, origin).pickle is not None
+        raise MalformedCheckpointError(
+            f"{origin}: a numpy .npy array{' of objects' if objects else ''}, not a checkpoint: save the weights "
+            "as safetensors or with torch.save(state_dict, PATH)")
     else:
+        scan_for_imports(read.data, origin)  # a pickle cut short still runs what comes before the cut
         raise MalformedCheckpointError(f"{origin}: not a safetensors, torch archive or pickle checkpoint")
     return state_dict, {dtype: dtypes.count(dtype) for dtype in sorted(set(dtypes))}
 
@@ -290,8 +321,4 @@ def _describe(target: Path, plan: _Plan, model: torch.nn.Module, dtypes: dict[st
 def _file_note(read: ReadFile, plan: _Plan) -> str:
     if read is plan.weights:
         return "loaded"
-    if read.kind in (FileKind.TORCH_ZIP, FileKind.PICKLE):
-        return "scanned for unsafe imports; not loaded"
-    if read.kind == FileKind.SAFETENSORS:
-        return "safetensors (holds no code); not loaded"
-    return ""
+    return plan.notes.get(read.path, "")

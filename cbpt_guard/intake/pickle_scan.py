@@ -10,7 +10,8 @@ which strings STACK_GLOBAL consumes, and refuses anything outside the allowlist.
 
 The scan covers exactly the pickles ``torch.load`` reads: the five pickles at the
 head of a legacy file (raw storage bytes follow them), or every ``.pkl`` member of
-a zip archive.
+a zip archive. :func:`starts_as_pickle` says whether bytes are a pickle at all, by
+the same walk, so pickles of every protocol (0 and 1 have no header) are found.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ ALLOWED_GLOBALS: frozenset[str] = frozenset(
         "numpy._core.multiarray.scalar",
         "numpy.ndarray",
         "numpy.dtype",
+        # Protocol 5 rebuilds an array from its buffer (np.frombuffer, then reshape).
+        "numpy.core.numeric._frombuffer",
+        "numpy._core.numeric._frombuffer",
         "_codecs.encode",
     }
 )
@@ -77,7 +81,7 @@ ALLOWED_GLOBALS: frozenset[str] = frozenset(
 # torch.load reads these five pickles, then raw storage bytes that are not pickles.
 _LEGACY_PICKLE_COUNT = 5
 # A data.pkl lists tensors, not weights; even very large models stay far below this.
-_MAX_PICKLE_MEMBER_BYTES = 256 * 1024 * 1024
+MAX_MEMBER_BYTES = 256 * 1024 * 1024
 _COUNTED_OPS = frozenset(
     {
         "GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "BUILD", "NEWOBJ", "NEWOBJ_EX",
@@ -90,6 +94,19 @@ _STRING_OPS = frozenset(
 _MEMO_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _MEMO_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _EXTENSION_OPS = frozenset({"EXT1", "EXT2", "EXT4"})
+# Identifying a pickle walks at most this far: a real pickle that gets this far
+# with every opcode valid is a pickle; nothing else does by accident.
+_IDENTIFY_MAX_BYTES = 64 * 1024
+_IDENTIFY_MAX_OPS = 20_000
+_MAIN_MODULE_ADVICE = (
+    "a class from the script that saved it (__main__) means a pickled object, not a state dict: "
+    "save model.state_dict() instead, ideally as safetensors"
+)
+_GENERIC_ADVICE = (
+    "only the imports that rebuild tensors are allowed, so that nothing else can run: re-save the tensors "
+    "alone (safetensors.torch.save_file(model.state_dict(), PATH)) and keep other pickled objects out of "
+    "the model directory"
+)
 
 
 @dataclass(frozen=True)
@@ -134,6 +151,7 @@ class _Findings:
     pickles: int = 0
     where: str = ""  # the zip member being scanned, for messages
     refused_in: dict[str, None] = field(default_factory=dict)  # members with refusals, ordered
+    container: str = "pickle"  # what holds the pickle, for messages
 
     def note_import(self, module: str, name: str) -> None:
         """Record one import and refuse it unless it is on the allowlist."""
@@ -144,13 +162,13 @@ class _Findings:
         if "." in name or full not in ALLOWED_GLOBALS:
             resolved = _resolve_python2_name(module, name)
             meaning = f" (resolves to {resolved})" if resolved != full else ""
-            self.refuse(_printable(full) + meaning)
+            self.refuse(printable(full) + meaning)
 
     def refuse(self, what: str) -> None:
         """Record a refused import (or one the scan cannot name: extension codes, computed strings)."""
         self.refused[what] = None
         if self.where:
-            self.refused_in[_printable(self.where)] = None
+            self.refused_in[printable(self.where)] = None
 
     def raise_if_refused(self) -> None:
         """Fail closed: any refused import makes the whole file unsafe."""
@@ -158,9 +176,10 @@ class _Findings:
             return
         found = tuple(self.refused)
         members = f" ({', '.join(self.refused_in)})" if self.refused_in else ""
+        advice = _MAIN_MODULE_ADVICE if any(f.startswith("__main__.") for f in found) else _GENERIC_ADVICE
         raise UnsafeCheckpointError(
-            f"{self.origin}: refusing to load: its pickle{members} imports {', '.join(found)}, "
-            "which no weights-only checkpoint needs",
+            f"{self.origin}: refusing to load: its {self.container}{members} imports {', '.join(found)}, "
+            f"which no weights-only checkpoint needs; {advice}",
             findings=found,
         )
 
@@ -181,7 +200,34 @@ class _Findings:
         )
 
 
-def scan_pickle(data: bytes, origin: str) -> PickleScan:
+def starts_as_pickle(data: bytes) -> bool:
+    """Say whether ``data`` opens with a pickle, of any protocol, by walking its opcodes.
+
+    Protocols 0 and 1 have no PROTO header, so no magic bytes identify them; what
+    does is that the opcodes parse and obey the unpickler's stack and memo rules
+    up to a STOP that has a value to return (as the real unpickler requires). A
+    walk that passes a bound (64 KiB, 20,000 opcodes) with every opcode valid is
+    a pickle too: a long protocol-0 pickle, never text or tensor data by chance.
+    """
+    machine = _StackMachine(strict_memo=True)
+    try:
+        for count, (op, arg, pos) in enumerate(pickletools.genops(io.BytesIO(data))):
+            if op.name == "STACK_GLOBAL":
+                machine.pop()
+                machine.pop()
+                machine.push(_UNKNOWN)
+            else:
+                machine.apply(op, arg)  # STOP pops its value: an empty stack is no pickle
+            if op.name == "STOP":
+                return True
+            if pos > _IDENTIFY_MAX_BYTES or count > _IDENTIFY_MAX_OPS:
+                return True
+    except ValueError:
+        return False
+    return False
+
+
+def scan_pickle(data: bytes, origin: str, *, container: str = "pickle") -> PickleScan:
     """Scan a bare pickle or a legacy ``torch.save`` file, as ``torch.load`` would read it.
 
     A legacy file is five pickles (the first holds the torch magic number) followed
@@ -194,7 +240,7 @@ def scan_pickle(data: bytes, origin: str) -> PickleScan:
         UnsafeCheckpointError: an import outside :data:`ALLOWED_GLOBALS`, naming it.
         MalformedCheckpointError: the opcodes do not parse.
     """
-    findings = _Findings(origin)
+    findings = _Findings(origin, container=container)
     stream = io.BytesIO(data)
     try:
         for _ in range(_LEGACY_PICKLE_COUNT):
@@ -220,16 +266,14 @@ def scan_torch_zip(data: bytes, origin: str) -> PickleScan:
         MalformedCheckpointError: not a readable zip, or no ``data.pkl`` in it.
     """
     findings = _Findings(origin)
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        members = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, ValueError, EOFError) as exc:
-        raise MalformedCheckpointError(f"{origin}: not a readable zip archive: {exc}") from None
-    _check_archive_layout(members, origin)
+    archive, members = open_zip(data, origin)
+    check_zip_layout(members, origin)
+    if not data_pkl_members(members):
+        raise MalformedCheckpointError(f"{origin}: zip archive has no data.pkl; not a torch.save checkpoint")
     for member in members:
         if member.filename.lower().endswith(".pkl"):
             findings.where = member.filename
-            blob = _read_member(archive, member, origin)
+            blob = read_zip_member(archive, member, origin)
             try:
                 _scan_one_pickle(io.BytesIO(blob), blob, findings)
             except ValueError as exc:
@@ -238,15 +282,38 @@ def scan_torch_zip(data: bytes, origin: str) -> PickleScan:
     return findings.result()
 
 
-def _check_archive_layout(members: list[zipfile.ZipInfo], origin: str) -> None:
-    """Refuse zip archives whose meaning depends on which zip reader opens them."""
+def open_zip(data: bytes, origin: str) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+    """Open a zip archive held in memory, and list its members.
+
+    Raises:
+        MalformedCheckpointError: not a readable zip archive.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        return archive, archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, ValueError, EOFError) as exc:
+        raise MalformedCheckpointError(f"{origin}: not a readable zip archive: {exc}") from None
+
+
+def data_pkl_members(members: list[zipfile.ZipInfo]) -> list[str]:
+    """The members torch could take for ``data.pkl`` (compared without case, as miniz does)."""
+    return [m.filename for m in members if m.filename.lower().rsplit("/", 1)[-1] == "data.pkl"]
+
+
+def check_zip_layout(members: list[zipfile.ZipInfo], origin: str) -> None:
+    """Refuse zip archives whose meaning depends on which zip reader opens them.
+
+    Raises:
+        UnsafeCheckpointError: escaping or duplicate member paths, several ``data.pkl``,
+            or bytes ahead of the first member.
+    """
     names = [m.filename for m in members]
-    problems = [f"zip member path escapes the archive: {_printable(n)}" for n in names if _escapes(n)]
+    problems = [f"zip member path escapes the archive: {printable(n)}" for n in names if _escapes(n)]
     duplicates = sorted(n for n, count in Counter(n.lower() for n in names).items() if count > 1)
-    problems += [f"duplicate zip member: {_printable(n)}" for n in duplicates]
-    data_pkls = [n for n in names if n.lower().rsplit("/", 1)[-1] == "data.pkl"]
+    problems += [f"duplicate zip member: {printable(n)}" for n in duplicates]
+    data_pkls = data_pkl_members(members)
     if len(data_pkls) > 1:
-        problems.append(f"{len(data_pkls)} data.pkl members: {', '.join(map(_printable, data_pkls))}")
+        problems.append(f"{len(data_pkls)} data.pkl members: {', '.join(map(printable, data_pkls))}")
     if members and min(m.header_offset for m in members) != 0:
         # zipfile tolerates bytes before the archive; torch's reader does not, so
         # the two would read different members.
@@ -255,8 +322,6 @@ def _check_archive_layout(members: list[zipfile.ZipInfo], origin: str) -> None:
         raise UnsafeCheckpointError(
             f"{origin}: refusing to load: {'; '.join(problems)}", findings=tuple(problems)
         )
-    if not data_pkls:
-        raise MalformedCheckpointError(f"{origin}: zip archive has no data.pkl; not a torch.save checkpoint")
 
 
 def _escapes(name: str) -> bool:
@@ -265,18 +330,22 @@ def _escapes(name: str) -> bool:
     return name.startswith(("/", "\\")) or ".." in parts
 
 
-def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, origin: str) -> bytes:
-    """Read one member (by its directory entry, not its name) with a size bound."""
-    if member.file_size > _MAX_PICKLE_MEMBER_BYTES:
+def read_zip_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, origin: str) -> bytes:
+    """Read one member (by its directory entry, not its name) with a size bound.
+
+    Raises:
+        MalformedCheckpointError: the member is too large or cannot be read.
+    """
+    if member.file_size > MAX_MEMBER_BYTES:
         raise MalformedCheckpointError(
-            f"{origin}: zip member {_printable(member.filename)} declares {member.file_size} bytes; "
-            f"a checkpoint pickle is never over {_MAX_PICKLE_MEMBER_BYTES}"
+            f"{origin}: zip member {printable(member.filename)} declares {member.file_size} bytes; "
+            f"a checkpoint pickle is never over {MAX_MEMBER_BYTES}"
         )
     try:
         return archive.read(member)
     except (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, OSError, EOFError, ValueError) as exc:
         raise MalformedCheckpointError(
-            f"{origin}: cannot read zip member {_printable(member.filename)}: {exc}"
+            f"{origin}: cannot read zip member {printable(member.filename)}: {exc}"
         ) from None
 
 
@@ -340,10 +409,13 @@ class _StackMachine:
     what the real unpickler discards.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, strict_memo: bool = False) -> None:
         self.stack: list[object] = []
         self.metastack: list[list[object]] = []
         self.memo: dict[int, object] = {}
+        # Identification reads a missing memo key as the real unpickler does (an
+        # error); the scan only needs strings, so there an unknown is harmless.
+        self.strict_memo = strict_memo
 
     def push(self, value: object) -> None:
         """Push one value."""
@@ -381,6 +453,8 @@ class _StackMachine:
             self.memo[len(self.memo)] = self.top()
         elif name in _MEMO_GET_OPS:
             # A missing key makes the real unpickler fail; an unknown is harmless here.
+            if self.strict_memo and int(arg) not in self.memo:
+                raise _StackError(f"memo key {arg} was never stored")
             self.push(self.memo.get(int(arg), _UNKNOWN))
         elif name == "DUP":
             self.push(self.top())
@@ -412,9 +486,9 @@ def _resolve_python2_name(module: str, name: str) -> str:
         module, name = NAME_MAPPING[(module, name)]
     else:
         module = IMPORT_MAPPING.get(module, module)
-    return _printable(f"{module}.{name}")
+    return printable(f"{module}.{name}")
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """A name fit for a one-line message: as is when printable, else its ASCII repr."""
     return text if text.isprintable() else ascii(text)

@@ -4,7 +4,10 @@ Two independent layers, in order: the static scan of every pickle the file holds
 (:mod:`cbpt_guard.intake.pickle_scan`), then ``torch.load(weights_only=True)``,
 whose own unpickler refuses unknown imports a second time. Both read the same
 bytes, the ones the caller hashed; the file is never opened again, so it cannot
-change between the check and the load.
+change between the check and the load. A pickle in opcodes torch's unpickler
+lacks (protocols 1, 4 and 5) is rewritten into protocol 2 first
+(:mod:`cbpt_guard.intake.pickle_transcode`), and the rewritten bytes are scanned
+again: what torch loads is always what was scanned.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from cbpt_guard.errors import MalformedCheckpointError, UnsafeCheckpointError
+from cbpt_guard.intake.archive_scan import scan_zip
 from cbpt_guard.intake.filetype import FileKind, is_polyglot, sniff
 from cbpt_guard.intake.pickle_scan import PickleScan, scan_pickle, scan_torch_zip
+from cbpt_guard.intake.pickle_transcode import TranscodeError, transcode_legacy, transcode_zip
 
 if TYPE_CHECKING:
     import torch
@@ -55,13 +60,42 @@ def read_torch_state_dict(data: bytes, origin: str) -> dict[str, torch.Tensor]:
     if is_polyglot(data):
         _refuse_polyglot(data, origin, kind)
     if kind is FileKind.TORCH_ZIP:
-        scan = scan_torch_zip(data, origin)
+        archive = scan_zip(data, origin)
+        if archive.torch is None:
+            raise MalformedCheckpointError(
+                f"{origin}: a numpy .npz archive, not a torch checkpoint (zip archive has no data.pkl): save the "
+                "weights as safetensors or with torch.save(state_dict, PATH)")
+        scan = archive.torch
     elif kind is FileKind.PICKLE:
         scan = scan_pickle(data, origin)
     else:
         raise MalformedCheckpointError(f"{origin}: not a torch checkpoint (its bytes read as {kind.value})")
+    data, scan = _in_torch_opcodes(data, origin, kind, scan)
     loaded = _weights_only_load(data, origin, scan)
     return _as_state_dict(loaded, origin)
+
+
+def _in_torch_opcodes(data: bytes, origin: str, kind: FileKind, scan: PickleScan) -> tuple[bytes, PickleScan]:
+    """The checkpoint with its pickles in the opcodes torch's weights-only loader reads, scanned again.
+
+    Files torch can read as they are (protocols 2 and 3) are returned unchanged.
+    """
+    try:
+        if kind is FileKind.TORCH_ZIP:
+            rewritten = transcode_zip(data)
+        else:
+            rewritten = transcode_legacy(data, scan.pickles)
+    except TranscodeError as exc:
+        raise MalformedCheckpointError(
+            f"{origin}: cannot be loaded weights-only: {exc}; re-save the state dict with torch.save(state_dict, "
+            "PATH) or as safetensors"
+        ) from None
+    except ValueError as exc:
+        raise MalformedCheckpointError(f"{origin}: not a readable pickle: {exc}") from None
+    if rewritten is None:
+        return data, scan
+    rescan = scan_torch_zip(rewritten, origin) if kind is FileKind.TORCH_ZIP else scan_pickle(rewritten, origin)
+    return rewritten, rescan
 
 
 def _refuse_polyglot(data: bytes, origin: str, kind: FileKind) -> NoReturn:
@@ -116,9 +150,9 @@ def _numpy_safe_globals(globals_seen: tuple[str, ...]) -> list[Any]:
     import numpy as np
 
     try:
-        from numpy._core import multiarray
+        from numpy._core import multiarray, numeric
     except ImportError:  # numpy 1.x
-        from numpy.core import multiarray
+        from numpy.core import multiarray, numeric
     by_name: dict[str, Any] = {
         "numpy.ndarray": np.ndarray,
         "numpy.dtype": np.dtype,
@@ -126,6 +160,8 @@ def _numpy_safe_globals(globals_seen: tuple[str, ...]) -> list[Any]:
         "numpy._core.multiarray._reconstruct": multiarray._reconstruct,
         "numpy.core.multiarray.scalar": multiarray.scalar,
         "numpy._core.multiarray.scalar": multiarray.scalar,
+        "numpy.core.numeric._frombuffer": numeric._frombuffer,
+        "numpy._core.numeric._frombuffer": numeric._frombuffer,
     }
     allowed: list[Any] = [(by_name[name], name) for name in wanted if name in by_name]
     dtype_classes = getattr(np, "dtypes", None)  # numpy >= 1.25; before it BUILD sees np.dtype
