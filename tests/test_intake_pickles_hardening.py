@@ -307,3 +307,25 @@ def test_zip_carrying_a_pickle_payload_is_refused_for_the_payload(model_dir):
 
     assert result.exit_code == 1, result.output
     assert "posix.system" in result.output
+
+
+@pytest.mark.parametrize("compress", [("zlib", 3), ("gzip", 3), ("bz2", 3), ("xz", 3), ("lzma", 3)],
+                         ids=lambda c: c[0])
+def test_compressed_joblib_payload_beside_a_model_is_decompressed_and_refused(model_dir, tmp_path, compress):
+    joblib = pytest.importorskip("joblib")
+    sentinel = tmp_path / "pwned"
+    joblib.dump({"coef": [1.0, 2.0], "hook": _Reduce(os.system, f"touch {sentinel}")}, model_dir / "clf.joblib",
+                compress=compress)
+
+    with pytest.raises(UnsafeCheckpointError, match=r"posix\.system") as refused:
+        load_checkpoint(model_dir)
+
+    assert f"{compress[0]}-decompressed" in str(refused.value)
+    assert not sentinel.exists()
+
+
+def test_nested_pickle_held_as_bytes_is_refused_for_its_imports():
+    inner = pickle.dumps(_Reduce(os.system, "true"), protocol=2)
+
+    with pytest.raises(UnsafeCheckpointError, match=r"posix\.system \(in a pickle nested as data\)"):
+        read_torch_state_dict(pickle.dumps({"weights": [1.0], "blob": inner}, protocol=4), "nested.pkl")

@@ -34,6 +34,7 @@ from cbpt_guard.intake.manifest import (
     read_text_file,
 )
 from cbpt_guard.intake.archive_scan import PICKLE_SUFFIXES, scan_for_imports, scan_zip
+from cbpt_guard.intake.compressed import decompress
 from cbpt_guard.intake.numpy_scan import scan_npy
 from cbpt_guard.intake.pickle_scan import scan_pickle, starts_as_pickle
 from cbpt_guard.intake.report import CheckpointReport, FileRecord, SkippedItem
@@ -199,41 +200,50 @@ def _read_directory(target: Path) -> tuple[list[ReadFile], list[SkippedItem]]:
 
 def _scan_unloaded(read: ReadFile) -> str:
     """Refuse a side file that would run code if some other consumer loaded it; else say what it is."""
-    origin = str(read.path)
-    if is_polyglot(read.data):
+    return _scan_side_bytes(read.data, str(read.path), read.kind, read.path.suffix.lower(), decompressed=False)
+
+
+def _scan_side_bytes(data: bytes, origin: str, kind: FileKind, suffix: str, *, decompressed: bool) -> str:
+    """Scan one side file's bytes by their kind (once more after decompression); return its report note."""
+    if is_polyglot(data):
         finding = "polyglot: a zip archive hidden in a file that does not start as one"
         raise UnsafeCheckpointError(f"{origin}: refusing the directory: {finding}", findings=(finding,))
-    if read.kind is FileKind.TORCH_ZIP:
-        archive = scan_zip(read.data, origin)
+    if kind is FileKind.TORCH_ZIP:
+        archive = scan_zip(data, origin)
         if archive.kind == "npz":
             return (f"numpy .npz of {len(archive.arrays)} arrays ({archive.object_arrays} object arrays, "
                     "their pickles scanned for unsafe imports); not loaded")
         return "scanned for unsafe imports; not loaded"
-    if read.kind is FileKind.PICKLE:
-        scan_pickle(read.data, origin)
+    if kind is FileKind.PICKLE:
+        scan_pickle(data, origin)
         return "scanned for unsafe imports; not loaded"
-    if read.kind is FileKind.NUMPY:
-        if scan_npy(read.data, origin).pickle is None:
+    if kind is FileKind.NUMPY:
+        if scan_npy(data, origin).pickle is None:
             return "numpy array of numbers (no object dtype, holds no code); not loaded"
         return "numpy object array: its pickle scanned for unsafe imports (np.load needs allow_pickle=True); not loaded"
-    if read.kind is FileKind.SAFETENSORS:
-        _refuse_hidden_pickle(read)
+    if kind is FileKind.SAFETENSORS:
+        _refuse_hidden_pickle(data, origin)
         return "safetensors (holds no code); not loaded"
-    if read.path.suffix.lower() in PICKLE_SUFFIXES:
+    inner = None if decompressed else decompress(data, origin)
+    if inner is not None:
+        name, content = inner
+        note = _scan_side_bytes(content, f"{origin} ({name}-decompressed)", sniff(content), suffix, decompressed=True)
+        return f"{name}-compressed; decompressed and {note or 'holds no pickle'}"
+    if suffix in PICKLE_SUFFIXES or decompressed:
         # Bytes that do not parse to a STOP still run every opcode ahead of the error in an unpickler.
-        scan_for_imports(read.data, origin)
+        scan_for_imports(data, origin)
     return ""
 
 
-def _refuse_hidden_pickle(read: ReadFile) -> None:
+def _refuse_hidden_pickle(data: bytes, origin: str) -> None:
     """Refuse a safetensors file whose bytes also read as a pickle that imports something unsafe.
 
     The safetensors framing leaves the first eight bytes (the header length) free
     enough to open a pickle; loading it as safetensors is safe, but a consumer
     that unpickles the same file would run that pickle.
     """
-    if starts_as_pickle(read.data):
-        scan_for_imports(read.data, str(read.path), container="pickle (its safetensors bytes also read as one)")
+    if starts_as_pickle(data):
+        scan_for_imports(data, origin, container="pickle (its safetensors bytes also read as one)")
 
 
 def _skipped_summary(skipped: list[SkippedItem]) -> str:
@@ -259,7 +269,7 @@ def _parse_json(read: ReadFile) -> dict:
 def _read_weights(read: ReadFile) -> tuple[dict, dict[str, int]]:
     origin = str(read.path)
     if read.kind == FileKind.SAFETENSORS:
-        _refuse_hidden_pickle(read)
+        _refuse_hidden_pickle(read.data, origin)
         state_dict, header = read_safetensors(read.data, origin)
         dtypes = [entry.dtype for entry in header.tensors]
     elif read.kind in (FileKind.TORCH_ZIP, FileKind.PICKLE):
@@ -271,7 +281,7 @@ def _read_weights(read: ReadFile) -> tuple[dict, dict[str, int]]:
             f"{origin}: a numpy .npy array{' of objects' if objects else ''}, not a checkpoint: save the weights "
             "as safetensors or with torch.save(state_dict, PATH)")
     else:
-        scan_for_imports(read.data, origin)  # a pickle cut short still runs what comes before the cut
+        _scan_side_bytes(read.data, origin, read.kind, ".bin", decompressed=False)  # refuse what it would run
         raise MalformedCheckpointError(f"{origin}: not a safetensors, torch archive or pickle checkpoint")
     return state_dict, {dtype: dtypes.count(dtype) for dtype in sorted(set(dtypes))}
 

@@ -94,6 +94,8 @@ _STRING_OPS = frozenset(
 _MEMO_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _MEMO_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _EXTENSION_OPS = frozenset({"EXT1", "EXT2", "EXT4"})
+_DATA_OPS = _STRING_OPS | {"BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"}
+_MAX_NESTING = 3  # pickles held as data inside pickles are scanned this deep
 # Identifying a pickle walks at most this far: a real pickle that gets this far
 # with every opcode valid is a pickle; nothing else does by accident.
 _IDENTIFY_MAX_BYTES = 64 * 1024
@@ -349,7 +351,7 @@ def read_zip_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, origin: s
         ) from None
 
 
-def _scan_one_pickle(stream: io.BytesIO, data: bytes, findings: _Findings) -> None:
+def _scan_one_pickle(stream: io.BytesIO, data: bytes, findings: _Findings, depth: int = 0) -> None:
     """Walk one pickle from the stream's position to its STOP, recording imports.
 
     ``data`` is the buffer behind ``stream`` (GLOBAL and INST operands are re-read
@@ -373,7 +375,33 @@ def _scan_one_pickle(stream: io.BytesIO, data: bytes, findings: _Findings) -> No
             continue  # its stack effect is applied there
         elif name in _EXTENSION_OPS:
             findings.refuse(f"{name} (copyreg extension code {arg})")
+        elif name in _DATA_OPS and depth < _MAX_NESTING:
+            _scan_nested(arg, findings, depth)
         machine.apply(op, arg)
+
+
+def _scan_nested(value: object, findings: _Findings, depth: int) -> None:
+    """Refuse a string or bytes value that is itself a pickle with refused imports.
+
+    Unpickling the outer pickle only yields the inner one as data, but it is a
+    staged payload: whoever calls ``pickle.loads`` on it runs it. Protocol 2
+    carries bytes as latin-1 text, so text that encodes to latin-1 is looked at too.
+    """
+    if isinstance(value, str):
+        try:
+            value = value.encode("latin-1")
+        except UnicodeEncodeError:
+            return
+    if not isinstance(value, bytes) or len(value) < 2 or not starts_as_pickle(value):
+        return
+    nested = _Findings(findings.origin)
+    stream = io.BytesIO(value)
+    try:
+        _scan_one_pickle(stream, value, nested, depth + 1)
+    except ValueError:
+        pass  # an unreadable inner pickle runs only what came before the error, which was scanned
+    for what in nested.refused:
+        findings.refuse(f"{what} (in a pickle nested as data)")
 
 
 def _note_stack_global(machine: _StackMachine, findings: _Findings) -> None:
