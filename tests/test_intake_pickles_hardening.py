@@ -329,3 +329,11 @@ def test_nested_pickle_held_as_bytes_is_refused_for_its_imports():
 
     with pytest.raises(UnsafeCheckpointError, match=r"posix\.system \(in a pickle nested as data\)"):
         read_torch_state_dict(pickle.dumps({"weights": [1.0], "blob": inner}, protocol=4), "nested.pkl")
+
+
+def test_safetensors_weights_with_a_zip_appended_are_refused_as_a_polyglot(model_dir):
+    weights = model_dir / "open_clip_model.safetensors"
+    weights.write_bytes(weights.read_bytes() + _zip(**{"archive/data.pkl": pickle.dumps(_Reduce(os.system, "true"))}))
+
+    with pytest.raises(UnsafeCheckpointError, match="polyglot"):
+        load_checkpoint(model_dir)

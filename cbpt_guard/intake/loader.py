@@ -270,6 +270,9 @@ def _read_weights(read: ReadFile) -> tuple[dict, dict[str, int]]:
     origin = str(read.path)
     if read.kind == FileKind.SAFETENSORS:
         _refuse_hidden_pickle(read.data, origin)
+        if is_polyglot(read.data):  # safetensors readers ignore what follows; zip readers find it
+            finding = "polyglot: a zip archive hidden in a file that does not start as one"
+            raise UnsafeCheckpointError(f"{origin}: refusing to load: {finding}", findings=(finding,))
         state_dict, header = read_safetensors(read.data, origin)
         dtypes = [entry.dtype for entry in header.tensors]
     elif read.kind in (FileKind.TORCH_ZIP, FileKind.PICKLE):
