@@ -68,15 +68,18 @@ def test_outputs_come_from_the_gate_step():
 
 
 def _stub(path: Path, log: Path) -> None:
-    """An executable that logs its argv and CBPT_* environment; ``-m venv DIR`` makes DIR/bin/python a copy."""
+    """An executable that logs its argv (less a leading -I, recorded apart) and CBPT_* environment;
+    ``-m venv DIR`` makes DIR/bin/python a copy."""
     path.write_text(f"""#!{sys.executable}
 import json, os, shutil, sys
 env = {{k: v for k, v in os.environ.items() if k.startswith("CBPT_")}}
+isolated = sys.argv[1:2] == ["-I"]
+args = sys.argv[2:] if isolated else sys.argv[1:]
 with open({str(log)!r}, "a") as f:
-    f.write(json.dumps({{"argv": sys.argv[1:], "env": env}}) + "\\n")
-if sys.argv[1:3] == ["-m", "venv"]:
-    os.makedirs(os.path.join(sys.argv[3], "bin"), exist_ok=True)
-    shutil.copy(__file__, os.path.join(sys.argv[3], "bin", "python"))
+    f.write(json.dumps({{"argv": args, "isolated": isolated, "env": env}}) + "\\n")
+if args[:2] == ["-m", "venv"]:
+    os.makedirs(os.path.join(args[2], "bin"), exist_ok=True)
+    shutil.copy(__file__, os.path.join(args[2], "bin", "python"))
 """)
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
@@ -160,7 +163,7 @@ def test_hostile_inputs_reach_the_entry_point_verbatim_and_run_nothing(tmp_path,
     assert ["-m", "venv", str(tmp_path / "runner-temp" / "cbpt-guard-venv")] in [c["argv"] for c in calls]
     assert any(c["argv"][-1] == str(ROOT) and "--no-deps" in c["argv"] for c in calls)
     entry = calls[-1]
-    assert entry["argv"] == ["-I", "-m", "cbpt_guard.github.action"]
+    assert entry["argv"] == ["-m", "cbpt_guard.github.action"] and entry["isolated"]
     assert entry["env"]["CBPT_MODEL"] == hostile and entry["env"]["CBPT_OUTPUT_DIR"] == hostile
     assert entry["env"]["CBPT_TOKEN"] == hostile and entry["env"]["CBPT_API_URL"] == hostile
     assert [entry["env"][f"CBPT_{name}"] for name in ("PROBES", "DATA", "CLASSES")] == [hostile] * 3
@@ -226,10 +229,11 @@ def test_real_entry_point_hands_the_data_paths_to_the_check(tmp_path):
     step, code, outputs, stderr = _real_entry(tmp_path, probes="data/probes", data="data/fewshot",
                                               classes="data/classes.txt")
 
-    # The (unloadable) model is inconclusive; the Verdict still records the data the check was given.
+    # The (unloadable) model is inconclusive; the Verdict still records the data the check was given, and as
+    # its tier what was really loaded: nothing, since intake stopped before the images were read.
     assert step == "gate" and code == 3, stderr
     verdict = json.loads((tmp_path / "workspace" / "cbpt-guard-report" / "models__x" / "verdict.json").read_text())
-    assert verdict["data"]["tier"] == "few-shot"
+    assert verdict["data"]["tier"] == "zero-data"
     assert (verdict["data"]["probes"], verdict["data"]["labelled"]) == ("data/probes", "data/fewshot")
 
 
