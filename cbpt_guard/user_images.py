@@ -65,12 +65,17 @@ def load_user_images(report, probes: str | Path | None, data: str | Path | None,
 
 
 def data_info(probes: str | Path | None, data: str | Path | None, images: UserImages) -> DataInfo:
-    """The Verdict's data record: few-shot only with a loaded labelled set, unlabelled only with loaded probes."""
+    """The Verdict's data record: the folders the run was given, and as its tier what was really loaded.
+
+    Few-shot only with a loaded labelled set, unlabelled only with loaded probes: a
+    run that stopped before reading them (an unloadable model) still names the
+    folders, at the zero-data tier it reached.
+    """
     tier = (DataTier.FEW_SHOT if images.data is not None else DataTier.UNLABELLED if images.probes is not None
             else DataTier.ZERO_DATA)
     skipped = tuple(images.probes.skipped) if images.probes is not None else ()
-    return DataInfo(tier=tier.value, probes=str(probes) if images.probes is not None else "procedural",
-                    labelled=str(data) if images.data is not None else None, probe_files_skipped=skipped)
+    return DataInfo(tier=tier.value, probes=str(probes) if probes is not None else "procedural",
+                    labelled=str(data) if data is not None else None, probe_files_skipped=skipped)
 
 
 def _unprefixed(error: CbptError, path: str | Path) -> str:
