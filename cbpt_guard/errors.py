@@ -74,6 +74,24 @@ class UnsupportedArchitectureError(CbptError):
     exit_code = ExitCode.INCONCLUSIVE
 
 
+class RemoteSourceError(UnsupportedArchitectureError):
+    """A config names a remote source (a hub model, a URL, pretrained weights) that building it would fetch.
+
+    Refused before anything is built, whatever the environment says about
+    offline mode: the gate never downloads, so such an architecture is one it
+    cannot build (exit 3, like any unsupported architecture).
+    """
+
+
+class ConfigMismatchError(MalformedCheckpointError):
+    """The config describes a model other than the one the weights file holds.
+
+    Found by comparing the config with the tensors' names and shapes before the
+    model is built, so a config cannot make the gate allocate more than the
+    weights file it came with.
+    """
+
+
 class NothingScannableError(CbptError):
     """A path held nothing the tool could scan; ``skipped`` says what was passed over and why."""
 

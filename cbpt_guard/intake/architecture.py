@@ -11,7 +11,8 @@ import copy
 
 import torch
 
-from cbpt_guard.errors import MalformedCheckpointError, UnsupportedArchitectureError
+from cbpt_guard.errors import ConfigMismatchError, MalformedCheckpointError, UnsupportedArchitectureError
+from cbpt_guard.intake import model_config
 
 
 def config_for_name(name: str) -> dict:
@@ -32,34 +33,64 @@ def build_model(model_cfg: dict, preprocess_cfg: dict | None = None) -> torch.nn
     ``preprocess_cfg`` (mean, std, interpolation, ...) is merged over open_clip's
     defaults and attached to the model, where open_clip's own tools look for it.
 
-    Architectures that would need a download (a Hugging Face text tower, a
-    pretrained timm tower) or that are not contrastive classifiers (CoCa) are
-    refused with :class:`UnsupportedArchitectureError`.
+    The config is checked first (:func:`model_config.check_model_config`):
+    architectures that would need a download (a Hugging Face text tower or
+    tokenizer, a hub-named or pretrained timm tower) are refused with
+    :class:`RemoteSourceError`, CoCa with :class:`UnsupportedArchitectureError`,
+    impossible sizes with :class:`MalformedCheckpointError`. An untrusted config
+    must also pass :func:`check_against_weights` before this allocates anything.
     """
+    model = _instantiate(model_cfg, "model_cfg", device="cpu")
+    _attach_preprocess(model, preprocess_cfg or {})
+    return model.eval()
+
+
+def check_against_weights(model_cfg: dict, state_dict: dict, origin: str) -> dict:
+    """Compare the model ``model_cfg`` describes with ``state_dict`` without allocating the model.
+
+    The architecture is built on torch's meta device (shapes, no storage) after
+    constant-time bounds (:func:`model_config.check_size_against_weights`), and
+    its names and shapes are compared with the tensors read from the file. Only
+    a config that matches its weights exactly is ever built for real, so the real
+    model is no larger than the file. Returns the normalised state dict.
+
+    Raises:
+        ConfigMismatchError: the config implies other tensors than the file holds.
+        MalformedCheckpointError, UnsupportedArchitectureError: from the config checks.
+    """
+    shapes = {name: tuple(t.shape) for name, t in state_dict.items() if isinstance(t, torch.Tensor)}
+    model_config.check_model_config(model_cfg, origin)
+    model_config.check_size_against_weights(model_cfg, shapes, origin)
+    meta = _instantiate(model_cfg, origin, device="meta")
+    state_dict = normalise_state_dict(meta, state_dict)
+    check_state_dict(meta, state_dict, origin)
+    held = sum(t.numel() for t in state_dict.values())
+    buffers = sum(b.numel() for b in meta.buffers())
+    if buffers > max(held, 1 << 24):
+        raise ConfigMismatchError(
+            f"{origin}: the config implies {buffers} values of fixed buffers, more than the {held} the weights hold"
+        )
+    return state_dict
+
+
+def _instantiate(model_cfg: dict, origin: str, device: str) -> torch.nn.Module:
+    """``CLIP(**model_cfg)`` (or ``CustomTextCLIP``) on ``device``, after the config checks."""
     from open_clip.model import CLIP, CustomTextCLIP
 
+    model_config.check_model_config(model_cfg, origin)
     cfg = copy.deepcopy(model_cfg)
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("vision_cfg"), dict) or not isinstance(
-        cfg.get("text_cfg"), dict
-    ):
-        raise MalformedCheckpointError("model_cfg must hold 'embed_dim', 'vision_cfg' and 'text_cfg'")
-    if "multimodal_cfg" in cfg:
-        raise UnsupportedArchitectureError("CoCa (captioning) models are not supported")
-    if "hf_model_name" in cfg["text_cfg"]:
-        raise UnsupportedArchitectureError(
-            f"text tower {cfg['text_cfg']['hf_model_name']!r} is a Hugging Face model that would need a download"
-        )
     if "timm_model_name" in cfg["vision_cfg"]:
         cfg["vision_cfg"]["timm_model_pretrained"] = False  # the checkpoint supplies every weight
     model_class = CustomTextCLIP if cfg.pop("custom_text", False) else CLIP
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.device(device):
             torch.manual_seed(0)  # initial values are overwritten; fixed anyway for determinism
-            model = model_class(**cfg)
-    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as error:
-        raise UnsupportedArchitectureError(f"open_clip cannot build this configuration ({error})") from None
-    _attach_preprocess(model, preprocess_cfg or {})
-    return model.eval()
+            return model_class(**cfg)
+    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError, ArithmeticError, IndexError,
+            AttributeError, NotImplementedError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UnsupportedArchitectureError(f"{origin}: open_clip cannot build this configuration ({message})"
+                                           ) from None
 
 
 def _attach_preprocess(model: torch.nn.Module, preprocess_cfg: dict) -> None:
@@ -72,8 +103,16 @@ def _attach_preprocess(model: torch.nn.Module, preprocess_cfg: dict) -> None:
 
 
 def check_state_dict(model: torch.nn.Module, state_dict: dict, origin: str) -> None:
-    """Compare a state dict's names and shapes with the architecture; name the first mismatches."""
+    """Compare a state dict's names and shapes with the architecture; name the first mismatches.
+
+    Works on a meta-device model as well (only shapes are read). Raises
+    :class:`ConfigMismatchError` stating both parameter counts.
+    """
     expected = model.state_dict()
+    implied = sum(t.numel() for t in expected.values())
+    held = sum(t.numel() for t in state_dict.values() if isinstance(t, torch.Tensor))
+    counts = (f"the config implies {implied} values in {len(expected)} tensors, "
+              f"the file holds {held} in {len(state_dict)}")
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
@@ -82,14 +121,15 @@ def check_state_dict(model: torch.nn.Module, state_dict: dict, origin: str) -> N
             parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise MalformedCheckpointError(f"{origin}: tensors do not match the architecture: {'; '.join(parts)}")
+        raise ConfigMismatchError(f"{origin}: tensors do not match the architecture ({counts}): {'; '.join(parts)}")
     for name, tensor in expected.items():
         got = state_dict[name]
         if not isinstance(got, torch.Tensor):
             raise MalformedCheckpointError(f"{origin}: entry {name!r} is not a tensor")
         if tuple(got.shape) != tuple(tensor.shape):
-            raise MalformedCheckpointError(
-                f"{origin}: tensor {name!r} has shape {tuple(got.shape)}, the architecture expects {tuple(tensor.shape)}"
+            raise ConfigMismatchError(
+                f"{origin}: tensor {name!r} has shape {tuple(got.shape)}, the architecture expects "
+                f"{tuple(tensor.shape)} ({counts})"
             )
         if got.is_floating_point() != tensor.is_floating_point():
             raise MalformedCheckpointError(f"{origin}: tensor {name!r} has dtype {got.dtype}, expected {tensor.dtype}")

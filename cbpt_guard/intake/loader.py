@@ -23,13 +23,14 @@ from cbpt_guard.errors import (
     UnsafeCheckpointError,
     UsageError,
 )
-from cbpt_guard.intake import architecture, hf_clip
+from cbpt_guard.intake import architecture, hf_clip, model_config
 from cbpt_guard.intake.filetype import FileKind, is_polyglot, sniff
 from cbpt_guard.intake.manifest import (
     DEFAULT_TEMPLATES,
     MANIFEST_NAME,
     Manifest,
     parse_classes_text,
+    decode_text,
     parse_manifest_text,
     read_text_file,
 )
@@ -103,12 +104,18 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, classes_file: 
     for read in plan.files:
         if read is not plan.weights:
             plan.notes[read.path] = _scan_unloaded(read)
+    # Everything cheap comes first: the class list and the config are refused
+    # before a byte of weights is parsed or a module is built.
+    manifest = _resolve_manifest(plan, classes_file)
+    model_config.check_model_config(plan.model_cfg, plan.config_source)
+    model_config.check_preprocess_config(plan.preprocess_cfg, plan.config_source)
     state_dict, dtypes = _read_weights(plan.weights)
+    origin = str(plan.weights.path)
     if plan.layout == "hf-clip-dir":
         state_dict = hf_clip.convert_hf_state_dict(state_dict, plan.model_cfg)
+    state_dict = architecture.check_against_weights(plan.model_cfg, state_dict, origin)
     model = architecture.build_model(plan.model_cfg, plan.preprocess_cfg)
-    architecture.fill_model(model, state_dict, str(plan.weights.path))
-    manifest = _resolve_manifest(plan, classes_file)
+    architecture.fill_model(model, state_dict, origin)
     report = _describe(target, plan, model, dtypes, manifest, len(state_dict))
     return LoadedCheckpoint(report, model, plan.model_cfg)
 
@@ -125,6 +132,7 @@ class _Plan:
     files: list[ReadFile]
     roles: dict[Path, str]
     manifest: ReadFile | None = None
+    config_source: str = "model_cfg"
     skipped: list[SkippedItem] = field(default_factory=list)
     notes: dict[Path, str] = field(default_factory=dict)  # what the scan of each unloaded file found
 
@@ -135,7 +143,7 @@ def _plan_single_file(target: Path, arch: str | None) -> _Plan:
     read = read_file(target)
     model_cfg = architecture.config_for_name(arch)
     return _Plan("weights-file", arch, model_cfg, model_cfg.get("preprocess_cfg", {}), read, [read],
-                 {read.path: "weights"})
+                 {read.path: "weights"}, config_source=f"architecture {arch}")
 
 
 def _plan_directory(target: Path, arch: str | None) -> _Plan:
@@ -151,7 +159,7 @@ def _plan_directory(target: Path, arch: str | None) -> _Plan:
         config = _parse_json(by_name[OPEN_CLIP_CONFIG])
         if not isinstance(config.get("model_cfg"), dict):
             raise MalformedCheckpointError(f"{target / OPEN_CLIP_CONFIG}: has no 'model_cfg' object")
-        model_cfg, preprocess_cfg = config["model_cfg"], config.get("preprocess_cfg") or {}
+        model_cfg, preprocess_cfg = config["model_cfg"], config.get("preprocess_cfg")
         layout, name, candidates, config_read = "open_clip-dir", "open_clip config", OPEN_CLIP_WEIGHTS, \
             by_name[OPEN_CLIP_CONFIG]
     elif HF_CONFIG in by_name and hf_clip.is_hf_clip_config(_parse_json(by_name[HF_CONFIG])):
@@ -175,7 +183,8 @@ def _plan_directory(target: Path, arch: str | None) -> _Plan:
             f"{target}: {config_read.path.name} found but no weights file ({' or '.join(candidates)})",
             tuple((s.path, s.reason) for s in skipped))
     roles[weights.path] = "weights"
-    return _Plan(layout, name, model_cfg, preprocess_cfg, weights, files, roles, manifest, skipped)
+    return _Plan(layout, name, model_cfg, preprocess_cfg, weights, files, roles, manifest,
+                 str(config_read.path), skipped)
 
 
 def _read_directory(target: Path) -> tuple[list[ReadFile], list[SkippedItem]]:
@@ -259,7 +268,8 @@ def _parse_json(read: ReadFile) -> dict:
         raise MalformedCheckpointError(f"{read.path}: {len(read.data)} bytes is too large for a model config")
     try:
         document = json.loads(read.data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        # ValueError covers json's own errors and Python's cap on digits in an integer
         raise MalformedCheckpointError(f"{read.path}: not valid JSON ({error})") from None
     if not isinstance(document, dict):
         raise MalformedCheckpointError(f"{read.path}: must be a JSON object")
@@ -292,10 +302,7 @@ def _read_weights(read: ReadFile) -> tuple[dict, dict[str, int]]:
 def _resolve_manifest(plan: _Plan, classes_file: str | Path | None) -> Manifest | None:
     manifest = None
     if plan.manifest is not None:
-        try:
-            text = plan.manifest.data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MalformedCheckpointError(f"{plan.manifest.path}: not UTF-8 text") from None
+        text = decode_text(plan.manifest.data, str(plan.manifest.path))
         manifest = parse_manifest_text(text, str(plan.manifest.path))
     if classes_file is not None:
         path = Path(classes_file)

@@ -29,8 +29,10 @@ from cbpt_guard.errors import ClassListError, ManifestError
 MANIFEST_NAME = "cbpt_manifest.json"
 MANIFEST_VERSION = 1
 MAX_FILE_BYTES = 8 * 1024 * 1024
+"""The one size cap of a manifest and of a ``--classes`` file, however either arrives."""
 MAX_CLASSES = 100_000
 MAX_NAME_CHARS = 256
+MAX_TEMPLATES = 1_000
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 _MANIFEST_KEYS = {"manifest_version", "classes", "templates", "description"}
 
@@ -47,20 +49,23 @@ class Manifest:
 
 def parse_manifest_text(text: str, origin: str) -> Manifest:
     """Parse and validate manifest JSON text."""
+    _check_size(len(text.encode("utf-8", errors="surrogatepass")), origin)
     try:
         document = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as error:
+    except (ValueError, RecursionError) as error:
+        # ValueError covers json's errors and Python's cap on the digits of an integer
         raise ManifestError(f"{origin}: not valid JSON ({error})") from None
     if not isinstance(document, dict):
         raise ManifestError(f"{origin}: a manifest must be a JSON object")
     unknown = sorted(set(document) - _MANIFEST_KEYS)
     if unknown:
         raise ManifestError(f"{origin}: unknown manifest key(s): {', '.join(map(repr, unknown))}")
-    if document.get("manifest_version") != MANIFEST_VERSION:
-        raise ManifestError(f"{origin}: manifest_version must be {MANIFEST_VERSION}")
+    version = document.get("manifest_version")
+    if type(version) is not int or version != MANIFEST_VERSION:  # 1.0 and true compare equal to 1
+        raise ManifestError(f"{origin}: manifest_version must be the integer {MANIFEST_VERSION}")
     description = document.get("description", "")
-    if not isinstance(description, str):
-        raise ManifestError(f"{origin}: description must be a string")
+    if not isinstance(description, str) or not _is_unicode(description):
+        raise ManifestError(f"{origin}: description must be a string of valid Unicode text")
     classes = validate_classes(document.get("classes"), origin)
     templates = validate_templates(document.get("templates", list(DEFAULT_TEMPLATES)), origin)
     return Manifest(classes, templates, description, origin)
@@ -78,8 +83,10 @@ def validate_classes(classes: object, origin: str) -> tuple[str, ...]:
     for index, name in enumerate(classes):
         if not isinstance(name, str) or not name.strip():
             raise ClassListError(f"{origin}: class #{index} must be a non-blank string")
-        if len(name) > MAX_NAME_CHARS or "\n" in name or "\r" in name:
+        if len(name) > MAX_NAME_CHARS or name.splitlines() != [name]:
             raise ClassListError(f"{origin}: class #{index} is longer than {MAX_NAME_CHARS} characters or spans lines")
+        if not _is_unicode(name):
+            raise ClassListError(f"{origin}: class #{index} is not valid Unicode text (a lone surrogate)")
         if name in seen:
             raise ClassListError(f"{origin}: class {name!r} appears twice")
         seen.add(name)
@@ -87,18 +94,38 @@ def validate_classes(classes: object, origin: str) -> tuple[str, ...]:
 
 
 def validate_templates(templates: object, origin: str) -> tuple[str, ...]:
-    """Each template is a string with exactly one ``{}`` and no other format fields."""
+    """Each template is a string with exactly one plain ``{}`` and no other format fields.
+
+    A format spec or conversion (``{:>99999999}``, ``{:d}``, ``{:{}}``, ``{!r}``)
+    would either raise when a class name is filled in, long after intake, or
+    pad every prompt into noise; only ``str.format``'s plain field is allowed,
+    and ``{{``/``}}`` for literal braces.
+    """
     if not isinstance(templates, list) or not templates:
         raise ManifestError(f"{origin}: templates must be a non-empty list of strings")
+    if len(templates) > MAX_TEMPLATES:
+        raise ManifestError(f"{origin}: {len(templates)} templates is more than the limit of {MAX_TEMPLATES}")
     for index, template in enumerate(templates):
-        if not isinstance(template, str) or len(template) > MAX_NAME_CHARS:
-            raise ManifestError(f"{origin}: template #{index} must be a string of at most {MAX_NAME_CHARS} characters")
+        if not isinstance(template, str) or len(template) > MAX_NAME_CHARS or not _is_unicode(template):
+            raise ManifestError(
+                f"{origin}: template #{index} must be valid Unicode text of at most {MAX_NAME_CHARS} characters"
+            )
+        if template.splitlines() != [template]:
+            raise ManifestError(f"{origin}: template #{index} spans lines")
         try:
-            fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+            fields = [(field, spec, conversion)
+                      for _, field, spec, conversion in string.Formatter().parse(template) if field is not None]
         except ValueError as error:
             raise ManifestError(f"{origin}: template #{index} is not a valid format string ({error})") from None
-        if fields != [""]:
-            raise ManifestError(f"{origin}: template #{index} must contain exactly one '{{}}' and no other fields")
+        if fields != [("", "", None)]:
+            raise ManifestError(
+                f"{origin}: template #{index} must contain exactly one plain '{{}}' (no other fields, "
+                "format spec or conversion)"
+            )
+        try:
+            template.format("x")
+        except (ValueError, IndexError, KeyError) as error:  # belt and braces: parse() and format() agree
+            raise ManifestError(f"{origin}: template #{index} cannot be filled in ({error})") from None
     return tuple(templates)
 
 
@@ -107,11 +134,13 @@ def parse_classes_text(text: str, origin: str) -> tuple[str, ...]:
     stripped = text.lstrip()
     if stripped.startswith("{"):
         return parse_manifest_text(text, origin).classes
+    _check_size(len(text.encode("utf-8", errors="surrogatepass")), origin)
     if stripped.startswith("["):
         try:
-            return validate_classes(json.loads(text), origin)
-        except (json.JSONDecodeError, RecursionError) as error:
+            document = json.loads(text)
+        except (ValueError, RecursionError) as error:
             raise ClassListError(f"{origin}: not valid JSON ({error})") from None
+        return validate_classes(document, origin)
     lines = [line.strip() for line in text.splitlines()]
     return validate_classes([line for line in lines if line and not line.startswith("#")], origin)
 
@@ -119,13 +148,33 @@ def parse_classes_text(text: str, origin: str) -> tuple[str, ...]:
 def read_text_file(path: Path) -> str:
     """Read a small UTF-8 text file with a size cap, as every untrusted side file is read."""
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ManifestError(f"{path}: {size} bytes is larger than the {MAX_FILE_BYTES}-byte limit")
-        return path.read_bytes().decode("utf-8")
+        _check_size(path.stat().st_size, str(path))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ManifestError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise ManifestError(f"{path}: not UTF-8 text") from None
     except OSError as error:
         raise ManifestError(f"{path}: cannot be read ({error.strerror})") from None
+    return decode_text(data, str(path))
+
+
+def decode_text(data: bytes, origin: str) -> str:
+    """The UTF-8 text of a manifest or class list already in memory, under the same cap as a file."""
+    _check_size(len(data), origin)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ManifestError(f"{origin}: not UTF-8 text") from None
+
+
+def _check_size(size: int, origin: str) -> None:
+    if size > MAX_FILE_BYTES:
+        raise ManifestError(f"{origin}: {size} bytes is larger than the {MAX_FILE_BYTES}-byte limit")
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate (JSON's ``"\\ud800"``), which no encoder can write out."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

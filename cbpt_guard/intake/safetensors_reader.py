@@ -61,7 +61,8 @@ def parse_header(data: bytes, origin: str) -> SafetensorsHeader:
         )
     try:
         header = json.loads(data[8 : 8 + length].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        # ValueError covers json's errors and Python's cap on the digits of an integer
         raise MalformedCheckpointError(f"{origin}: safetensors header is not valid JSON ({error})") from None
     if not isinstance(header, dict):
         raise MalformedCheckpointError(f"{origin}: safetensors header is not a JSON object")
@@ -84,7 +85,7 @@ def _parse_entry(name: str, spec: object, origin: str) -> TensorEntry:
     if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
         raise MalformedCheckpointError(f"{origin}: tensor {name!r} has a malformed header entry")
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:  # a list or object is unhashable
         raise MalformedCheckpointError(f"{origin}: tensor {name!r} has unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise MalformedCheckpointError(f"{origin}: tensor {name!r} has an invalid shape {shape!r}")
