@@ -82,7 +82,7 @@ def fuzz_target(target: str, cases: int, seed: int, scratch: str) -> dict:
     warm = fuzz_targets.outcome_of(run, fuzz_targets.VALID_CASES[target])  # imports happen here, unmeasured
     assert warm.kind == "accepted", warm
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     one_case()
     return {
         "cases": count,
@@ -95,6 +95,7 @@ def fuzz_target(target: str, cases: int, seed: int, scratch: str) -> dict:
         "process_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "process_max_rss_bytes_before": rss_before,
         "wall_seconds": round(time.perf_counter() - started, 1),
+        "cpu_seconds": round(time.process_time() - cpu_started, 1),
         "crash_samples": crashes,
     }
 
@@ -111,19 +112,20 @@ def render(results: dict) -> str:
         "the manifest target parses and then formats and tokenizes what it accepted, the safetensors target",
         "validates and loads the bytes, the policy target goes through `load_policy_text`.",
         "",
-        f"Seed {results['seed']}, {results['cases_per_target']} cases asked per target, wall time "
-        f"{results['wall_seconds']:.0f} s on {results['machine']}.",
+        f"Seed {results['seed']}, {results['cases_per_target']} cases asked per target; "
+        f"{results['wall_seconds']:.0f} s wall, {results['cpu_seconds']:.0f} s CPU, on {results['machine']} "
+        f"(load average at the end {results['load_average'][0]}).",
         "",
         "| target | cases | accepted | typed errors | by exit code | crashes | max CPU s/case | "
-        "max traced MiB/case | process peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "max traced MiB/case | process peak RSS MiB | wall s | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for target, r in results["targets"].items():
         codes = ", ".join(f"{code}: {n}" for code, n in r["exit_codes"].items() if code != "0")
         lines.append(
             f"| {target} | {r['cases']} | {r['accepted']} | {sum(r['typed_errors'].values())} | {codes} | "
             f"{r['crashes']} | {r['max_case_cpu_seconds']:.2f} | {r['max_case_traced_bytes'] / 2**20:.1f} | "
-            f"{r['process_max_rss_bytes'] / 2**20:.0f} |")
+            f"{r['process_max_rss_bytes'] / 2**20:.0f} | {r['wall_seconds']:.0f} | {r['cpu_seconds']:.0f} |")
     lines += ["", "Typed errors by kind:", ""]
     for target, r in results["targets"].items():
         kinds = ", ".join(f"{kind} {n}" for kind, n in r["typed_errors"].items())
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     results = {"seed": args.seed, "cases_per_target": args.cases, "targets": {},
                "machine": f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
                           f"torch {torch.__version__}"}
@@ -156,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{target}: {r['cases']} cases, {r['accepted']} accepted, {r['crashes']} crashes, "
                   f"max {r['max_case_cpu_seconds']} CPU s, {r['wall_seconds']} s", flush=True)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    results["cpu_seconds"] = round(time.process_time() - cpu_started, 1)
+    results["load_average"] = [round(x, 1) for x in os.getloadavg()]
     results["bars_met"] = all(
         r["crashes"] == 0 and r["max_case_cpu_seconds"] <= SECONDS_BAR and r["max_case_traced_bytes"] <= MEMORY_BAR
         and r["process_max_rss_bytes"] <= MEMORY_BAR for r in results["targets"].values())
