@@ -43,8 +43,8 @@ def test_validate_invalid_policy_prints_each_problem_and_exits_4(run, tmp_path):
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"{path}:4: detection.score_threshold: Input should be a valid number",
-        f"{path}:5: exprot: unknown key; allowed here: version, description, mode, data, detection, evidence, "
-        "purification, verification, decision, export, waivers",
+        f"{path}:5: exprot: unknown key (did you mean 'export'?); allowed here: version, description, mode, data, "
+        "detection, evidence, purification, verification, decision, export, waivers",
     ]
 
 

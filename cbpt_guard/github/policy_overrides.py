@@ -9,6 +9,7 @@ one recorded. A header comment in the file names the original and the overrides.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import yaml
@@ -44,9 +45,13 @@ def effective_policy(policy: str, overrides: PolicyOverrides, folder: str | Path
     loaded = resolve_policy(policy)
     data = loaded.policy.model_dump(mode="json", exclude_none=True)
     calibration = loaded.calibration_path
+    target = Path(folder) / f"{loaded.name}.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
     if calibration is not None:
-        # The copy lives elsewhere; keep the calibration file it names reachable.
-        data["detection"]["calibration"] = str(calibration.resolve())
+        # A policy may name only a calibration in its own folder: the copy takes one along.
+        local = target.with_name(f"{loaded.name}.calibration.json")
+        shutil.copyfile(calibration, local)
+        data["detection"]["calibration"] = local.name
     changed = []
     if overrides.mode is not None:
         data["mode"] = overrides.mode
@@ -57,8 +62,6 @@ def effective_policy(policy: str, overrides: PolicyOverrides, folder: str | Path
     if overrides.export is not None:
         data.setdefault("export", {})["enabled"] = overrides.export
         changed.append(f"export={str(overrides.export).lower()}")
-    target = Path(folder) / f"{loaded.name}.yaml"
-    target.parent.mkdir(parents=True, exist_ok=True)
     header = (f"# Derived by cbpt-guard from {loaded.source} (sha256 {loaded.sha256})\n"
               f"# with the workflow's overrides: {', '.join(changed)}\n")
     target.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")

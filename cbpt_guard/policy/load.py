@@ -7,11 +7,18 @@ scalars are turned into plain values here, by tag, and every other tag is refuse
 Each key's line is kept so that pydantic's error locations map back to the file:
 
     policies/x.yaml:12: detection.budget.steps: Input should be a valid integer
+
+Plain scalars are typed as YAML 1.2's core schema types them, not as PyYAML's
+YAML 1.1: only decimal numbers are numbers and only true/false are booleans.
+A plain value that YAML 1.1 would read otherwise (``0x12C``, ``5:00``, which
+1.1 reads as 300, ``3_00``, ``0300``, ``yes``, ``off``) is refused with a hint,
+so that a policy means the same to every reader of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import os
 import re
@@ -31,7 +38,7 @@ MAX_DEPTH = 32
 
 _READY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _YAML = "tag:yaml.org,2002:"
-_PLAIN_EXPONENT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")
+_DECIMAL_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
 
 KeyPath = tuple  # a path into the document: str keys and int list indices
 
@@ -79,7 +86,7 @@ def load_policy(path: str | os.PathLike[str]) -> LoadedPolicy:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise PolicyError([PolicyProblem(source, None, None, f"not UTF-8 text (byte {error.start})")]) from None
-    policy = _validate(source, text)
+    policy = _validate(source, text, folder=Path(source).parent)
     return LoadedPolicy(policy, Path(source).stem, source, hashlib.sha256(data).hexdigest())
 
 
@@ -97,16 +104,40 @@ def resolve_policy(name_or_path: str | os.PathLike[str]) -> LoadedPolicy:
     A bare name, without a folder or a ``.yaml``/``.yml`` suffix, always means a
     ready policy, looked up in the repository's ``policies/`` folder and then in
     an installed copy; anything else is a path.
+
+    A path that is not a file but whose name is a ready policy's
+    (``strict.yaml``, ``policies/strict.yaml`` outside the repository) is not
+    quietly swapped for that policy, since a gate must run the policy it was
+    given; the error names the ready policy to ask for instead. A misspelt name
+    gets the nearest ready one.
     """
     text = str(name_or_path)
     if not _READY_NAME.fullmatch(text):
-        return load_policy(name_or_path)
+        try:
+            return load_policy(name_or_path)
+        except PolicyError as error:
+            raise _with_ready_hint(error, Path(text)) from None
     for folder in ready_policy_dirs():
         candidate = folder / f"{text}.yaml"
         if candidate.is_file():
             return load_policy(candidate)
-    known = ", ".join(ready_policy_names()) or "none installed"
-    raise PolicyError([PolicyProblem(text, None, None, f"no ready policy of that name (ready policies: {known})")])
+    names = ready_policy_names()
+    near = difflib.get_close_matches(text, names, n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    known = ", ".join(names) or "none installed"
+    raise PolicyError([PolicyProblem(text, None, None,
+                                     f"no ready policy of that name; {hint}(ready policies: {known})")])
+
+
+def _with_ready_hint(error: PolicyError, path: Path) -> PolicyError:
+    """A missing policy file named like a ready policy: say how to ask for the ready one."""
+    first = error.problems[0]
+    if len(error.problems) != 1 or first.message != "no such policy file" or path.suffix not in (".yaml", ".yml"):
+        return error
+    if path.stem not in ready_policy_names():
+        return error
+    message = f"no such policy file; the ready policy of that name is --policy {path.stem}"
+    return PolicyError([first._replace(message=message)])
 
 
 def ready_policy_dirs() -> list[Path]:
@@ -131,14 +162,45 @@ def _check_size(source: str, size: int) -> None:
         raise PolicyError([PolicyProblem(source, None, None, message)])
 
 
-def _validate(source: str, text: str) -> Policy:
-    """Text -> plain data with key lines -> Policy, every problem mapped to a file line."""
+def _validate(source: str, text: str, folder: Path | None = None) -> Policy:
+    """Text -> plain data with key lines -> Policy, every problem mapped to a file line.
+
+    ``folder`` is the policy file's directory, which a calibration file it names
+    must lie in (None for text held in memory: then only the name is checked).
+    """
     data, lines = _parse(source, text)
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as error:
         problems = [_problem(source, e, lines) for e in error.errors()]
         raise PolicyError(sorted(problems, key=lambda p: (p.line or 0))) from None
+    _check_calibration_path(source, policy, lines, folder)
+    return policy
+
+
+def _check_calibration_path(source: str, policy: Policy, lines: dict[KeyPath, int], folder: Path | None) -> None:
+    """Refuse a calibration file outside the policy file's folder (an absolute path, ``..``, a link out).
+
+    The policy is what a pull request or a shared repository may change, and a
+    calibration decides what counts as a backdoor: it must travel with the
+    policy it belongs to, never point at whatever a path reaches on the machine.
+    """
+    named = policy.detection.calibration
+    if named is None or named == "builtin":
+        return
+    key = ("detection", "calibration")
+    line = lines.get(key, lines.get(("detection",)))
+    relative = Path(named)
+    if relative.is_absolute() or named.startswith(("/", "\\")) or ".." in relative.parts or "\\" in named:
+        raise PolicyError([PolicyProblem(source, line, "detection.calibration",
+                                         f"{_short(named)} must be a path inside the policy file's folder "
+                                         "(no absolute path, no '..')")])
+    if folder is None:
+        return
+    base = folder.resolve()
+    if not (base / relative).resolve().is_relative_to(base):
+        raise PolicyError([PolicyProblem(source, line, "detection.calibration",
+                                         f"{_short(named)} leads outside the policy file's folder (a link)")])
 
 
 class _GuardedLoader(yaml.SafeLoader):
@@ -173,6 +235,24 @@ class _GuardedLoader(yaml.SafeLoader):
 
     def _refuse(self, line: int, message: str) -> PolicyError:
         return PolicyError([PolicyProblem(self.source, line, None, message)])
+
+
+_YAML11_TYPED = {_YAML + "int", _YAML + "float", _YAML + "bool"}
+_YAML11_NUMBER = [regexp for resolvers in yaml.SafeLoader.yaml_implicit_resolvers.values()
+                  for tag, regexp in resolvers if tag in (_YAML + "int", _YAML + "float")]
+_YAML11_BOOL = re.compile(r"(?:y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)\Z")
+# YAML 1.2's core schema: the only plain scalars that are not text (null and timestamps keep PyYAML's rules)
+_GuardedLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML11_TYPED]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_GuardedLoader.add_implicit_resolver(_YAML + "bool", re.compile(r"(?:true|True|TRUE|false|False|FALSE)\Z"),
+                                     list("tTfF"))
+_GuardedLoader.add_implicit_resolver(_YAML + "int", re.compile(r"[-+]?[0-9]+\Z"), list("-+0123456789"))
+_GuardedLoader.add_implicit_resolver(
+    _YAML + "float",
+    re.compile(r"(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+               r"|\.(?:nan|NaN|NAN))\Z"),
+    list("-+0123456789."))
 
 
 def _parse(source: str, text: str) -> tuple[object, dict[KeyPath, int]]:
@@ -231,12 +311,12 @@ def _convert(loader: yaml.SafeLoader, source: str, node: yaml.Node, path: KeyPat
 def _scalar(loader: yaml.SafeLoader, source: str, node: yaml.Node, path: KeyPath) -> object:
     """Plain values only: text, integers, floats, booleans, null; dates stay text for the schema to check."""
     tag = node.tag
-    if tag == _YAML + "str" and node.style is None and _PLAIN_EXPONENT.fullmatch(node.value):
-        tag = _YAML + "float"  # YAML 1.1 reads 1e-4 as text; everyone means a number
+    if node.style is None and (tag == _YAML + "str" or tag == _YAML + "int" and not _DECIMAL_INT.fullmatch(node.value)):
+        _refuse_yaml11_reading(source, node, path)
     builders = {
         _YAML + "str": loader.construct_scalar,
         _YAML + "timestamp": loader.construct_scalar,
-        _YAML + "int": loader.construct_yaml_int,
+        _YAML + "int": _decimal_int,
         _YAML + "float": loader.construct_yaml_float,
         _YAML + "bool": loader.construct_yaml_bool,
         _YAML + "null": loader.construct_yaml_null,
@@ -247,6 +327,25 @@ def _scalar(loader: yaml.SafeLoader, source: str, node: yaml.Node, path: KeyPath
         return builders[tag](node)
     except (ValueError, KeyError, OverflowError, TypeError, yaml.YAMLError):
         raise _node_problem(source, node, path, f"{_short(node.value)} is not a valid {tag[len(_YAML):]}") from None
+
+
+def _decimal_int(node: yaml.ScalarNode) -> int:
+    """A YAML 1.2 integer in decimal; a leading zero (an octal number to YAML 1.1) is refused as ambiguous."""
+    if not _DECIMAL_INT.fullmatch(node.value):
+        raise ValueError(node.value)
+    return int(node.value, 10)
+
+
+def _refuse_yaml11_reading(source: str, node: yaml.ScalarNode, path: KeyPath) -> None:
+    """Refuse a plain value that YAML 1.1 would read as a number or a boolean and YAML 1.2 as text."""
+    value = node.value
+    if any(regexp.match(value) for regexp in _YAML11_NUMBER):
+        raise _node_problem(source, node, path, f"{_short(value)} is not a decimal number (YAML 1.1 and 1.2 read "
+                                                "hexadecimal, a leading 0, 1_000 and 5:00 differently); write plain "
+                                                "decimal digits, or quote it if text is meant")
+    if _YAML11_BOOL.match(value):
+        raise _node_problem(source, node, path, f"{_short(value)} is a boolean to YAML 1.1 and text to YAML 1.2; "
+                                                "write true or false, or quote it if text is meant")
 
 
 def _key(source: str, node: yaml.Node, path: KeyPath) -> str:
@@ -285,7 +384,9 @@ def _problem(source: str, error: dict, lines: dict[KeyPath, int]) -> PolicyProbl
     kind = error["type"]
     if kind == "extra_forbidden":
         allowed = allowed_keys(loc[:-1])
-        message = "unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
+        near = difflib.get_close_matches(str(loc[-1]), allowed or (), n=1, cutoff=0.6)
+        message = "unknown key" + (f" (did you mean {near[0]!r}?)" if near else "") \
+            + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
     elif kind == "missing":
         message = "required key is missing"
     elif kind == "tuple_type":

@@ -45,16 +45,20 @@ class PolicyError(UsageError):
     """A policy file cannot be used: unreadable, not safe YAML, or not a valid policy (exit 4).
 
     ``problems`` holds every problem found, earliest line first; ``str(error)`` is
-    the first one (``file:line: key: message``) and a count of the others, so it
-    fits on one line of a CI log.
+    one of them (``file:line: key: message``) and a count of the others, so it
+    fits on one line of a CI log. That one is the first unknown key when there
+    is one: a misspelt key is usually the cause of the "required key is
+    missing" beside it, and the line a reader must see.
     """
 
     def __init__(self, problems: typing.Sequence[PolicyProblem]):
         self.problems = tuple(problems)
         if not self.problems:
             raise ValueError("a PolicyError needs at least one problem")
+        unknown = [p for p in self.problems if p.message.startswith("unknown key")]
+        headline = unknown[0] if unknown else self.problems[0]
         more = len(self.problems) - 1
-        super().__init__(str(self.problems[0]) + (f" (and {more} more)" if more else ""))
+        super().__init__(str(headline) + (f" (and {more} more)" if more else ""))
 
 
 class Mode(str, enum.Enum):
