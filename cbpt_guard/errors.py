@@ -23,6 +23,13 @@ class ExitCode(enum.IntEnum):
     """Nothing scannable, an unsupported architecture, a required step skipped."""
     USAGE = 4
     """A bad flag, a missing path, an invalid policy or class list."""
+    INTERRUPTED = 130
+    """Stopped by the user (Ctrl-C, SIGINT): the run did not finish, so nothing was judged.
+
+    130 is the shell's own code for a process ended by SIGINT (128 + 2), which
+    CI runners and ``make`` already read as "interrupted"; it is neither a
+    verdict (0, 1, 3) nor a failure of the tool (2).
+    """
 
 
 class CbptError(Exception):

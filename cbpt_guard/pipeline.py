@@ -41,7 +41,7 @@ from cbpt_guard.errors import (
     UnsafeCheckpointError,
     UsageError,
 )
-from cbpt_guard.policy import DataTier, LoadedPolicy, resolve_policy
+from cbpt_guard.policy import DataTier, LoadedPolicy, Mode, Policy, resolve_policy
 from cbpt_guard.progress import Progress
 from cbpt_guard.report import REPORT_FILES
 from cbpt_guard.user_images import UserImages, check_folders, data_info, load_user_images
@@ -76,6 +76,8 @@ class _Run:
     seed: int
     today: dt.date
     progress: Progress
+    mode: Mode | None = None
+    """The mode given in place of the policy's (``check --mode``); the Verdict records both."""
     steps: dict[str, StepInfo] = field(default_factory=dict)
     failures: list[StageFailure] = field(default_factory=list)
     skipped: list[SkippedStep] = field(default_factory=list)
@@ -115,14 +117,24 @@ class _Run:
         return decide(DecisionInput(checkpoint_digest=digest, data_tier=tier, detection=self.outcome,
                                     unsafe_findings=self.unsafe, skipped=tuple(self.skipped),
                                     failures=tuple(self.failures), purification=self.purification_outcome),
-                      self.policy.policy, today=self.today)
+                      self.rules, today=self.today)
+
+    @property
+    def rules(self) -> Policy:
+        """The policy the decision applies: the file's, in the overriding mode if one was given."""
+        policy = self.policy.policy
+        return policy if self.mode is None else policy.model_copy(update={"mode": self.mode})
 
 
 def check(model: str | Path, *, policy: str | Path = "strict", out_dir: str | Path | None = None,
           probes: str | Path | None = None, data: str | Path | None = None, classes_file: str | Path | None = None,
           arch: str | None = None, seed: int = 0, today: dt.date | None = None,
-          progress: Progress | None = None) -> Verdict:
+          progress: Progress | None = None, mode: str | Mode | None = None) -> Verdict:
     """Check the checkpoint at ``model`` under ``policy`` (a ready-policy name or a YAML path).
+
+    ``mode`` (enforce, warn, dry-run) replaces the policy's own mode for this run;
+    the Verdict keeps the policy's (``policy.mode``) beside the one applied
+    (``policy.mode_override``, ``decision.mode``).
 
     ``probes`` is a folder of unlabelled images (the unlabelled tier), ``data``
     a labelled few-shot ImageFolder (the few-shot tier, used to purify and to
@@ -137,7 +149,7 @@ def check(model: str | Path, *, policy: str | Path = "strict", out_dir: str | Pa
     """
     started = time.perf_counter()
     loaded_policy = resolve_policy(policy)
-    run = _Run(loaded_policy, seed, today or dt.date.today(), progress or (lambda line: None))
+    run = _Run(loaded_policy, seed, today or dt.date.today(), progress or (lambda line: None), _mode(mode))
     out = Path(out_dir) if out_dir is not None else None
     check_folders(probes, data)
     uncalibrated = uncalibrated_budget(loaded_policy)  # a cheap file comparison: before any model is loaded
@@ -181,6 +193,15 @@ def uncalibrated_budget(loaded: LoadedPolicy) -> str | None:
     calibration = policy_calibration(loaded)
     differences = budget_differences(calibration.budget, budget)
     return uncalibrated_reason(calibration.source, budget, differences) if differences else None
+
+
+def _mode(mode: str | Mode | None) -> Mode | None:
+    if mode is None or isinstance(mode, Mode):
+        return mode
+    try:
+        return Mode(mode)
+    except ValueError:
+        raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(m.value for m in Mode)}") from None
 
 
 # -- stages -------------------------------------------------------------------------------------------
@@ -571,6 +592,7 @@ def _verdict(run: _Run, decision: Decision) -> Verdict:
     return Verdict(
         evaluated_on=run.today.isoformat(), seed=run.seed, device="cpu", checkpoint=checkpoint,
         policy=PolicyInfo(name=policy.name, source=policy.source, sha256=policy.sha256, mode=policy.policy.mode.value,
+                          mode_override=run.mode.value if run.mode is not None else None,
                           settings=policy.policy.model_dump(mode="json"),
                           waivers_applied=tuple(_waiver(w, False) for w in decision.waivers_applied),
                           waivers_expired=tuple(_waiver(w, True) for w in decision.waivers_expired)),

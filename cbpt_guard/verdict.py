@@ -81,10 +81,13 @@ class PolicyInfo(_Frozen):
     source: str
     sha256: str
     mode: str
+    """The mode the policy file sets."""
     settings: dict
     """The whole validated policy, defaults filled in, as plain JSON."""
     waivers_applied: tuple[WaiverInfo, ...] = ()
     waivers_expired: tuple[WaiverInfo, ...] = ()
+    mode_override: str | None = None
+    """The mode given on the command line in its place (``check --mode``), which the decision applied; None if none."""
 
 
 class DataInfo(_Frozen):

@@ -57,7 +57,7 @@ def test_every_registered_command_resolves(name):
 
 def test_readme_documents_every_exit_code():
     readme = (ROOT / "README.md").read_text()
-    rows = dict(re.findall(r"^\| (\d) \| ([^|]+)\|", readme, flags=re.M))
+    rows = dict(re.findall(r"^\| (\d+) \| ([^|]+)\|", readme, flags=re.M))
     assert sorted(int(code) for code in rows) == sorted(int(code) for code in ExitCode)
 
 

@@ -169,7 +169,7 @@ def test_calibrate_then_detect_through_the_cli(tiny_zoo, tmp_path):
     from cbpt_guard.cli.main import cli
 
     root, _ = tiny_zoo
-    flags = ["--steps", "20", "--probes", "16", "--anomaly-steps", "5", "--targeted", "1"]
+    flags = ["--steps", "20", "--n-probes", "16", "--anomaly-steps", "5", "--targeted", "1"]
     calibration = tmp_path / "cal.json"
     runner = CliRunner()
     made = runner.invoke(cli, ["calibrate", str(root / "clean-s1"), "--out", str(calibration), *flags])

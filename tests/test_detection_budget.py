@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 CLASSES = ["circle", "square", "triangle"]
 SMALL = DetectBudget(probes=16, inversion=InversionBudget(steps=20), anomaly_steps=4, targeted_classes=1)
-SMALL_FLAGS = ["--steps", "20", "--probes", "16", "--anomaly-steps", "4", "--targeted", "1"]
+SMALL_FLAGS = ["--steps", "20", "--n-probes", "16", "--anomaly-steps", "4", "--targeted", "1"]
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from cbpt_guard.cli.progress import progress_printer
+from cbpt_guard.cli.outdir import OVERWRITE_HELP, prepare_out_dir
+from cbpt_guard.policy.schema import Mode
 
 _SYMBOL = {"pass": "PASS", "purified": "PURIFIED", "purify": "PURIFY", "inconclusive": "INCONCLUSIVE",
            "block": "BLOCK"}
@@ -15,7 +17,11 @@ _SYMBOL = {"pass": "PASS", "purified": "PURIFIED", "purify": "PURIFY", "inconclu
 @click.option("--policy", default="strict", show_default=True, metavar="NAME|FILE",
               help="A ready policy (strict, balanced, permissive) or a policy YAML file.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
-              help="Write the reports (HTML, JSON, Markdown, SARIF), purified prompts and ONNX export here.")
+              help="Write the reports (HTML, JSON, Markdown, SARIF), purified prompts and ONNX export here "
+                   "(a new or empty folder). Without it nothing is written.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@click.option("--mode", type=click.Choice([m.value for m in Mode]),
+              help="Replace the policy's mode for this run (recorded in the Verdict beside the policy's).")
 @click.option("--probes", "probes_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Unlabelled images to probe with (the unlabelled tier).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), metavar="DIR",
@@ -25,7 +31,7 @@ _SYMBOL = {"pass": "PASS", "purified": "PURIFIED", "purify": "PURIFY", "inconclu
 @click.option("--arch", metavar="NAME", help="open_clip architecture of a single weights file.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice in the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the Verdict as JSON instead of a summary.")
-def check_command(path, policy, out_dir, probes_dir, data_dir, classes_file, arch, seed, as_json):
+def check_command(path, policy, out_dir, overwrite, mode, probes_dir, data_dir, classes_file, arch, seed, as_json):
     """Check the checkpoint at PATH under a policy: detect, decide, purify, verify, export, report.
 
     \b
@@ -33,14 +39,34 @@ def check_command(path, policy, out_dir, probes_dir, data_dir, classes_file, arc
     purified classifier, not the original; a policy may fail on purified with
     decision.fail_on; warn and dry-run modes always pass a complete run),
     1 blocked, 2 internal error,
-    3 inconclusive (a required step skipped or failed), 4 usage or policy error.
+    3 inconclusive (a required step skipped or failed), 4 usage or policy error,
+    130 interrupted.
     """
     from cbpt_guard.pipeline import check
 
+    if out_dir is not None:
+        kept = prepare_out_dir(out_dir, overwrite=overwrite)
+        if kept:
+            click.echo(f"note: --overwrite kept {len(kept)} file(s) cbpt-guard did not write in {out_dir}: "
+                       f"{', '.join(kept)}", err=True)
     verdict = check(path, policy=policy, out_dir=out_dir, probes=probes_dir, data=data_dir,
-                    classes_file=classes_file, arch=arch, seed=seed, progress=progress_printer())
+                    classes_file=classes_file, arch=arch, seed=seed, progress=progress_printer(),
+                    mode=mode)
     click.echo(verdict.to_json() if as_json else format_verdict(verdict))
+    if out_dir is None:
+        click.echo(NOTHING_WRITTEN, err=True)
     raise click.exceptions.Exit(verdict.decision.exit_code)
+
+
+NOTHING_WRITTEN = ("note: nothing was written (no --out): no report, Verdict JSON, purified prompts or ONNX export; "
+                   "run again with --out DIR to keep them")
+"""Said after every run without ``--out``, on stderr so that ``--json`` output stays clean.
+
+Without an output folder the run is still a complete gate (its exit code and
+its summary or JSON Verdict on stdout), so no folder is made up behind the
+caller's back; but a reader must not look for a report that was never written,
+nor read "skipped: export" as a problem of the model.
+"""
 
 
 def format_verdict(verdict) -> str:
@@ -48,8 +74,10 @@ def format_verdict(verdict) -> str:
     from cbpt_guard.report import text
 
     decision = verdict.decision
-    head = f"{_SYMBOL[decision.action]}: {verdict.checkpoint.path} under policy {verdict.policy.name} " \
-           f"({decision.mode})"
+    mode = decision.mode
+    if verdict.policy.mode_override is not None and verdict.policy.mode_override != verdict.policy.mode:
+        mode += f", set by --mode; the policy says {verdict.policy.mode}"
+    head = f"{_SYMBOL[decision.action]}: {verdict.checkpoint.path} under policy {verdict.policy.name} ({mode})"
     if decision.enforced != decision.action:
         head += f"; enforce would: {decision.enforced}"
     if decision.action == "purified":

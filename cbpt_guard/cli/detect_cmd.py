@@ -11,7 +11,8 @@ from cbpt_guard.errors import ExitCode
 def budget_options(command):
     """The detection budget flags shared by detect and calibrate."""
     command = click.option("--steps", type=click.IntRange(1), help="Inversion steps per trigger family.")(command)
-    command = click.option("--probes", "probe_count", type=click.IntRange(8), help="Number of probe images.")(command)
+    command = click.option("--n-probes", "probe_count", type=click.IntRange(8),
+                           help="Number of probe images.")(command)
     command = click.option("--families", help="Comma-separated trigger families (patch,additive,warp).")(command)
     command = click.option("--batch-size", type=click.IntRange(1), help="Probe images per inversion step.")(command)
     command = click.option("--time-limit", type=click.FloatRange(0, min_open=True),
@@ -58,7 +59,8 @@ def make_budget(steps, probe_count, families, time_limit, anomaly_steps, targete
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--arch", metavar="NAME", help="open_clip architecture of a single weights file.")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="Class names file.")
-@click.option("--probes-dir", type=click.Path(file_okay=False), help="Unlabelled images to probe with.")
+@click.option("--probes", "probes_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Unlabelled images to probe with (as check's and purify's --probes; --n-probes sets how many).")
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration file (default: built-in).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the detection report as JSON.")

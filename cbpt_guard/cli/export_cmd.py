@@ -7,6 +7,8 @@ import re
 
 import click
 
+from cbpt_guard.cli.outdir import prepare_out_file
+
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -16,7 +18,9 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
               help="Purified prompts (folder or prompts.safetensors from purification). "
                    "Without it: the unpurified classifier with the manifest's hand-written prompts.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="The .onnx file to write.")
+              help="The .onnx file to write (refused if it exists, unless --overwrite).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --out file; it is removed first, so a failed export leaves none.")
 @click.option("--fp16", is_flag=True, help="Half-precision weights and arithmetic (for GPUs); float32 in and out.")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True),
               help="Largest absolute logit difference allowed (default: 1e-4, or 5e-3 x logit scale with --fp16).")
@@ -28,7 +32,7 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 @click.option("--arch", metavar="NAME", help="open_clip architecture of a single weights file.")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False, path_type=str),
               help="Class names file; overrides the directory's manifest.")
-def export_command(model_path, prompts_path, out_path, fp16, tolerance, images_dir, policy_sha256, seed, as_json,
+def export_command(model_path, prompts_path, out_path, overwrite, fp16, tolerance, images_dir, policy_sha256, seed, as_json,
                    arch, classes_file):
     """Export MODEL's zero-shot classifier to ONNX and check it against PyTorch.
 
@@ -40,6 +44,7 @@ def export_command(model_path, prompts_path, out_path, fp16, tolerance, images_d
 
     if policy_sha256 is not None and not _DIGEST.match(policy_sha256):
         raise UsageError("--policy-sha256 must be 64 lower-case hex digits")
+    prepare_out_file(out_path, overwrite=overwrite)
     result = run_export(model_path, prompts_path=prompts_path, out_path=out_path, fp16=fp16, tolerance=tolerance,
                         images_dir=images_dir, policy_sha256=policy_sha256, seed=seed, arch=arch,
                         classes_file=classes_file)

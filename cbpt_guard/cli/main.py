@@ -31,9 +31,10 @@ class GuardGroup(click.Group):
     """The top-level group: lazy subcommands, and every outcome mapped to a documented exit code.
 
     Subcommands are imported on first use, so ``--help`` stays free of torch.
-    Typed errors print one line and exit with their own code; click's usage
-    errors exit 4 (click's own default, 2, is ours for internal errors); anything
-    unexpected is an internal error (2), never a pass.
+    Typed errors print one line (an invalid policy one line per problem) and
+    exit with their own code; click's usage errors exit 4 (click's own default,
+    2, is ours for internal errors); Ctrl-C exits 130; anything unexpected is an
+    internal error (2), never a pass.
     """
 
     def main(self, args=None, prog_name=None, **extra):  # type: ignore[override]
@@ -48,11 +49,16 @@ class GuardGroup(click.Group):
         try:
             code = super().main(args, prog_name, standalone_mode=False, **extra)
         except CbptError as error:
-            click.echo(f"cbpt-guard: error: {one_line(error)}", err=True)
+            for line in _error_lines(error):
+                click.echo(f"cbpt-guard: error: {line}", err=True)
             return int(error.exit_code)
         except click.exceptions.Exit as done:
             return done.exit_code
-        except click.Abort:
+        except KeyboardInterrupt:
+            return _interrupted()
+        except click.Abort as abort:
+            if isinstance(abort.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+                return _interrupted()
             click.echo("cbpt-guard: aborted", err=True)
             return int(ExitCode.TOOL_ERROR)
         except click.ClickException as error:
@@ -80,6 +86,20 @@ class GuardGroup(click.Group):
             formatter.write_dl(rows)
 
 
+def _interrupted() -> int:
+    """Ctrl-C: one line and exit 130, so that a pipeline never reads a stopped run as a verdict or a crash."""
+    click.echo("cbpt-guard: interrupted: the run was stopped before it finished; nothing was judged", err=True)
+    return int(ExitCode.INTERRUPTED)
+
+
+def _error_lines(error: CbptError) -> list[str]:
+    """The lines an error prints: one, or for an invalid policy one per problem, so that no typo is hidden."""
+    problems = getattr(error, "problems", None)
+    if problems and len(problems) > 1:
+        return [one_line(problem) for problem in problems]
+    return [one_line(error)]
+
+
 @click.group(cls=GuardGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="cbpt-guard")
 def cli() -> None:
@@ -92,6 +112,7 @@ def cli() -> None:
       2  the tool failed (internal error)
       3  inconclusive (nothing scannable, unsupported, a required step skipped)
       4  usage or policy error
+      130  interrupted (Ctrl-C)
     """
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cbpt_guard.cli.progress import progress_printer
+from cbpt_guard.cli.outdir import OVERWRITE_HELP, prepare_out_dir
 
 
 @click.command("purify")
@@ -17,12 +18,14 @@ from cbpt_guard.cli.progress import progress_printer
 @click.option("--policy", default="strict", show_default=True, metavar="NAME|FILE",
               help="Where budgets, CBPT settings and verification bars come from.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
-              help="Write the learned prompts (prompts.safetensors + prompts.json) under DIR/purified.")
+              help="Write the learned prompts (prompts.safetensors + prompts.json) under DIR/purified "
+                   "(DIR new or empty).")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False), metavar="FILE")
 @click.option("--arch", metavar="NAME")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the purification record as JSON.")
-def purify_command(path, data_dir, probes_dir, shots, policy, out_dir, classes_file, arch, seed, as_json):
+def purify_command(path, data_dir, probes_dir, shots, policy, out_dir, overwrite, classes_file, arch, seed, as_json):
     """Purify the checkpoint at PATH by class-wise prompt tuning; no weight changes.
 
     Detection runs first and supplies the dummy triggers; the purified
@@ -31,6 +34,11 @@ def purify_command(path, data_dir, probes_dir, shots, policy, out_dir, classes_f
     """
     from cbpt_guard.pipeline import purify_checkpoint
 
+    if out_dir is not None:
+        kept = prepare_out_dir(out_dir, overwrite=overwrite)
+        if kept:
+            click.echo(f"note: --overwrite kept {len(kept)} file(s) cbpt-guard did not write in {out_dir}: "
+                       f"{', '.join(kept)}", err=True)
     info = purify_checkpoint(path, data=data_dir, probes=probes_dir, policy=policy, shots=shots, out_dir=out_dir,
                              classes_file=classes_file, arch=arch, seed=seed, progress=progress_printer())
     if info is None:

@@ -81,7 +81,7 @@ def budget_differences(fitted: dict | None, run: DetectBudget) -> list[str]:
 def calibrate_command(budget: DetectBudget, out: str = "calibration.json") -> str:
     """The command that fits a calibration for ``budget`` on the user's own clean models."""
     flags = [f"--steps {budget.inversion.steps}", f"--batch-size {budget.inversion.batch_size}",
-             f"--probes {budget.probes}", f"--families {','.join(budget.families)}",
+             f"--n-probes {budget.probes}", f"--families {','.join(budget.families)}",
              f"--anomaly-steps {budget.anomaly_steps}", f"--targeted {budget.targeted_classes}"]
     return f"cbpt-guard calibrate CLEAN_MODEL [CLEAN_MODEL ...] --out {out} {' '.join(flags)}"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from cbpt_guard.errors import UsageError
@@ -65,14 +65,22 @@ def render(verdict: Verdict, fmt: str, *, repo_root: str | None = None, absolute
 
 
 def _write_atomically(path: Path, content: str) -> None:
-    """Write ``content`` to ``path`` through a temporary file, so a reader never sees half a report."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``content`` to ``path`` through a temporary file, so a reader never sees half a report.
+
+    Every file cbpt-guard writes (reports, the ONNX export, the purified
+    prompts) gets the ordinary permissions of the caller's umask (0644 under
+    the usual 022), none 0600: they hold digests, numbers and class names, no
+    secret, and exist to be read by others (uploaded as CI artefacts, served,
+    deployed). So the temporary file is created with ``open(..., "x")``, not
+    ``mkstemp``, whose 0600 would survive the rename.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
+        with open(temporary, "x", encoding="utf-8", newline="\n") as stream:
             stream.write(content)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 
