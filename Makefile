@@ -30,8 +30,9 @@ demo: $(STAMP)
 	@# held-out zoo images as a labelled ImageFolder, the few-shot data purification tunes and verifies on
 	@test -d build/demo-data || $(VENV)/bin/cbpt-guard zoo images --out build/demo-data --per-class 40
 	@# the main job: detect, decide, purify, verify, export, report; exit 0 means purified and verified.
+	@# --overwrite: a second demo replaces the first one's report (cbpt-guard refuses a non-empty --out without it)
 	@# balanced, not strict: strict also holds the dummies toward other classes to 2% and blocks this example (README)
-	$(VENV)/bin/cbpt-guard check examples/backdoored --policy balanced --data build/demo-data --out build/demo-report
+	$(VENV)/bin/cbpt-guard check examples/backdoored --policy balanced --data build/demo-data --out build/demo-report --overwrite
 	@echo "report: build/demo-report/report.html"
 
 # Rebuild the two example checkpoints from scratch (deterministic; about 20 minutes on 2 cores, most of it the clean base).

@@ -8,6 +8,7 @@ folder of held-out zoo images, verified and gated on strict's bars, and its real
 BadNets trigger is measured through the purified prompts; under balanced, which holds only the
 dummies that are backdoor evidence to its bar, it is purified, passes and is exported; under
 permissive it passes with the warning of what enforce would do; the clean example passes under all three.
+What the strict and balanced runs print is README's example output (benchmarks/readme_outputs.py writes it).
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ def fewshot(tmp_path_factory):
     from cbpt_guard.zoo.imagefolder import write_image_folder
 
     folder = tmp_path_factory.mktemp("fewshot") / "data"
-    write_image_folder(folder, per_class=40)
+    write_image_folder(folder, per_class=_readme_outputs().PER_CLASS)  # 40, as README's command makes
     return folder
+
+
+_PRINTED: dict[tuple[str, str], str] = {}
+"""What each check printed on stdout, by (example, policy), for the comparison with README's blocks."""
 
 
 def _check(tmp_path, name: str, policy: str, *extra: str) -> tuple[int, dict]:
@@ -42,7 +47,31 @@ def _check(tmp_path, name: str, policy: str, *extra: str) -> tuple[int, dict]:
     result = CliRunner().invoke(cli, ["check", str(EXAMPLES / name), "--policy", policy, "--out", str(out), *extra])
     verdict = json.loads((out / "verdict.json").read_text())
     assert result.exit_code == verdict["decision"]["exit_code"], result.output
+    _PRINTED[name, policy] = result.stdout
     return result.exit_code, verdict
+
+
+def _readme_outputs():
+    """benchmarks/readme_outputs.py, which writes README's example outputs and says how to compare them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_outputs", EXAMPLES.parent / "benchmarks" / "readme_outputs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _assert_readme_shows_what_was_printed(policy: str) -> None:
+    """README's block for ``check examples/backdoored --policy POLICY --data ...`` is what this run printed.
+
+    The README command is the one this test runs (same example, policy, 40 images per class, seed and one
+    thread); text must match exactly and numbers within the tolerance another machine's arithmetic needs.
+    """
+    readme = _readme_outputs()
+    shown = readme.readme_blocks()[policy]
+    printed = readme.block_lines(_PRINTED["backdoored", policy], EXAMPLES / "backdoored")
+    problems = readme.differences(shown, printed)
+    assert not problems, "README.md's output differs; run python benchmarks/readme_outputs.py:\n" + "\n".join(problems)
 
 
 def test_backdoored_example_under_strict_is_purified_and_gated_on_strict_bars(tmp_path, fewshot):
@@ -69,6 +98,7 @@ def test_backdoored_example_under_strict_is_purified_and_gated_on_strict_bars(tm
     before, after = _real_trigger_asr(tmp_path / "backdoored-strict" / purification["prompts_path"])
     print(f"real-trigger ASR {before:.4f} -> {after:.4f}; misses {purification['misses']}")
     assert before > 0.7 and after < 0.2 * before, (before, after)
+    _assert_readme_shows_what_was_printed("strict")
 
 
 def _real_trigger_asr(prompts_path: Path) -> tuple[float, float]:
@@ -118,6 +148,7 @@ def test_backdoored_example_under_balanced_is_purified_verified_and_exported(tmp
     before, after = _real_trigger_asr(tmp_path / "backdoored-balanced" / purification["prompts_path"])
     print(f"real-trigger ASR {before:.4f} -> {after:.4f}")
     assert before > 0.7 and after < 0.2 * before, (before, after)
+    _assert_readme_shows_what_was_printed("balanced")
 
 
 def test_backdoored_example_under_permissive_passes_with_the_warning(tmp_path):
