@@ -47,6 +47,8 @@ def test_the_comparison_catches_changed_words_and_numbers_past_the_tolerance():
     assert readme_outputs.differences(shown, [shown[0].replace("BLOCK", "PASS"), *shown[1:]])
     assert readme_outputs.differences(shown, shown[:2])
     assert readme_outputs.differences(shown, [*shown[:2], "exit 0"])
+    assert readme_outputs.differences(["CA drop 2.1 points"], ["CA drop 2.8 points"]) == []
+    assert readme_outputs.differences(["CA drop 2.1 points"], ["CA drop 3.2 points"])
     score = ["detection: backdoor evidence found (score 0.900, threshold 0.999), max |diff| 1.4e-05"]
     assert readme_outputs.differences(score, ["detection: backdoor evidence found (score 0.910, threshold 0.999), "
                                               "max |diff| 3.1e-05"]) == []
