@@ -55,7 +55,8 @@ def _readme_outputs():
     """benchmarks/readme_outputs.py, which writes README's example outputs and says how to compare them."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("readme_outputs", EXAMPLES.parent / "benchmarks" / "readme_outputs.py")
+    path = EXAMPLES.parent / "benchmarks" / "readme_outputs.py"
+    spec = importlib.util.spec_from_file_location("readme_outputs", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

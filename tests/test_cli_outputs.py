@@ -108,7 +108,8 @@ def test_export_refuses_to_replace_an_existing_onnx_file_and_overwrite_removes_i
     old = tmp_path / "model.onnx"
     old.write_text("an earlier export")
     refused = _run("export", tmp_path / "no-model", "--out", old)
-    assert refused.exit_code == ExitCode.USAGE and "already exists" in refused.stderr and "--overwrite" in refused.stderr
+    assert refused.exit_code == ExitCode.USAGE
+    assert "already exists" in refused.stderr and "--overwrite" in refused.stderr
     assert old.read_text() == "an earlier export"
     # with --overwrite the old file goes before the export runs: a failed export leaves no stale file
     failed = _run("export", tmp_path / "no-model", "--out", old, "--overwrite")
