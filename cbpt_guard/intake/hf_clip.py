@@ -15,12 +15,12 @@ end-of-text token for text, bias-free projections and a scalar ``logit_scale``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
 
 from cbpt_guard.errors import MalformedCheckpointError, UnsupportedArchitectureError
+from cbpt_guard.intake.model_config import MAX_CONFIG_INT, is_finite_number, short
 
 __all__ = ["is_hf_clip_config", "open_clip_config_from_hf", "convert_hf_state_dict"]
 
@@ -71,7 +71,6 @@ _IGNORED_KEYS = (
 )
 
 _LEGACY_EOS_TOKEN_ID = 2
-_MAX_INT = 2**31 - 1  # no CLIP size comes near; beyond it float ratios and torch shapes overflow
 
 
 def is_hf_clip_config(config: object) -> bool:
@@ -188,7 +187,7 @@ def _sub_config(config: Mapping, tower: str, defaults: dict, model_type: str) ->
         merged.update({**defaults, **legacy})
     declared = merged.get("model_type")
     if declared is not None and declared != model_type:
-        raise UnsupportedArchitectureError(f"the {tower} tower is {_short(declared)}, not a CLIP {tower} transformer")
+        raise UnsupportedArchitectureError(f"the {tower} tower is {short(declared)}, not a CLIP {tower} transformer")
     return merged
 
 
@@ -196,7 +195,7 @@ def _activation(sub: Mapping, tower: str) -> tuple[bool, dict | None]:
     """The open_clip (quick_gelu, act_kwargs) pair reproducing a tower's ``hidden_act``."""
     act = sub["hidden_act"]
     if not isinstance(act, str) or act not in _ACTIVATIONS:
-        raise UnsupportedArchitectureError(f"the {tower} tower's activation {_short(act)} has no open_clip equivalent")
+        raise UnsupportedArchitectureError(f"the {tower} tower's activation {short(act)} has no open_clip equivalent")
     return _ACTIVATIONS[act]
 
 
@@ -256,7 +255,7 @@ def _text_pooling(eos_token_id: object, vocab_size: int) -> dict:
     """
     if not isinstance(eos_token_id, int) or isinstance(eos_token_id, bool) or not 0 <= eos_token_id < vocab_size:
         raise UnsupportedArchitectureError(
-            f"text_config: eos_token_id {_short(eos_token_id)} is not one token of the vocabulary"
+            f"text_config: eos_token_id {short(eos_token_id)} is not one token of the vocabulary"
         )
     if eos_token_id == _LEGACY_EOS_TOKEN_ID:
         return {"pool_type": "argmax"}
@@ -290,9 +289,9 @@ def _channel_stats(source: Mapping, key: str, default: tuple[float, ...]) -> tup
     if (
         not isinstance(value, (list, tuple))
         or len(value) != 3
-        or not all(_is_finite_number(v) for v in value)
+        or not all(is_finite_number(v) for v in value)
     ):
-        raise MalformedCheckpointError(f"{key} must be a list of 3 finite numbers, got {_short(value)}")
+        raise MalformedCheckpointError(f"{key} must be a list of 3 finite numbers, got {short(value)}")
     return tuple(float(v) for v in value)
 
 
@@ -308,33 +307,18 @@ def _mlp_ratio(width: int, intermediate: int) -> float:
 def _positive_int(sub: Mapping, key: str, where: str, default: int | None = None) -> int:
     """``sub[key]`` as a positive int, or a MalformedCheckpointError naming it."""
     value = sub.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= _MAX_INT:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_CONFIG_INT:
         raise MalformedCheckpointError(
-            f"{where}: {key} must be a positive integer up to {_MAX_INT}, got {_short(value)}")
+            f"{where}: {key} must be a positive integer up to {MAX_CONFIG_INT}, got {short(value)}")
     return value
 
 
 def _positive_float(sub: Mapping, key: str, where: str) -> float:
     """``sub[key]`` as a positive float, or a MalformedCheckpointError naming it."""
     value = sub.get(key)
-    if not _is_finite_number(value) or value <= 0:
-        raise MalformedCheckpointError(f"{where}: {key} must be a positive number, got {_short(value)}")
+    if not is_finite_number(value) or value <= 0:
+        raise MalformedCheckpointError(f"{where}: {key} must be a positive number, got {short(value)}")
     return float(value)
-
-
-def _is_finite_number(value: object) -> bool:
-    """An int or float that converts to a finite float (JSON allows NaN and integers of any size)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _square_size(vision: Mapping, key: str) -> int:
@@ -343,7 +327,7 @@ def _square_size(vision: Mapping, key: str) -> int:
     if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
         value = value[0]
     elif isinstance(value, (list, tuple)):
-        raise UnsupportedArchitectureError(f"vision_config: non-square {key} {_short(list(value))} is not supported")
+        raise UnsupportedArchitectureError(f"vision_config: non-square {key} {short(list(value))} is not supported")
     return _positive_int({key: value}, key, "vision_config")
 
 

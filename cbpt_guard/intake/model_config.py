@@ -25,7 +25,7 @@ from cbpt_guard.errors import (
 )
 
 __all__ = ["MAX_CONFIG_INT", "check_model_config", "check_preprocess_config", "check_size_against_weights",
-           "declared_layers"]
+           "declared_layers", "is_finite_number", "short"]
 
 MAX_CONFIG_INT = 2**31 - 1
 """No size in a model config is larger; beyond it torch's shape arithmetic overflows."""
@@ -96,22 +96,23 @@ def check_preprocess_config(preprocess_cfg: object, origin: str) -> None:
         value = preprocess_cfg.get(key)
         if value is None:
             continue
-        if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(_is_finite(v) for v in value):
+        if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(is_finite_number(v) for v in value):
             raise MalformedCheckpointError(
-                f"{origin}: preprocess_cfg.{key} must be 3 finite numbers, got {_short(value)}")
+                f"{origin}: preprocess_cfg.{key} must be 3 finite numbers, got {short(value)}")
         if key == "std" and min(value) <= 0:
-            raise MalformedCheckpointError(f"{origin}: preprocess_cfg.std must be positive, got {_short(value)}")
+            raise MalformedCheckpointError(f"{origin}: preprocess_cfg.std must be positive, got {short(value)}")
     for key, choices in _PREPROCESS_CHOICES.items():
         value = preprocess_cfg.get(key)
         if value is not None and (not isinstance(value, str) or value not in choices):
             raise MalformedCheckpointError(f"{origin}: preprocess_cfg.{key} must be one of {', '.join(choices)}, "
-                                           f"got {_short(value)}")
+                                           f"got {short(value)}")
     fill = preprocess_cfg.get("fill_color")
     if fill is not None and not (isinstance(fill, int) and not isinstance(fill, bool) and 0 <= fill <= 255):
         raise MalformedCheckpointError(f"{origin}: preprocess_cfg.fill_color must be an integer 0-255")
 
 
-def _is_finite(value: object) -> bool:
+def is_finite_number(value: object) -> bool:
+    """An int or float that converts to a finite float (JSON allows NaN and integers of any size)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     try:
@@ -197,12 +198,12 @@ def _check_key(key: str, value: object, where: str, origin: str) -> None:
         return
     if key in _SOURCE_KEYS:
         raise RemoteSourceError(
-            f"{origin}: {where} names {_SOURCE_KEYS[key]} ({_short(value)}), which would need a download; "
+            f"{origin}: {where} names {_SOURCE_KEYS[key]} ({short(value)}), which would need a download; "
             "cbpt-guard never downloads"
         )
     if "pretrained" in key.lower():
         raise RemoteSourceError(
-            f"{origin}: {where} asks for pretrained weights ({_short(value)}), which would need a download; "
+            f"{origin}: {where} asks for pretrained weights ({short(value)}), which would need a download; "
             "the checkpoint must supply every weight"
         )
 
@@ -213,11 +214,12 @@ def _check_string(value: str, where: str, origin: str) -> None:
     lowered = value.strip().lower()
     if lowered.startswith(_REMOTE_PREFIXES) or _URL.search(value):
         raise RemoteSourceError(
-            f"{origin}: {where} names a remote source ({_short(value)}); cbpt-guard never downloads"
+            f"{origin}: {where} names a remote source ({short(value)}); cbpt-guard never downloads"
         )
 
 
-def _short(value: object) -> str:
+def short(value: object) -> str:
+    """A value's repr cut to 80 characters, for an error message that must stay short."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -236,7 +238,7 @@ def _check_vision(vision: Mapping, origin: str) -> None:
     if isinstance(layers, (list, tuple)):  # ModifiedResNet: four stages
         if len(layers) != 4 or not all(_is_positive_int(n) for n in layers):
             raise MalformedCheckpointError(f"{origin}: {where}.layers must be one positive integer or four, "
-                                           f"got {_short(layers)}")
+                                           f"got {short(layers)}")
         _positive(vision, "width", origin, where)
         return
     _positive(vision, "layers", origin, where)
@@ -270,7 +272,7 @@ def _check_timm_name(name: object, origin: str) -> None:
     """A timm architecture timm knows locally; a hub prefix or a path was refused by the walk already."""
     if not isinstance(name, str) or not _TIMM_NAME.fullmatch(name):
         raise UnsupportedArchitectureError(
-            f"{origin}: vision_cfg.timm_model_name {_short(name)} is not a timm architecture name"
+            f"{origin}: vision_cfg.timm_model_name {short(name)} is not a timm architecture name"
         )
     import timm
 
@@ -288,7 +290,7 @@ def _positive(sub: Mapping, key: str, origin: str, where: str, required: bool = 
         return None
     value = sub.get(key)
     if not _is_positive_int(value):
-        raise MalformedCheckpointError(f"{origin}: {where}.{key} must be a positive integer, got {_short(value)}")
+        raise MalformedCheckpointError(f"{origin}: {where}.{key} must be a positive integer, got {short(value)}")
     return value
 
 
@@ -297,7 +299,7 @@ def _positive_number(sub: Mapping, key: str, origin: str, where: str) -> None:
         return
     value = sub[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1024:
-        raise MalformedCheckpointError(f"{origin}: {where}.{key} must be a number in (0, 1024], got {_short(value)}")
+        raise MalformedCheckpointError(f"{origin}: {where}.{key} must be a number in (0, 1024], got {short(value)}")
 
 
 def _size(sub: Mapping, key: str, origin: str, where: str) -> None:
@@ -309,7 +311,7 @@ def _size(sub: Mapping, key: str, origin: str, where: str) -> None:
         return
     if not _is_positive_int(value):
         raise MalformedCheckpointError(
-            f"{origin}: {where}.{key} must be a positive integer or a pair of them, got {_short(value)}"
+            f"{origin}: {where}.{key} must be a positive integer or a pair of them, got {short(value)}"
         )
 
 
