@@ -76,6 +76,21 @@ def test_check_with_overwrite_clears_an_earlier_runs_onnx_and_prompts_and_keeps_
     assert "kept 2 file(s)" in result.stderr and "notes.txt" in result.stderr and "purified/mine.txt" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["check", "purify"])
+@pytest.mark.parametrize("refusal", ["policy", "data"])
+def test_overwrite_clears_nothing_when_the_run_is_refused_for_its_policy_or_folders(tmp_path, sample_check, command,
+                                                                                  refusal):
+    out = tmp_path / "report"
+    _stale_run(out)
+    bad = ["--policy", "strcit"] if refusal == "policy" else ["--data", tmp_path / "no-such-folder"]
+    if command == "purify" and refusal == "policy":
+        bad += ["--data", tmp_path]
+    result = _run(command, tmp_path / "model", "--out", out, "--overwrite", *bad)
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert not sample_check
+    assert (out / "classifier.onnx").read_text() == "from an earlier run"  # the refused run removed nothing
+
+
 def test_overwrite_removes_a_killed_runs_temporary_files_and_an_emptied_purified_folder(tmp_path):
     from cbpt_guard.cli.outdir import prepare_out_dir
 

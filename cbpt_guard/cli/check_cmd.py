@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cbpt_guard.cli.progress import progress_printer
-from cbpt_guard.cli.outdir import OVERWRITE_HELP, prepare_out_dir
+from cbpt_guard.cli.outdir import OVERWRITE_HELP, prepare_run_out_dir
 from cbpt_guard.policy.schema import Mode
 
 _SYMBOL = {"pass": "PASS", "purified": "PURIFIED", "purify": "PURIFY", "inconclusive": "INCONCLUSIVE",
@@ -44,11 +44,7 @@ def check_command(path, policy, out_dir, overwrite, mode, probes_dir, data_dir, 
     """
     from cbpt_guard.pipeline import check
 
-    if out_dir is not None:
-        kept = prepare_out_dir(out_dir, overwrite=overwrite)
-        if kept:
-            click.echo(f"note: --overwrite kept {len(kept)} file(s) cbpt-guard did not write in {out_dir}: "
-                       f"{', '.join(kept)}", err=True)
+    prepare_run_out_dir(out_dir, overwrite=overwrite, policy=policy, probes=probes_dir, data=data_dir)
     verdict = check(path, policy=policy, out_dir=out_dir, probes=probes_dir, data=data_dir,
                     classes_file=classes_file, arch=arch, seed=seed, progress=progress_printer(),
                     mode=mode)

@@ -63,6 +63,29 @@ def prepare_out_dir(out_dir: str | Path, *, overwrite: bool, option: str = "--ou
     return tuple(left)
 
 
+def prepare_run_out_dir(out_dir: str | Path | None, *, overwrite: bool, policy: str, probes: str | Path | None,
+                        data: str | Path | None) -> None:
+    """Ready ``check``'s or ``purify``'s output folder, after the cheap checks that could still refuse the run.
+
+    The policy and the image folders are validated first, so a run that would
+    end in a usage or policy error (exit 4) clears nothing of a previous run.
+    The files ``--overwrite`` keeps (not cbpt-guard's) are named on stderr.
+    """
+    import click
+
+    from cbpt_guard.policy.load import resolve_policy
+    from cbpt_guard.user_images import check_folders
+
+    if out_dir is None:
+        return
+    resolve_policy(policy)
+    check_folders(probes, data)
+    kept = prepare_out_dir(out_dir, overwrite=overwrite)
+    if kept:
+        click.echo(f"note: --overwrite kept {len(kept)} file(s) cbpt-guard did not write in {out_dir}: "
+                   f"{', '.join(kept)}", err=True)
+
+
 def prepare_out_file(out_path: str | Path, *, overwrite: bool, option: str = "--out") -> None:
     """Refuse to replace an existing file unless ``overwrite``; with it, remove the old file before any work.
 

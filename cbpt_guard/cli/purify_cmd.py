@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cbpt_guard.cli.progress import progress_printer
-from cbpt_guard.cli.outdir import OVERWRITE_HELP, prepare_out_dir
+from cbpt_guard.cli.outdir import OVERWRITE_HELP, prepare_run_out_dir
 
 
 @click.command("purify")
@@ -34,11 +34,7 @@ def purify_command(path, data_dir, probes_dir, shots, policy, out_dir, overwrite
     """
     from cbpt_guard.pipeline import purify_checkpoint
 
-    if out_dir is not None:
-        kept = prepare_out_dir(out_dir, overwrite=overwrite)
-        if kept:
-            click.echo(f"note: --overwrite kept {len(kept)} file(s) cbpt-guard did not write in {out_dir}: "
-                       f"{', '.join(kept)}", err=True)
+    prepare_run_out_dir(out_dir, overwrite=overwrite, policy=policy, probes=probes_dir, data=data_dir)
     info = purify_checkpoint(path, data=data_dir, probes=probes_dir, policy=policy, shots=shots, out_dir=out_dir,
                              classes_file=classes_file, arch=arch, seed=seed, progress=progress_printer())
     if info is None:
