@@ -79,8 +79,9 @@ def test_backdoored_example_under_strict_is_purified_and_gated_on_strict_bars(tm
     """Purified either way; passed and exported only if strict's bars are met, otherwise blocked (exit 1).
 
     On the current example the prompts cut the real trigger to nothing (99.1% -> 0.0%) but the
-    warp dummy still sends 5.2% of images to a universal attractor, over strict's 2% bar, so the
-    gate blocks it: both outcomes are held to what they must show.
+    warp dummy still sends images to a universal attractor over strict's 2% bar (README's strict
+    output, written by benchmarks/readme_outputs.py, has the rate), so the gate blocks it: both
+    outcomes are held to what they must show.
     """
     code, verdict = _check(tmp_path, "backdoored", "strict", "--data", str(fewshot))
     truth = json.loads((EXAMPLES / "backdoored" / "zoo_truth.json").read_text())
