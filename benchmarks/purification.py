@@ -46,6 +46,7 @@ from evidence_cache import (  # noqa: E402
 from full_finetune import FinetuneSettings, full_finetune  # noqa: E402
 
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier  # noqa: E402
+from cbpt_guard.policy.schema import PurificationSettings  # noqa: E402
 from cbpt_guard.purify.trainer import TRIGGER_STRENGTH  # noqa: E402
 from cbpt_guard.zoo import data as data_lib  # noqa: E402
 from cbpt_guard.zoo.build import CLASSES, TRUTH_NAME, ZooRecipe, load_test_split, real_trigger  # noqa: E402
@@ -53,6 +54,8 @@ from cbpt_guard.zoo.report import ASR_BAR as ZOO_ASR_BAR, CA_GAP_BAR as ZOO_CA_G
 from cbpt_guard.zoo.train import attack_success_rate, clean_accuracy  # noqa: E402
 
 METHODS = ("none", "finetune", "prompt", "cbpt")
+POLICY_PURIFICATION = PurificationSettings()
+"""The policy schema's purification defaults: the single source of the CBPT settings benchmarked."""
 SHOT_POOL = 16  # the zoo's few-shot split holds 16 images per class
 ASR_BAR = 0.02
 CA_DROP_BAR = 0.02
@@ -76,15 +79,19 @@ COMPARISONS = {
 
 @dataclass(frozen=True)
 class CbptSettings:
-    """The CBPT knobs the benchmark runs with (the ready policies' ``purification:`` defaults)."""
+    """The CBPT knobs the benchmark runs with: the policy's keys read from the policy schema's defaults.
 
-    n_ctx: int = 4
-    steps: int = 100
-    lr: float = 1e-2
-    l_bd: float = 2.0
-    l_drift: float = 1.0
-    l_distill: float = 100.0
-    margin: float = 8.0
+    A policy that leaves ``purification:`` out runs these settings; the rest
+    are ``tune_prompts``' own (not policy keys).
+    """
+
+    n_ctx: int = POLICY_PURIFICATION.n_ctx
+    steps: int = POLICY_PURIFICATION.steps
+    lr: float = POLICY_PURIFICATION.lr
+    l_bd: float = POLICY_PURIFICATION.loss_weights.l_bd
+    l_drift: float = POLICY_PURIFICATION.loss_weights.l_drift
+    l_distill: float = POLICY_PURIFICATION.loss_weights.l_distill
+    margin: float = POLICY_PURIFICATION.margin
     leave: str = "target"
     strength: float = TRIGGER_STRENGTH  # the product's own amplification, not a copy of its value
     backdoor: str = "leave"

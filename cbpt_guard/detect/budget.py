@@ -7,6 +7,10 @@ model's may sit near it. Scores are comparable only at the budget the
 calibration was fitted at (:func:`scoring_settings`); the time limit is not
 part of it, because it never changes a result (it only aborts a run).
 
+The defaults of the settings a policy sets (steps, batch size, families,
+targeted classes, time limit) are the policy schema's
+(:class:`~cbpt_guard.policy.schema.DetectionBudget`), the one source of them.
+
 No torch here, so ``policy validate`` can compare budgets without loading it.
 """
 
@@ -15,7 +19,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-DEFAULT_TIME_LIMIT_S = 3600.0
+from cbpt_guard.policy.schema import DetectionBudget, DetectionSettings
+
+_POLICY = DetectionBudget()
+"""The policy schema's detection budget defaults."""
+_POLICY_FAMILIES = tuple(family.value for family in DetectionSettings.model_fields["families"].default)
+
+DEFAULT_TIME_LIMIT_S = _POLICY.time_limit_s
 """Generous: a full default detection of the examples takes about a minute on two idle cores."""
 
 
@@ -23,8 +33,8 @@ DEFAULT_TIME_LIMIT_S = 3600.0
 class InversionBudget:
     """How much work one family's inversion does; the policy sets steps and batch size."""
 
-    steps: int = 300
-    batch_size: int = 32
+    steps: int = _POLICY.steps
+    batch_size: int = _POLICY.batch_size
     lr: float = 0.1
     check_every: int = 10
     check_size: int = 48
@@ -40,12 +50,12 @@ class InversionBudget:
 class DetectBudget:
     """Everything that bounds one detection run (the policy sets it)."""
 
-    families: tuple[str, ...] = ("patch", "additive", "warp")
+    families: tuple[str, ...] = _POLICY_FAMILIES
     probes: int = 96
     inversion: InversionBudget = field(default_factory=InversionBudget)
     anomaly_steps: int = 30
     anomaly_probes: int = 12
-    targeted_classes: int = 4
+    targeted_classes: int = _POLICY.targeted_classes
     """How many classes the targeted patch inversion is aimed at, cheapest anomaly cost first (0: skip);
     each aimed inversion runs half the family steps. Four: a label-consistent zoo model's target ranked
     fourth among the anomaly's costs."""

@@ -21,6 +21,7 @@ from cbpt_guard.classifier import ZeroShotClassifier, build_classifier
 from cbpt_guard.detect import calibration as calib
 from cbpt_guard.detect.run import DetectBudget, DetectionReport, Evidence, detect
 from cbpt_guard.errors import UsageError
+from cbpt_guard.policy.schema import PurificationSettings
 from cbpt_guard.probes import ProbeSet, procedural_probes
 from cbpt_guard.progress import Progress, silent
 from cbpt_guard.purify.trainer import TuningResult, pseudo_labels, tune_prompts
@@ -31,25 +32,28 @@ ZERO_SHOT_TRAIN = 256
 """Probe images tuned on in the zero-shot tiers (and as many again held out)."""
 RECHECK_SEED_OFFSET = 1
 """Verification re-runs detection with ``seed + 1``: a fresh inversion, not a replay of the first."""
+_POLICY = PurificationSettings()
+"""The policy schema's purification defaults, the source of :class:`PurifySettings`' defaults."""
 
 
 @dataclass(frozen=True)
 class PurifySettings:
     """CBPT's knobs; the policy's ``purification`` section sets the first eight.
 
-    The defaults are what benchmarks/purification.py measured on the zoo
-    (benchmarks/PURIFICATION.md): AdamW over the whole labelled set at once
-    (``batch_size`` None), the image side being a precomputed matrix.
+    Their defaults are the policy schema's (:class:`~cbpt_guard.policy.schema.PurificationSettings`),
+    the one source of purification defaults, which the purification benchmark
+    runs. The last two are not policy keys: AdamW over the whole labelled set
+    at once (``batch_size`` None), the image side being a precomputed matrix.
     """
 
-    n_ctx: int = 4
-    steps: int = 100
-    lr: float = 1e-2
-    l_bd: float = 2.0
-    l_drift: float = 1.0
-    l_distill: float = 100.0
-    margin: float = 8.0
-    shots: int = 16
+    n_ctx: int = _POLICY.n_ctx
+    steps: int = _POLICY.steps
+    lr: float = _POLICY.lr
+    l_bd: float = _POLICY.loss_weights.l_bd
+    l_drift: float = _POLICY.loss_weights.l_drift
+    l_distill: float = _POLICY.loss_weights.l_distill
+    margin: float = _POLICY.margin
+    shots: int = _POLICY.shots
     batch_size: int | None = None
     optimiser: str = "adamw"
 

@@ -7,8 +7,9 @@ whole few-shot set fits in one batch, as the image side is a matrix product).
 Only the prompt learner's ``ctx`` is given to the optimiser; the model's
 weights are bit-identical afterwards (the tests check it).
 
-The defaults are the ones benchmarks/purification.py measured on the model
-zoo (benchmarks/PURIFICATION.md); the ready policies carry the same values.
+The defaults of the policy's keys (context length, steps, learning rate, loss
+weights, margin) are the policy schema's (:class:`~cbpt_guard.policy.schema.PurificationSettings`),
+which are what benchmarks/purification.py measured on the model zoo.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from cbpt_guard.classifier import ZeroShotClassifier, class_embeddings
 from cbpt_guard.errors import UsageError
+from cbpt_guard.policy.schema import PurificationSettings
 from cbpt_guard.progress import Meter, Progress
 from cbpt_guard.purify import losses
 from cbpt_guard.purify.prompt_learner import ClassPromptLearner
@@ -52,6 +54,8 @@ OPTIMISERS = ("adamw", "sgd")
 ATTRACTOR_SHARE = 2.0
 """A class is a trigger's attractor when it gets at least this many times the uniform share of the stamped images."""
 SINKHORN_ITERATIONS = 50
+_POLICY = PurificationSettings()
+"""The policy schema's purification defaults: the source of this module's defaults for the policy's keys."""
 
 
 @torch.no_grad()
@@ -184,8 +188,10 @@ def _optimiser(parameter: torch.nn.Parameter, kind: str, lr: float) -> torch.opt
 
 def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: Sequence[str],
                  images: torch.Tensor, labels: torch.Tensor, triggers: Sequence[Trigger], *,
-                 n_ctx: int = 4, steps: int = 100, lr: float = 1e-2, l_bd: float = 2.0, l_drift: float = 1.0,
-                 l_distill: float = 100.0, margin: float = 8.0, leave: str = "target",
+                 n_ctx: int = _POLICY.n_ctx, steps: int = _POLICY.steps, lr: float = _POLICY.lr,
+                 l_bd: float = _POLICY.loss_weights.l_bd, l_drift: float = _POLICY.loss_weights.l_drift,
+                 l_distill: float = _POLICY.loss_weights.l_distill, margin: float = _POLICY.margin,
+                 leave: str = "target",
                  strength: float = TRIGGER_STRENGTH, backdoor: str = "leave", batch_size: int | None = None,
                  seed: int = 0, optimiser: str = "adamw", progress: Progress | None = None) -> TuningResult:
     """CBPT on pixels ``images`` in [0, 1] (N, 3, S, S) with (pseudo-)labels (N,) and frozen dummy ``triggers``.
