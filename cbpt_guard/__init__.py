@@ -1,9 +1,9 @@
 """cbpt-guard: a gate for CLIP-style vision-language checkpoints.
 
 Importing this package is cheap: it loads no torch. The Python API functions
-(``inspect`` and, as the stages land, the others) import their heavy modules
-when they are first called, so ``cbpt-guard --help`` stays fast and a
-registry hook can import the package without paying for PyTorch.
+(``inspect`` and ``check``) import their heavy modules when they are first
+called, so ``cbpt-guard --help`` stays fast and a registry hook can import
+the package without paying for PyTorch.
 """
 
 from __future__ import annotations

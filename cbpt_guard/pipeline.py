@@ -35,7 +35,6 @@ from cbpt_guard.decide import (
 )
 from cbpt_guard.errors import (
     CbptError,
-    ExitCode,
     OnnxRuntimeMissingError,
     TimeLimitExceeded,
     UnsafeCheckpointError,
@@ -602,11 +601,6 @@ def _verdict(run: _Run, decision: Decision) -> Verdict:
                               exit_code=int(decision.exit_code)),
         purification=run.purification, export=run.export, steps=_ordered(run.steps), artefacts=dict(run.artefacts),
         timings=dict(run.timings))
-
-
-def exit_code(verdict: Verdict) -> ExitCode:
-    """The process exit code for a Verdict."""
-    return ExitCode(verdict.decision.exit_code)
 
 
 def purify_checkpoint(model: str | Path, *, data: str | Path | None = None, probes: str | Path | None = None,

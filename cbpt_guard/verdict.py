@@ -119,7 +119,8 @@ class FamilyEvidence(_Frozen):
     steps_run: int
     budget_exhausted: bool
     """Always false now: budgets are counted in steps and a run past its time limit stops, inconclusive, with
-    no evidence at all. Kept so that Verdicts written before still load."""
+    no evidence at all. Kept only so that verdict.json files written before still load (the model refuses
+    unknown keys); no report shows it."""
     images: dict[str, str]
     """PNG data URIs: clean, stamped, and mask/pattern, perturbation or flow."""
 

@@ -111,13 +111,13 @@ def _histogram(classes: tuple[str, ...], target: str | None, total: int, share: 
 
 
 def _family(family: str, *, collapsed: bool, target: str, concentration: float, z: float, classes=CLASSES,
-            images: dict[str, str] | None = None, exhausted: bool = False, steps: int = 300) -> FamilyEvidence:
+            images: dict[str, str] | None = None, steps: int = 300) -> FamilyEvidence:
     pictures = images if images is not None else {"patch": patch_images, "additive": additive_images,
                                                   "warp": warp_images}[family]()
     return FamilyEvidence(
         family=family, collapsed=collapsed, size=0.021 if collapsed else 0.31, target=target,
         concentration=concentration, entropy=0.31 if collapsed else 2.6, inverted_asr=min(concentration + 0.03, 1),
-        histogram=_histogram(classes, target, 96, concentration), z=z, steps_run=steps, budget_exhausted=exhausted,
+        histogram=_histogram(classes, target, 96, concentration), z=z, steps_run=steps, budget_exhausted=False,
         images=pictures)
 
 
@@ -283,8 +283,7 @@ def inconclusive_skipped() -> Verdict:
     """Detection ran out of budget on the warp family with no evidence elsewhere: inconclusive, exit 3."""
     families = (_family("patch", collapsed=False, target="checkerboard", concentration=0.47, z=-0.3),
                 _family("additive", collapsed=False, target="checkerboard", concentration=0.43, z=0.5),
-                _family("warp", collapsed=False, target="circle", concentration=0.31, z=1.2, exhausted=True,
-                        steps=120))
+                _family("warp", collapsed=False, target="circle", concentration=0.31, z=1.2, steps=120))
     skipped = (("detection.warp", "time budget exhausted after 120 steps"),)
     return Verdict(
         evaluated_on="2025-11-25", seed=0, device="cpu", checkpoint=_checkpoint("models/shapes-vit-rc2"),

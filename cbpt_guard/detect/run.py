@@ -184,9 +184,9 @@ def _targeted(classifier: ZeroShotClassifier, pixels: torch.Tensor, candidates: 
     weak backdoor (a label-consistent one, say). Aiming the patch search at a
     class separates the two: aimed at the backdoor's class, the patch sends
     nearly every probe there, while on a clean model it collapses the features
-    without carrying them across (benchmarks/DETECTION.md's run: 88-91% of
-    the probes to each label-consistent model's target, 38-60% to the clean
-    twins' best class, at 150 steps). Candidates are the classes the per-class anomaly
+    without carrying them across (benchmarks/detection.py measures both on the
+    zoo's label-consistent models and their clean twins: benchmarks/DETECTION.md).
+    Candidates are the classes the per-class anomaly
     found cheapest to reach; ties go to the smaller patch.
     """
     aimed = replace(budget.inversion, steps=max(1, budget.inversion.steps // 2))

@@ -49,7 +49,6 @@ OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_DIRECTORY_FILES = 256
-CHECKPOINT_KINDS = (FileKind.SAFETENSORS, FileKind.TORCH_ZIP, FileKind.PICKLE)
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,10 @@ def leave_loss(stamped_features: torch.Tensor, text_features: torch.Tensor, draw
     copy that has only just crossed the boundary still pays: the dummy
     triggers are weaker stand-ins for the real one, which moves features
     further, and prompts that push the dummies' copies only onto the boundary
-    left the real trigger working. Measured on the zoo (21 backdoored models,
-    16 shots, benchmarks/PURIFICATION.md): margin 8 left a mean real-trigger
-    ASR of 1.4% at clean accuracy 91.6%, no margin 11.8% at 92.8%; the
-    cross-entropy term with the same weights, 44.1% at 92.4%. Zero with no copies.
+    left the real trigger working: benchmarks/PURIFICATION.md ("The leave term's
+    margin", "The backdoor term", written by benchmarks/purification.py)
+    measures the margin against none and against the cross-entropy term.
+    Zero with no copies.
     """
     if stamped_features.shape[0] == 0:
         return stamped_features.new_zeros(())
@@ -67,10 +67,10 @@ def distill_loss(image_features: torch.Tensor, text_features: torch.Tensor, orig
     The hand-written prompts already classify clean images well (a backdoor
     keeps clean accuracy); sixteen shots per class are too few to improve on
     them and enough to overfit, so this term holds clean predictions where
-    they were while the backdoor term moves the trigger's region. Measured on
-    the zoo (16 shots, benchmarks/PURIFICATION.md): mean clean accuracy 91.6%
-    at the default weight 100, 85.6% without the term, for a real-trigger ASR
-    of 1.4% instead of 0.1%.
+    they were while the backdoor term moves the trigger's region, at a small
+    cost in real-trigger ASR: benchmarks/PURIFICATION.md ("Distillation of the
+    clean predictions", written by benchmarks/purification.py) measures the
+    default weight against none.
     """
     tuned = F.log_softmax(logit_scale * image_features @ text_features.T, dim=-1)  # (N, C)
     original = F.log_softmax(logit_scale * image_features @ original_text.T, dim=-1)  # (N, C)

@@ -45,9 +45,9 @@ class TuningResult:
 
 TRIGGER_STRENGTH = 2.0
 """How much stronger than inverted the dummy stamps are (:meth:`~cbpt_guard.triggers.Trigger.amplified`).
-Measured on the zoo (16 shots, benchmarks/PURIFICATION.md): strength 2 left a mean real-trigger ASR of 1.4%
-against 2.7% at strength 1, for 0.5 points of clean accuracy (with the earlier loss, 4.5% against 9.6%); a
-development sweep at 1.5 and 3 landed between the two."""
+Stronger stamps leave a lower real-trigger ASR for a little clean accuracy: benchmarks/PURIFICATION.md, "Dummy
+stamps" (written by benchmarks/purification.py), measures strength 2 against 1; a development sweep at 1.5 and 3
+landed between the two."""
 BACKDOOR_TERMS = ("leave", "reclassify")
 LEAVE_SCOPES = ("target", "any")
 OPTIMISERS = ("adamw", "sgd")
@@ -124,11 +124,10 @@ def to_leave(drawn: torch.Tensor, labels: torch.Tensor, classes: int, scope: str
     backdoor's target, and the first of :func:`attractors`): an imperfect
     inversion also scatters copies over the small model's universal attractors
     (a texture class, a digit), and pushing those classes away too cost clean
-    accuracy where few clean images hold them in place. Measured on the
-    zoo's 21 backdoored models (16 shots, benchmarks/PURIFICATION.md): clean
-    accuracy 91.6% with "target" against 90.5% with "any", for a mean
-    real-trigger ASR of 1.4% against 1.1%; with 4 shots the gap was wider in
-    development (margin 5, l_distill 50: 89.1% against 82.4%, both at 1.0%).
+    accuracy where few clean images hold them in place, for about the same
+    real-trigger ASR: benchmarks/PURIFICATION.md, "Which stamped copies must
+    leave" (written by benchmarks/purification.py), measures the two scopes;
+    with 4 shots the clean-accuracy gap was wider in development.
     """
     _check_choice("leave scope", scope, LEAVE_SCOPES)
     if scope == "any":
@@ -209,10 +208,9 @@ def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: S
     "reclassify" is METHOD.md section 5 to the letter (cross-entropy toward the
     clean label), kept for comparison. The distillation term
     (:func:`~cbpt_guard.purify.losses.distill_loss`) holds the clean
-    predictions of the hand-written prompts. Measured on the zoo (21
-    backdoored models, 16 shots; benchmarks/PURIFICATION.md), the defaults
-    left a mean real-trigger ASR of 1.4% at clean accuracy 91.6% (the
-    backdoored models': 93.1%); "reclassify" with the same weights left 44.1%.
+    predictions of the hand-written prompts. What the defaults and
+    "reclassify" leave on the zoo is measured by benchmarks/purification.py
+    (benchmarks/PURIFICATION.md, "The backdoor term").
     ``progress`` hears about the steps as the stage "purification: prompt tuning".
     """
     started = time.perf_counter()

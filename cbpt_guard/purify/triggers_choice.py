@@ -8,13 +8,10 @@ default here is every inverted family, and ``min_z`` gives the evidence rule
 (a family's calibrated z, standardised against clean reference models, at
 least ``min_z``; the single most anomalous family when none reaches it).
 
-Measured on the zoo (benchmarks/PURIFICATION.md, "Which dummy triggers", 16
-shots): with the earlier loss (a focused cross-entropy backdoor term, no
-distillation, stamps at strength 1) every family left a mean
-real-trigger ASR of 16.2% against the rule's 23.7% at about the same clean
-accuracy; with today's loss (the leave term with its margin, distillation)
-and the targeted family, every family leaves 1.4% at CA 91.6 against the
-rule's 5.6% at 91.6. Every family stays the default: a family
+The purification benchmark compares the two on the zoo (benchmarks/PURIFICATION.md,
+"Which dummy triggers", written by benchmarks/purification.py): every family
+left the lower mean real-trigger ASR at about the same clean accuracy, with
+the earlier loss and with today's. Every family stays the default: a family
 under the bar can still carry part of the backdoor (detection's z measures
 how unusual the inversion is, not whether it reaches the attacker's region).
 """
