@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Action's gate step: run `python -m cbpt_guard.github.action` with the step's environment, either with
+# The Action's gate step: run `python -m cbpt_guard.cli.action` with the step's environment, either with
 # the interpreter the setup step made (CBPT_GUARD_PYTHON) or, when CBPT_IMAGE names an image, inside it.
 #
 # In the image the inputs still arrive as environment variables: `docker run -e NAME` passes a variable
@@ -13,7 +13,7 @@ image="${image#"${image%%[![:space:]]*}"}"; image="${image%"${image##*[![:space:
 if [ -z "$image" ]; then
   # -I: the workspace is the pull request's checkout; without it `python -m` would import a
   # `cbpt_guard/` folder placed there instead of the installed gate.
-  exec "$CBPT_GUARD_PYTHON" -I -m cbpt_guard.github.action
+  exec "$CBPT_GUARD_PYTHON" -I -m cbpt_guard.cli.action
 fi
 
 # The setup step has checked the reference's form; check again, as this script may be run on its own.
@@ -42,4 +42,4 @@ for name in $(compgen -e | grep -E '^CBPT_') GITHUB_ACTIONS GITHUB_REPOSITORY GI
   case "$name" in CBPT_GUARD_PYTHON | CBPT_IMAGE) continue ;; esac
   if [ -n "${!name+set}" ]; then args+=(-e "$name"); fi
 done
-exec docker "${args[@]}" --entrypoint python "$image" -I -m cbpt_guard.github.action
+exec docker "${args[@]}" --entrypoint python "$image" -I -m cbpt_guard.cli.action

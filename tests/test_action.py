@@ -163,7 +163,7 @@ def test_hostile_inputs_reach_the_entry_point_verbatim_and_run_nothing(tmp_path,
     assert ["-m", "venv", str(tmp_path / "runner-temp" / "cbpt-guard-venv")] in [c["argv"] for c in calls]
     assert any(c["argv"][-1] == str(ROOT) and "--no-deps" in c["argv"] for c in calls)
     entry = calls[-1]
-    assert entry["argv"] == ["-m", "cbpt_guard.github.action"] and entry["isolated"]
+    assert entry["argv"] == ["-m", "cbpt_guard.cli.action"] and entry["isolated"]
     assert entry["env"]["CBPT_MODEL"] == hostile and entry["env"]["CBPT_OUTPUT_DIR"] == hostile
     assert entry["env"]["CBPT_TOKEN"] == hostile and entry["env"]["CBPT_API_URL"] == hostile
     assert [entry["env"][f"CBPT_{name}"] for name in ("PROBES", "DATA", "CLASSES")] == [hostile] * 3
@@ -180,7 +180,7 @@ def test_hostile_install_settings_fail_the_step_and_run_nothing(tmp_path, field)
     results = run_action(tmp_path, inputs, [stubs])
 
     assert results[0][1] != 0 and len(results) == 1
-    assert not log.exists() or "cbpt_guard.github.action" not in log.read_text()
+    assert not log.exists() or "cbpt_guard.cli.action" not in log.read_text()
     assert _pwned(tmp_path) == []
 
 
@@ -188,7 +188,7 @@ HOSTILE_PATH = "models/a\n$(touch pwned1)`touch pwned2`; touch pwned3"
 
 
 def _real_entry(tmp_path, **changes):
-    """Run the action with install: false, so the real cbpt_guard.github.action runs (no stubs at all)."""
+    """Run the action with install: false, so the real cbpt_guard.cli.action runs (no stubs at all)."""
     model = tmp_path / "workspace" / "models" / "x"
     model.mkdir(parents=True)
     (model / "model.safetensors").write_bytes(b"not really safetensors")

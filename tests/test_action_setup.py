@@ -222,7 +222,7 @@ def test_image_input_runs_the_gate_in_the_image_with_inputs_by_name_only(tmp_pat
     assert _calls(log) == []  # no venv, no pip, no interpreter at all
     (docker,) = [json.loads(line) for line in (tmp_path / "docker.jsonl").read_text().splitlines()]
     argv, workspace = docker["argv"], str(tmp_path / "workspace")
-    assert argv[0] == "run" and argv[-5:] == ["python", IMAGE, "-I", "-m", "cbpt_guard.github.action"]
+    assert argv[0] == "run" and argv[-5:] == ["python", IMAGE, "-I", "-m", "cbpt_guard.cli.action"]
     assert argv[argv.index("-w") + 1] == workspace and f"{workspace}:{workspace}" in argv
     assert not [a for a in argv if "pwned" in a or "privileged" in a]
     passed = {argv[i + 1] for i, a in enumerate(argv) if a == "-e"}

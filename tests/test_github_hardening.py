@@ -493,7 +493,7 @@ sys.addaudithook(_hook)
                "CBPT_TOKEN": "s3cret-token", "GITHUB_TOKEN": "s3cret-too", "CBPT_MODEL": "models/x",
                "CBPT_DEVICE": "cpu", "CBPT_OUTPUT_DIR": "report", "HF_HUB_OFFLINE": "1", "CBPT_CHECK_RUN": "false",
                "GITHUB_EVENT_PATH": str(event), "GITHUB_REPOSITORY": REPO, "CBPT_API_URL": fake.api_url}
-        done = subprocess.run([sys.executable, "-m", "cbpt_guard.github.action"], cwd=workspace, env=env,
+        done = subprocess.run([sys.executable, "-m", "cbpt_guard.cli.action"], cwd=workspace, env=env,
                               capture_output=True, text=True, timeout=300)
         posted = fake.calls("POST", rf"/repos/{REPO}/issues/7/comments")
 

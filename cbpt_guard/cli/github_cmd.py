@@ -138,7 +138,7 @@ def changed_command(files, policy, policy_sha256, mode, purify, export, probes, 
 
 
 def action_main(env) -> int:
-    """The GitHub Action's run, configured by ``env`` (see :mod:`cbpt_guard.github.action`); returns the exit code.
+    """The GitHub Action's run, configured by ``env`` (see :mod:`cbpt_guard.cli.action`); returns the exit code.
 
     Errors are mapped as the top-level CLI maps them; the step outputs
     ``decision`` and ``exit-code`` are written even then.

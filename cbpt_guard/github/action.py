@@ -1,7 +1,7 @@
-"""The GitHub Action's entry point: ``python -m cbpt_guard.github.action``, configured by environment only.
+"""The GitHub Action's inputs: read from the environment, which is all that configures the Action.
 
 action.yml hands every input over as a ``CBPT_*`` environment variable and runs
-this module; the values are read here as data and never pass through a shell or
+``python -m cbpt_guard.cli.action``, whose run parses them here; the values are read here as data and never pass through a shell or
 a command line, so an input like ``$(touch pwned)`` or ``--token=x`` is only ever
 a strange path or policy name (a ``probes``, ``data`` or ``classes`` path that
 does not exist is a usage error, exit 4). GitHub's own variables
@@ -13,8 +13,6 @@ then removed from the environment, before any untrusted file is parsed.
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 from collections.abc import Mapping
 
 from cbpt_guard.errors import UsageError
@@ -25,10 +23,12 @@ from cbpt_guard.github.gate import GateSettings
 from cbpt_guard.github.policy_overrides import PolicyOverrides
 from cbpt_guard.github.pr import PublishOptions
 from cbpt_guard.github.publish import PullRequestRef
+from cbpt_guard.policy.schema import Mode
 
 SECRET_VARIABLES = ("CBPT_TOKEN", "GITHUB_TOKEN", "GH_TOKEN", "ACTIONS_RUNTIME_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_TOKEN")
 """Environment variables that may hold a credential; removed from the environment before any file is parsed."""
-MODES = ("enforce", "warn", "dry-run")
+MODES = tuple(mode.value for mode in Mode)
+"""The policy modes an input may override with; the policy schema's own enum, so the two cannot drift."""
 DEVICES = ("auto", "cpu", "cuda")
 SCANS = ("full", "intake")
 
@@ -114,64 +114,3 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     if not value.lstrip("-").isdigit():
         raise UsageError(f"{name} must be a whole number, not {value!r}")
     return int(value)
-
-
-_SECRETS_FD = "CBPT_SECRETS_FD"
-_MAX_SECRETS_BYTES = 60_000  # below a pipe's 64 KiB buffer, so the write cannot block before exec
-
-
-def main() -> None:
-    """Run the action with this process's environment and exit with the gate's code.
-
-    A process's initial environment stays readable in ``/proc/self/environ``
-    even after ``os.environ.pop``. So when a token is in the environment, the
-    process re-executes itself without it, handing the token over through an
-    inherited pipe: the process that parses the pull request's files never had
-    the token in its environment at all.
-    """
-    from cbpt_guard.cli.github_cmd import action_main
-
-    secrets = _receive_secrets()
-    if not secrets and any(os.environ.get(name) for name in SECRET_VARIABLES):
-        _reexec_without_secrets()
-    sys.exit(action_main(dict(os.environ) | secrets))
-
-
-def _reexec_without_secrets() -> None:
-    """Replace this process with a fresh one whose environment holds no token; the token goes through a pipe."""
-    import json
-
-    secrets = {name: os.environ[name] for name in SECRET_VARIABLES if os.environ.get(name)}
-    payload = json.dumps(secrets).encode("utf-8")
-    if len(payload) > _MAX_SECRETS_BYTES:
-        return  # implausibly large: fall back to dropping the variables before intake
-    read_end, write_end = os.pipe()
-    os.write(write_end, payload)
-    os.close(write_end)
-    os.set_inheritable(read_end, True)
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES} | {_SECRETS_FD: str(read_end)}
-    flags = ["-I"] if sys.flags.isolated else []
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *flags, "-m", "cbpt_guard.github.action"], env)
-
-
-def _receive_secrets() -> dict[str, str]:
-    """The secrets handed over by :func:`_reexec_without_secrets`, read from the pipe and its variable removed."""
-    import json
-
-    fd = os.environ.pop(_SECRETS_FD, None)
-    if fd is None:
-        return {}
-    try:
-        with os.fdopen(int(fd), "rb") as pipe:
-            secrets = json.loads(pipe.read(_MAX_SECRETS_BYTES + 1).decode("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(secrets, dict):
-        return {}
-    return {k: v for k, v in secrets.items() if k in SECRET_VARIABLES and isinstance(v, str)}
-
-
-if __name__ == "__main__":
-    main()
