@@ -43,7 +43,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 _EXPRESSION = re.compile(r"^\$\{\{\s*(inputs|steps)\.([A-Za-z0-9_-]+)(?:\.outputs\.([A-Za-z0-9_-]+))?\s*\}\}$")
-_CONDITION = re.compile(r"^(?:\$\{\{\s*)?steps\.([A-Za-z0-9_-]+)\.outputs\.([A-Za-z0-9_-]+)\s*==\s*'([^']*)'(?:\s*\}\})?$")
+_CONDITION = re.compile(r"^(?:\$\{\{\s*)?steps\.([A-Za-z0-9_-]+)\.outputs\.([A-Za-z0-9_-]+)"
+                        r"\s*==\s*'([^']*)'(?:\s*\}\})?$")
 
 
 def copy_action(destination: Path) -> None:
@@ -276,7 +277,8 @@ def main() -> int:
         print(json.dumps(runs[-1]), flush=True)
     results = {
         "command": " ".join(["python", "benchmarks/action_setup.py", *sys.argv[1:]]),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+                   f"Python {platform.python_version()}",
         "load_before": load_before,
         "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "inputs": inputs,

@@ -28,8 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # evidence_cache.py beside this file
 
-from evidence_cache import (  # noqa: E402
-    BASELINE_SOURCES, DETECTOR_SOURCES, cached_evidence, source_digest, weights_digest)
+from evidence_cache import BASELINE_SOURCES, DETECTOR_SOURCES, cached_evidence, source_digest, weights_digest  # noqa: E402
 
 from cbpt_guard.classifier import build_classifier  # noqa: E402
 from cbpt_guard.detect import calibration as calib  # noqa: E402
@@ -99,7 +98,8 @@ def score_tier(raw: dict, truths: dict) -> dict:
     """Calibrate, score and summarise one tier's raw results."""
     clean = [n for n, t in truths.items() if t["kind"] == "clean"]
     def fit(names: list[str]) -> calib.Calibration:
-        return calib.fit({n: raw[n]["features"] for n in names}, reference_targets={n: raw[n]["targets"] for n in names})
+        return calib.fit({n: raw[n]["features"] for n in names},
+                         reference_targets={n: raw[n]["targets"] for n in names})
 
     everyone = fit(clean)
     rows = []
@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             if entry.get("weights_sha256") != weights:
                 entry = {"weights_sha256": weights}
             if entry.get("detector_sha256") != detector:
-                entry |= detector_run(args.zoo / name, tier, budget, args.evidence_cache) | {"detector_sha256": detector}
+                entry |= (detector_run(args.zoo / name, tier, budget, args.evidence_cache)
+                          | {"detector_sha256": detector})
             if entry.get("baseline", {}).get("source_sha256") != decree_source:
                 entry["baseline"] = baseline_run(args.zoo / name, tier, budget) | {"source_sha256": decree_source}
             if entry != cache.get(key):

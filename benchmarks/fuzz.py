@@ -25,8 +25,8 @@ import resource
 import sys
 import tempfile
 import time
-import tracemalloc
 import traceback
+import tracemalloc
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,10 +36,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the shared fuzz targets
 sys.path.insert(0, str(ROOT))
 
+import fuzz_targets  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings  # noqa: E402
-
-import fuzz_targets  # noqa: E402
 
 SECONDS_BAR = 10.0
 MEMORY_BAR = 2**30

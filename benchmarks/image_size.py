@@ -4,7 +4,8 @@ No Docker engine runs here, so the image is not built and nothing is measured
 on it. What is computed instead: for each ``name==version`` in
 requirements/action-gpu.lock (the set the Dockerfile installs), the size of the
 wheel pip would pick for CPython 3.11 on manylinux x86_64, as this machine's
-file registry holds it (sized on disk) or, for the rest, as PyPI's JSON API lists it. Wheels are compressed much as image layers are, so their sum
+file registry holds it (sized on disk) or, for the rest, as PyPI's JSON API lists it.
+Wheels are compressed much as image layers are, so their sum
 approximates the compressed size of the image's dependency layer; unpacked, the
 files take several times more (the installed size of the CPU-flavour set, with
 the same CUDA torch build, is measured by benchmarks/action_setup.py). The base

@@ -45,9 +45,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
 
-import torch  # noqa: E402
-
 import malicious_corpus as corpus  # noqa: E402
+import torch  # noqa: E402
 
 MODES = ("file", "dir", "side")
 ARCH = "ViT-B-32"
@@ -200,7 +199,8 @@ def _hook_self_check(watch: Watch, sentinel: Path) -> dict:
     """Show the watch can fail: unpickle one payload with the stdlib, armed, and see it reported."""
     import pickle
 
-    payload = b"\x80\x02cos\nsystem\nX" + struct.pack("<I", len(f"touch {sentinel}")) + f"touch {sentinel}".encode() + b"\x85R."
+    command = f"touch {sentinel}".encode()
+    payload = b"\x80\x02cos\nsystem\nX" + struct.pack("<I", len(command)) + command + b"\x85R."
     watch.events.clear()
     watch.armed = True
     try:
@@ -231,7 +231,8 @@ def _subprocess_check(cases: list[tuple[corpus.Sample, str, list[str]]], sentine
         hits = [p.name for p in sentinel_dir.iterdir() if p.name != "payload.py"]
         rows.append({"sample": sample.name, "mode": mode, "exit_code": done.returncode,
                      "seconds": round(time.perf_counter() - start, 2), "events": seen, "sentinel_files": hits,
-                     "stderr": next((line.replace(str(sentinel_dir.parent), "<work>") for line in done.stderr.splitlines()
+                     "stderr": next((line.replace(str(sentinel_dir.parent), "<work>")
+                                     for line in done.stderr.splitlines()
                                      if line.startswith("cbpt-guard:")), "")[:240]})
     return rows
 
@@ -383,8 +384,8 @@ def render(results: dict) -> str:
         lines += ["What the strict refusals say (side mode):", ""]
         lines += [f"- `{name}`: {message}" for name, message in first_messages.items()]
         lines += [""]
-    lines += ["## Expansion pickles", "", "They import nothing, so nothing can run; the bar is a bounded, typed outcome.",
-              ""]
+    lines += ["## Expansion pickles", "",
+              "They import nothing, so nothing can run; the bar is a bounded, typed outcome.", ""]
     lines += _table([{"file": c["sample"], "mode": c["mode"], "exit": c["exit_code"], "seconds": c["seconds"],
                       "crashed": c["crashed"]} for c in cases if c["kind"] == "expansion"])
     check = results["hook_self_check"]

@@ -63,7 +63,9 @@ def _value(value: object, protocol: int) -> bytes:
         return b"X" + struct.pack("<I", len(raw)) + raw
     if isinstance(value, bytes):
         if protocol >= 3:
-            return b"C" + bytes([len(value)]) + value if len(value) < 256 else b"B" + struct.pack("<I", len(value)) + value
+            if len(value) < 256:
+                return b"C" + bytes([len(value)]) + value
+            return b"B" + struct.pack("<I", len(value)) + value
         return _call_global("_codecs", "encode", (value.decode("latin-1"), "latin1"), protocol)
     if isinstance(value, list):
         return _list(value, protocol)
@@ -142,7 +144,8 @@ def direct_calls(sentinel: Path, script: Path) -> list[Call]:
         Call("profile", "run", (code,), "fickling bypass"),
         Call("timeit", "timeit", (code, "pass", None, 1), "picklescan"),
         Call("pty", "spawn", (["touch", s],), "fickling bypass"),
-        Call("multiprocessing.util", "spawnv_passfds", (b"/usr/bin/touch", [b"touch", s.encode()], ()), "fickling bypass"),
+        Call("multiprocessing.util", "spawnv_passfds", (b"/usr/bin/touch", [b"touch", s.encode()], ()),
+             "fickling bypass"),
         Call("shutil", "copyfile", (str(script), s), "modelaudit"),
         Call("pathlib", "Path.touch", (s,), "dotted name"),
         Call("socket", "create_connection", (local,), "picklescan"),
@@ -212,7 +215,8 @@ def _chain_samples(sentinel: Path) -> Iterator[tuple[str, str, bytes]]:
         yield f"code_interpreter_p{p}", "fickling bypass", _framed(run + _value((code_text,), p) + b"R", p)
         libc = _call_global("ctypes", "CDLL", (None,), p)
         system = _global("builtins", "getattr", p) + b"(" + libc + _value("system", p) + b"tR"
-        yield f"ctypes_cdll_p{p}", "fickling bypass", _framed(system + _value((touch.encode(),), max(p, 3)) + b"R", max(p, 3))
+        yield (f"ctypes_cdll_p{p}", "fickling bypass",
+               _framed(system + _value((touch.encode(),), max(p, 3)) + b"R", max(p, 3)))
         bdb = _global("bdb", "Bdb", p) + b")R"
         run = _global("builtins", "getattr", p) + b"(" + bdb + _value("run", p) + b"tR"
         yield f"bdb_run_p{p}", "picklescan", _framed(run + _value((code_text,), p) + b"R", p)
@@ -224,9 +228,11 @@ def _opcode_spellings(sentinel: Path) -> Iterator[tuple[str, str, bytes]]:
     arg0 = _value(touch, 0)
     yield "inst_protocol0", "fickling bypass (INST)", b"(" + arg0 + b"ios\nsystem\n."
     yield "obj_protocol0", "fickling bypass (OBJ)", b"(cos\nsystem\n" + arg0 + b"o."
-    yield "obj_protocol1", "fickling bypass (OBJ)", b"(cos\nsystem\nX" + struct.pack("<I", len(touch)) + touch.encode() + b"o."
+    yield ("obj_protocol1", "fickling bypass (OBJ)",
+           b"(cos\nsystem\nX" + struct.pack("<I", len(touch)) + touch.encode() + b"o.")
     yield "string_opcode_protocol0", "picklescan", b"cos\nsystem\n(S" + repr(touch).encode() + b"\ntR."
-    yield "newobj", "modelaudit", _framed(_global("subprocess", "Popen", 2) + _value((["touch", str(sentinel)],), 2) + b"\x81", 2)
+    yield ("newobj", "modelaudit",
+           _framed(_global("subprocess", "Popen", 2) + _value((["touch", str(sentinel)],), 2) + b"\x81", 2))
     yield ("newobj_ex", "modelaudit", _framed(_global("subprocess", "Popen", 4) + _value((["touch", str(sentinel)],), 4)
                                                + b"}\x92", 4))
     yield ("build_setstate", "modelaudit", _framed(_global("collections", "OrderedDict", 2) + b")R"
@@ -251,7 +257,8 @@ def _opcode_spellings(sentinel: Path) -> Iterator[tuple[str, str, bytes]]:
                      (0x12345678, b"\x84" + struct.pack("<I", 0x12345678))):
         yield f"copyreg_extension_{code:x}", "picklescan (EXT)", _framed(op + _value((touch,), 2) + b"R", 2)
     yield ("dotted_name_walk", "picklescan (dotted)",
-           b"\x80\x04" + _value("torch.serialization", 4) + _value("os.system", 4) + b"\x93" + _value((touch,), 4) + b"R.")
+           b"\x80\x04" + _value("torch.serialization", 4) + _value("os.system", 4) + b"\x93"
+           + _value((touch,), 4) + b"R.")
     yield ("allowlisted_module_evil_name", "close to the allowlist",
            _framed(_call_global("torch._utils", "_rebuild_tensor_v2.__globals__", (), 4), 4))
     yield ("trailing_space_module", "name spelling", b"cos \nsystem\n(" + arg0 + b"tR.")
@@ -271,7 +278,8 @@ def _opcode_spellings(sentinel: Path) -> Iterator[tuple[str, str, bytes]]:
     yield ("pickle_loads_nested_call", "picklescan", _framed(_call_global("pickle", "loads", (inner,), 3), 3))
     yield ("protocol5_bytearray_arg", "protocol 5", b"\x80\x05" + _global("os", "system", 5) + b"\x96"
            + struct.pack("<Q", len(touch)) + touch.encode() + b"\x85R.")
-    yield ("future_protocol_6", "protocol header", b"\x80\x06" + _global("os", "system", 4) + _value((touch,), 4) + b"R.")
+    yield ("future_protocol_6", "protocol header",
+           b"\x80\x06" + _global("os", "system", 4) + _value((touch,), 4) + b"R.")
 
 
 def malicious_pickles(sentinel: Path, script: Path) -> Iterator[tuple[str, str, str, bytes]]:
@@ -508,16 +516,19 @@ def benign_samples(state_dict: dict) -> Iterator[Sample]:
             layout = "legacy" if legacy else "zip"
             expect = "pass" if protocol else "refused: torch.load itself cannot read protocol-0 storage ids"
             yield Sample(f"torch_save_{layout}_p{protocol}", "torch.save", f"state dict, {layout}, protocol {protocol}",
-                         f"checkpoint_p{protocol}_{layout}.pt", torch_bytes(state_dict, legacy=legacy, protocol=protocol),
+                         f"checkpoint_p{protocol}_{layout}.pt",
+                         torch_bytes(state_dict, legacy=legacy, protocol=protocol),
                          kind="benign", expect=expect, side_expect="pass")
     for protocol in (2, 4, 5):
         wrapped = {"state_dict": state_dict, "epoch": 3, "curve": np.arange(4.0), "loss": np.float32(0.5)}
-        yield Sample(f"checkpoint_with_numpy_p{protocol}", "torch.save", f"wrapped state dict + numpy, protocol {protocol}",
+        yield Sample(f"checkpoint_with_numpy_p{protocol}", "torch.save",
+                     f"wrapped state dict + numpy, protocol {protocol}",
                      f"training_p{protocol}.pt", torch_bytes(wrapped, protocol=protocol), kind="benign", expect="pass")
     yield Sample("safetensors", "safetensors", "safetensors state dict", "model.safetensors", save(state_dict),
                  kind="benign", expect="pass")
     yield Sample("safetensors_pickle_like_header", "safetensors", "header length 0x10280 (starts 0x80 0x02)",
-                 "model.safetensors", _safetensors_with_header_length(state_dict, 0x10280), kind="benign", expect="pass")
+                 "model.safetensors", _safetensors_with_header_length(state_dict, 0x10280), kind="benign",
+                 expect="pass")
     yield Sample("npy_float32", "numpy", "numeric npy", "mean.npy", npy(np.arange(6, dtype=np.float32).reshape(2, 3)),
                  kind="benign", expect="pass")
     yield Sample("npy_fortran_int64_v2", "numpy", "fortran-order int64 npy", "idx.npy",

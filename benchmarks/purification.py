@@ -41,8 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # full_finetune.py, evidence_cache.py beside this file
 
-from evidence_cache import (  # noqa: E402
-    DETECTOR_SOURCES, cached_evidence, cached_triggers, source_digest, weights_digest)
+from evidence_cache import DETECTOR_SOURCES, cached_evidence, cached_triggers, source_digest, weights_digest  # noqa: E402
 from full_finetune import FinetuneSettings, full_finetune  # noqa: E402
 
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier  # noqa: E402
@@ -694,7 +693,8 @@ def render(results: dict) -> str:
              f"l_bd {cbpt['l_bd']}, l_drift {cbpt['l_drift']}, l_distill {cbpt['l_distill']}, "
              f"margin {cbpt['margin']}, backdoor term \"{cbpt['backdoor']}\" (scope \"{cbpt['leave']}\"), "
              f"dummy stamps at strength {cbpt['strength']}, {cbpt['optimiser']}, the whole set in every step "
-             f"(batch_size {cbpt['batch_size']}); dummy triggers from `gather_evidence` (default budget, seed 0, zero-data procedural probes), chosen by "
+             f"(batch_size {cbpt['batch_size']}); dummy triggers from `gather_evidence` "
+             "(default budget, seed 0, zero-data procedural probes), chosen by "
              "`select_dummy_triggers` (every inverted family).",
              "- **Cost**: each run is a fresh Python process; the timed window (wall and process CPU time) is "
              "the method's own work (CBPT: "

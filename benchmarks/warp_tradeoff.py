@@ -34,7 +34,7 @@ import torch
 
 from cbpt_guard.classifier import build_classifier
 from cbpt_guard.zoo import attacks as attack_lib
-from cbpt_guard.zoo.build import (CLASSES, TEMPLATES, ZooRecipe, load_data, load_model, read_truths, target_for)
+from cbpt_guard.zoo.build import CLASSES, TEMPLATES, ZooRecipe, load_data, load_model, read_truths, target_for
 from cbpt_guard.zoo.report import ASR_BAR, CHANCE_MARGIN, FINETUNE_SECONDS_BAR, at_chance
 from cbpt_guard.zoo.train import attack_success_rate, clean_accuracy, measure, tokenize_captions, train_contrastive
 

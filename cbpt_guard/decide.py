@@ -30,8 +30,16 @@ from collections.abc import Mapping
 
 from cbpt_guard.errors import ExitCode
 from cbpt_guard.figures import score_text
-from cbpt_guard.policy.schema import (BackdoorAction, DataTier, DummyScope, FailOn, Mode, Policy,
-                                      VerificationBars, Waiver)
+from cbpt_guard.policy.schema import (
+    BackdoorAction,
+    DataTier,
+    DummyScope,
+    FailOn,
+    Mode,
+    Policy,
+    VerificationBars,
+    Waiver,
+)
 from cbpt_guard.verdict import PURIFIED_ADVICE
 
 

@@ -17,8 +17,16 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from cbpt_guard.verdict import (CheckpointInfo, DecisionInfo, DetectionInfo, FileDigest, PolicyInfo, StepInfo,
-                                Verdict, Versions)
+from cbpt_guard.verdict import (
+    CheckpointInfo,
+    DecisionInfo,
+    DetectionInfo,
+    FileDigest,
+    PolicyInfo,
+    StepInfo,
+    Verdict,
+    Versions,
+)
 
 PREFIX = "/api/v3"
 

@@ -15,14 +15,13 @@ import shutil
 import stat
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
 from test_action import ACTION, STEPS, _read_outputs, run_action
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +124,8 @@ def test_cache_key_includes_the_lock_file_hash_python_version_and_os(tmp_path, s
     code, plan, _ = _setup(tmp_path, "plan", action, python=python)
     assert code == 0 and plan["cache"] == "true" and plan["flavour"] == "cpu"
     assert hashlib.sha256(lock.read_bytes()).hexdigest()[:16] in plan["key"]
-    assert plan["key"].startswith("cbpt-guard-Linux-X64-py3.11.7-cpu-") and plan["key"].startswith(plan["restore-prefix"])
+    assert plan["key"].startswith("cbpt-guard-Linux-X64-py3.11.7-cpu-")
+    assert plan["key"].startswith(plan["restore-prefix"])
 
     lock.write_text(lock.read_text().replace("click==", "click==0"))
     _, changed, _ = _setup(tmp_path, "plan", action, python=python)
@@ -296,7 +296,8 @@ def test_scan_intake_blocks_an_unsafe_checkpoint(tmp_path, monkeypatch):
     shutil.copy2(ROOT / "examples" / "clean" / "open_clip_config.json", model)
     sentinel = tmp_path / "ran"
     # A pickle that would call os.system when loaded: intake must refuse it without loading it.
-    (model / "open_clip_pytorch_model.bin").write_bytes(pickle.dumps(_Reduce(os.system, f"touch {sentinel}"), protocol=2))
+    evil = pickle.dumps(_Reduce(os.system, f"touch {sentinel}"), protocol=2)
+    (model / "open_clip_pytorch_model.bin").write_bytes(evil)
     env["CBPT_MODEL"] = "models/evil"
     monkeypatch.chdir(tmp_path / "workspace")
 

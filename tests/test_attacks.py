@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from cbpt_guard.errors import UsageError
-from cbpt_guard.zoo import attacks as A
-from cbpt_guard.zoo import data
+from cbpt_guard.zoo import attacks as A, data
 
 torch.set_num_threads(1)
 

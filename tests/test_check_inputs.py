@@ -12,18 +12,18 @@ import datetime as dt
 import json
 import os
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 import yaml
 from click.testing import CliRunner
 from PIL import Image
+from tiny_models import build_tiny, save_open_clip_dir
 
 from cbpt_guard.cli.main import cli
 from cbpt_guard.pipeline import check, detect_budget
-from tiny_models import build_tiny, save_open_clip_dir
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tiny_models import build_tiny, save_open_clip_dir
 
 from cbpt_guard import __version__
 from cbpt_guard.cli.main import COMMANDS, cli
 from cbpt_guard.errors import ExitCode
-from tiny_models import build_tiny, save_open_clip_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import click
 import pytest
+import verdict_samples
 from click.testing import CliRunner
 
-import verdict_samples
 from cbpt_guard.cli.main import cli
 from cbpt_guard.errors import ExitCode, UsageError
 

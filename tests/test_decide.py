@@ -11,8 +11,8 @@ import itertools
 import pytest
 
 from cbpt_guard.decide import (
-    RISE_TOLERANCE,
     EXIT_CODES,
+    RISE_TOLERANCE,
     Action,
     DecisionInput,
     DetectionOutcome,
@@ -73,7 +73,8 @@ def evidence(detection=NOT_FOUND, tier=DataTier.ZERO_DATA, digest=DIGEST, **fiel
     return DecisionInput(checkpoint_digest=digest, data_tier=tier, detection=detection, **fields)
 
 
-P, D, U, I, B = Action.PASS, Action.PURIFIED, Action.PURIFY, Action.INCONCLUSIVE, Action.BLOCK
+# one letter per action keeps the table's rows readable
+P, D, U, I, B = Action.PASS, Action.PURIFIED, Action.PURIFY, Action.INCONCLUSIVE, Action.BLOCK  # noqa: E741
 
 # id: (policy settings, evidence fields, expected action, expected enforced action, a reason fragment)
 ENFORCE_TABLE = {

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_models import build_tiny, save_open_clip_dir
 
 from cbpt_guard.cli.main import cli
 from cbpt_guard.detect import calibration as calib
 from cbpt_guard.detect.api import calibrate_models
 from cbpt_guard.detect.run import DetectBudget, InversionBudget, detect, gather_evidence
 from cbpt_guard.intake import load_checkpoint
-from tiny_models import build_tiny, save_open_clip_dir
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]

@@ -100,7 +100,8 @@ def _env(dockerfile) -> dict[str, str]:
 
 
 def test_parser_joins_continuations_and_keeps_flags():
-    instructions, comments = parse("# syntax=docker/dockerfile:1\nFROM a:1\n# note\nRUN --mount=type=bind,target=/s \\\n"
+    instructions, comments = parse("# syntax=docker/dockerfile:1\nFROM a:1\n# note\n"
+                                   "RUN --mount=type=bind,target=/s \\\n"
                                    "    # inside\n    echo a \\\n    && echo b\nUSER 1:1\n")
     assert [i.keyword for i in instructions] == ["FROM", "RUN", "USER"]
     run = instructions[1]

@@ -19,6 +19,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_models import build_tiny, save_open_clip_dir
 
 from cbpt_guard import __version__
 from cbpt_guard.classifier import build_classifier
@@ -29,7 +30,6 @@ from cbpt_guard.export.parity import FP16_TOLERANCE_PER_SCALE, FP32_TOLERANCE, c
 from cbpt_guard.export.serve import OnnxClassifier
 from cbpt_guard.intake import load_checkpoint
 from cbpt_guard.purify.artifacts import load_prompts, purified_classifier, save_prompts
-from tiny_models import build_tiny, save_open_clip_dir
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]

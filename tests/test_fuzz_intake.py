@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import time
 
+import fuzz_targets
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-
-import fuzz_targets
 
 torch.set_num_threads(1)
 CASES = {"config": 200, "manifest": 300, "safetensors": 200, "policy": 200}

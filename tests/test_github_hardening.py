@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from fake_github import FakeCheck, FakeGitHub, make_verdict
 
 from cbpt_guard.cli.main import cli
 from cbpt_guard.github.client import Connection
@@ -22,8 +23,6 @@ from cbpt_guard.github.gate import GateSettings
 from cbpt_guard.github.pr import PublishOptions, run_pull_request
 from cbpt_guard.github.publish import PullRequestRef
 from cbpt_guard.policy.load import load_policy
-
-from fake_github import FakeCheck, FakeGitHub, make_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "acme/models"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fake_github import FakeCheck, FakeGitHub, make_verdict
 
 from cbpt_guard.cli.github_cmd import github_group
 from cbpt_guard.errors import NothingScannableError, UsageError
@@ -21,8 +22,6 @@ from cbpt_guard.github.publish import PullRequestRef
 from cbpt_guard.github.sarif import merge_sarif
 from cbpt_guard.github.summary import COMMENT_MARKER
 from cbpt_guard.policy.load import load_policy
-
-from fake_github import FakeCheck, FakeGitHub, make_verdict
 
 REPO = "acme/models"
 

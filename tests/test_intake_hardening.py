@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_models import build_tiny, save_open_clip_dir
 
 from cbpt_guard.errors import (
     ClassListError,
@@ -30,7 +31,6 @@ from cbpt_guard.errors import (
 from cbpt_guard.intake import load_checkpoint
 from cbpt_guard.intake.manifest import MAX_FILE_BYTES, parse_classes_text, parse_manifest_text
 from cbpt_guard.intake.safetensors_reader import parse_header
-from tiny_models import build_tiny, save_open_clip_dir
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

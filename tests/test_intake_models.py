@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny_models import TINY_CONFIGS, build_tiny, save_open_clip_dir
 
 from cbpt_guard.errors import (
     ClassListError,
@@ -15,7 +16,6 @@ from cbpt_guard.errors import (
     UsageError,
 )
 from cbpt_guard.intake import load_checkpoint
-from tiny_models import TINY_CONFIGS, build_tiny, save_open_clip_dir
 
 torch.set_num_threads(1)
 CLASSES = ["circle", "square", "triangle"]

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_intake_hardening import CLASSES, HUB_CONFIGS, _copy_with
 from tiny_models import build_tiny, save_open_clip_dir
 

@@ -22,14 +22,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import save as save_safetensors
+from tiny_models import build_tiny, save_open_clip_dir
 
 from cbpt_guard.cli.main import cli
 from cbpt_guard.errors import MalformedCheckpointError, UnsafeCheckpointError
-from cbpt_guard.intake import load_checkpoint
-from cbpt_guard.intake import torch_reader
+from cbpt_guard.intake import load_checkpoint, torch_reader
 from cbpt_guard.intake.filetype import FileKind, sniff
 from cbpt_guard.intake.torch_reader import read_torch_state_dict
-from tiny_models import build_tiny, save_open_clip_dir
 
 torch.set_num_threads(1)
 

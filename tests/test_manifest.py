@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from cbpt_guard.errors import ClassListError, ManifestError
 from cbpt_guard.intake.manifest import DEFAULT_TEMPLATES, parse_classes_text, parse_manifest_text

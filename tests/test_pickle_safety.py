@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors.torch import save as save_safetensors
 
 from cbpt_guard.errors import CbptError, MalformedCheckpointError, UnsafeCheckpointError

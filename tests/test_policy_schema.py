@@ -10,8 +10,7 @@ import time
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cbpt_guard.errors import ExitCode, UsageError
 from cbpt_guard.policy import (

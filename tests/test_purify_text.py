@@ -6,13 +6,13 @@ import copy
 
 import pytest
 import torch
+from tiny_models import TINY_CONFIGS, build_tiny
 
 from cbpt_guard.classifier import class_embeddings, tokenizer
 from cbpt_guard.errors import UnsupportedArchitectureError, UsageError
 from cbpt_guard.intake.architecture import build_model
 from cbpt_guard.purify.prompt_learner import ClassPromptLearner
 from cbpt_guard.purify.text_encoder import EmbeddingTextEncoder
-from tiny_models import TINY_CONFIGS, build_tiny
 
 torch.set_num_threads(1)
 

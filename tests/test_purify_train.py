@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import TINY_CONFIGS
 
 from cbpt_guard.classifier import build_classifier
 from cbpt_guard.errors import UsageError
@@ -15,7 +16,6 @@ from cbpt_guard.intake.architecture import build_model
 from cbpt_guard.purify.losses import distill_loss, drift_loss, leave_loss, reclassify_loss
 from cbpt_guard.purify.trainer import _features, attractors, pseudo_labels, to_leave, tune_prompts
 from cbpt_guard.triggers import AdditiveTrigger, PatchTrigger, WarpTrigger
-from tiny_models import TINY_CONFIGS
 
 torch.set_num_threads(1)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import verdict_samples as samples
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cbpt_guard.report import render
 from cbpt_guard.report.markdown import MAX_BYTES

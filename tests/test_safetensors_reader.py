@@ -7,8 +7,7 @@ import struct
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors.torch import save
 
 from cbpt_guard.errors import MalformedCheckpointError

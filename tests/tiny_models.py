@@ -42,6 +42,7 @@ class _NoTokenizerFiles:
 def build_tiny(family: str, seed: int = 0):
     """A randomly initialised open_clip model of the given family and its config."""
     import torch
+
     from cbpt_guard.intake.architecture import build_model
 
     config = copy.deepcopy(TINY_CONFIGS[family])

@@ -12,9 +12,22 @@ import math
 import struct
 import zlib
 
-from cbpt_guard.verdict import (CheckpointInfo, DataInfo, DecisionInfo, DetectionInfo, ExportInfo, FamilyEvidence,
-                                FileDigest, Metrics, PolicyInfo, PurificationInfo, StepInfo, Verdict, Versions,
-                                WaiverInfo)
+from cbpt_guard.verdict import (
+    CheckpointInfo,
+    DataInfo,
+    DecisionInfo,
+    DetectionInfo,
+    ExportInfo,
+    FamilyEvidence,
+    FileDigest,
+    Metrics,
+    PolicyInfo,
+    PurificationInfo,
+    StepInfo,
+    Verdict,
+    Versions,
+    WaiverInfo,
+)
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring", "star", "diamond", "crescent", "letter T", "letter L",
            "checkerboard", "barcode", "digit zero", "digit one", "digit two", "digit three", "digit four",
@@ -371,7 +384,8 @@ def purification_missed() -> Verdict:
                                           "the purified model misses the policy's bars: " + miss))})
 
 
-ALL = {"backdoored-purified": backdoored_purified, "purification-missed": purification_missed, "clean-pass": clean_pass, "blocked-unsafe": blocked_unsafe,
+ALL = {"backdoored-purified": backdoored_purified, "purification-missed": purification_missed, "clean-pass": clean_pass,
+       "blocked-unsafe": blocked_unsafe,
        "inconclusive-skipped": inconclusive_skipped, "waived": waived, "warn-mode": warn_mode,
        "purified-natural-attractor": purified_natural_attractor}
 """Every realistic sample by name."""

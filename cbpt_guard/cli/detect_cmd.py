@@ -18,7 +18,8 @@ def budget_options(command):
     command = click.option("--time-limit", type=click.FloatRange(0, min_open=True),
                            help="Seconds the whole run may take (default 3600); past it the run stops, "
                                 "inconclusive. Never changes a result.")(command)
-    command = click.option("--anomaly-steps", type=click.IntRange(0), help="Per-class anomaly steps (0: skip).")(command)
+    command = click.option("--anomaly-steps", type=click.IntRange(0),
+                           help="Per-class anomaly steps (0: skip).")(command)
     command = click.option("--targeted", "targeted_classes", type=click.IntRange(0),
                            help="Classes the targeted patch inversion is aimed at (0: skip).")(command)
     return command
@@ -93,7 +94,8 @@ def format_detection(report) -> str:
     for f in report.families:
         state = "collapsed" if f.collapsed else "no collapse"
         lines.append(f"  {f.family:<9} {state:<11} size {f.size:.4f}  -> {f.target!r} concentration "
-                     f"{f.concentration:.2f}, inverted ASR {f.inverted_asr:.2f}, z {f.z if f.z is None else round(f.z, 2)}")
+                     f"{f.concentration:.2f}, inverted ASR {f.inverted_asr:.2f}, "
+                     f"z {f.z if f.z is None else round(f.z, 2)}")
     if report.anomaly:
         lines.append(f"  anomaly   suspect {report.anomaly.suspect!r} index {report.anomaly.anomaly_index:.2f}")
     for what, why in report.skipped:
@@ -120,4 +122,5 @@ def calibrate_command(paths, out_path, seed, steps, probe_count, families, batch
     budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes, batch_size)
     calibration = calibrate_models(list(paths), budget=budget, seed=seed, progress=progress_printer())
     Path(out_path).write_text(calibration.to_json())
-    click.echo(f"wrote {out_path}: {len(calibration.references)} clean references, threshold {calibration.threshold:.4f}")
+    click.echo(f"wrote {out_path}: {len(calibration.references)} clean references, "
+               f"threshold {calibration.threshold:.4f}")

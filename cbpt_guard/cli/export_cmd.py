@@ -32,8 +32,8 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 @click.option("--arch", metavar="NAME", help="open_clip architecture of a single weights file.")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False, path_type=str),
               help="Class names file; overrides the directory's manifest.")
-def export_command(model_path, prompts_path, out_path, overwrite, fp16, tolerance, images_dir, policy_sha256, seed, as_json,
-                   arch, classes_file):
+def export_command(model_path, prompts_path, out_path, overwrite, fp16, tolerance, images_dir, policy_sha256, seed,
+                   as_json, arch, classes_file):
     """Export MODEL's zero-shot classifier to ONNX and check it against PyTorch.
 
     The graph takes pixels in [0, 1] (N, 3, S, S) and returns logits (N, C);

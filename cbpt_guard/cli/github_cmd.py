@@ -16,9 +16,7 @@ import click
 from cbpt_guard.cli.progress import progress_printer
 from cbpt_guard.cli.terminal import guarded_output, one_line, workflow_command
 from cbpt_guard.errors import CbptError, ExitCode, UsageError
-
-from cbpt_guard.github.action import DEVICES as _DEVICES
-from cbpt_guard.github.action import MODES as _MODES
+from cbpt_guard.github.action import DEVICES as _DEVICES, MODES as _MODES
 
 
 def _plain(text: object) -> str:
@@ -193,7 +191,8 @@ def _intake(inputs) -> int:
     run = scan_intake(targets, inputs.settings, progress=progress_printer())
     click.echo(f"cbpt-guard intake scan: {run.decision} ({len(run.targets)} checkpoint(s); backdoor detection not run)")
     for outcome in run.outcomes:
-        click.echo(f"  {_plain(outcome.target)}: {outcome.decision} (exit {outcome.exit_code}): {_plain(outcome.summary)}")
+        click.echo(f"  {_plain(outcome.target)}: {outcome.decision} (exit {outcome.exit_code}): "
+                   f"{_plain(outcome.summary)}")
     if inputs.options.step_summary:
         append_step_summary(inputs.options.step_summary, run.markdown)
     if inputs.github_output:

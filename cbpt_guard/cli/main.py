@@ -16,7 +16,8 @@ from cbpt_guard.errors import CbptError, ExitCode
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("cbpt_guard.cli.check_cmd:check_command", "Check a checkpoint under a policy: the whole gate."),
     "calibrate": ("cbpt_guard.cli.detect_cmd:calibrate_command", "Fit detection thresholds on clean models."),
-    "export": ("cbpt_guard.cli.export_cmd:export_command", "Export the (purified) classifier to ONNX and check its parity."),
+    "export": ("cbpt_guard.cli.export_cmd:export_command",
+               "Export the (purified) classifier to ONNX and check its parity."),
     "github": ("cbpt_guard.cli.github_cmd:github_group", "Gate checkpoints in pull requests and pre-commit hooks."),
     "detect": ("cbpt_guard.cli.detect_cmd:detect_command", "Look for a backdoor without labelled data."),
     "inspect": ("cbpt_guard.cli.inspect_cmd:inspect_command", "Load a checkpoint safely and describe it."),

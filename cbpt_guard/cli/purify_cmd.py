@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cbpt_guard.cli.progress import progress_printer
 from cbpt_guard.cli.outdir import OVERWRITE_HELP, prepare_run_out_dir
+from cbpt_guard.cli.progress import progress_printer
 
 
 @click.command("purify")

@@ -48,8 +48,7 @@ import torch
 from cbpt_guard import __version__
 from cbpt_guard.classifier import ZeroShotClassifier
 from cbpt_guard.errors import ExportError, OnnxRuntimeMissingError, UsageError
-from cbpt_guard.export import parity
-from cbpt_guard.export import serve
+from cbpt_guard.export import parity, serve
 from cbpt_guard.progress import Meter, Progress
 
 OPSET = 17

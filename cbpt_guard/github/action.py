@@ -1,8 +1,9 @@
 """The GitHub Action's inputs: read from the environment, which is all that configures the Action.
 
 action.yml hands every input over as a ``CBPT_*`` environment variable and runs
-``python -m cbpt_guard.cli.action``, whose run parses them here; the values are read here as data and never pass through a shell or
-a command line, so an input like ``$(touch pwned)`` or ``--token=x`` is only ever
+``python -m cbpt_guard.cli.action``, whose run parses them here; the values are
+read as data and never pass through a shell or a command line, so an input
+like ``$(touch pwned)`` or ``--token=x`` is only ever
 a strange path or policy name (a ``probes``, ``data`` or ``classes`` path that
 does not exist is a usage error, exit 4). GitHub's own variables
 (``GITHUB_REPOSITORY``, ``GITHUB_EVENT_PATH``, ``GITHUB_STEP_SUMMARY``,
@@ -45,7 +46,10 @@ class ActionInputs:
     device: str
     github_output: str | None
     scan: str = "full"
-    """``full``: the whole check; ``intake``: only the safe-loading checks (see :mod:`cbpt_guard.github.intake_scan`)."""
+    """``full``: the whole check; ``intake``: only the safe-loading checks.
+
+    See :mod:`cbpt_guard.github.intake_scan`.
+    """
 
 
 def inputs_from_env(env: Mapping[str, str]) -> ActionInputs:

@@ -20,9 +20,12 @@ ANNOTATIONS_PER_CALL = 50
 
 
 def conclusion(outcomes: Sequence[CheckpointOutcome]) -> str:
-    """``failure`` if any checkpoint fails the gate; ``neutral`` if there was nothing to check, the policy
+    """The check run's conclusion: ``failure``, ``neutral`` or ``success``.
+
+    ``failure`` if any checkpoint fails the gate; ``neutral`` if there was nothing to check, the policy
     only warned about something enforce would stop, or a pass rests on purification (what may be deployed
-    is then the purified classifier, not the checkpoint in the pull request); else ``success``."""
+    is then the purified classifier, not the checkpoint in the pull request); else ``success``.
+    """
     if not outcomes:
         return "neutral"
     if any(o.exit_code != 0 for o in outcomes):

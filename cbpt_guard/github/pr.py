@@ -42,7 +42,10 @@ class PullRequestRun:
     exit_code: int
     headline: str
     decision: str
-    """One word for the run: the outcomes' :func:`overall_decision`, or ``inconclusive`` if files could not be listed."""
+    """One word for the run: the outcomes' :func:`overall_decision`, or ``inconclusive``.
+
+    ``inconclusive`` when the pull request's files could not be listed.
+    """
     markdown: str
     files: RunFiles
     publish: PublishResult | None
@@ -114,7 +117,10 @@ def list_targets(settings: GateSettings, connection: Connection, pull_request: P
 def _targets(settings: GateSettings, client: PullRequestClient | None, pull_request: PullRequestRef | None,
              models: Sequence[str], changed: Sequence[ChangedFile] | None,
              problems: list[PublishProblem]) -> list[str] | None:
-    """The checkpoints to gate, from the first source there is; None when the pull request's files could not be listed."""
+    """The checkpoints to gate, from the first source there is.
+
+    None when the pull request's files could not be listed.
+    """
     if models:
         return find_models(models, settings.root)
     if changed is not None:

@@ -24,18 +24,18 @@ from cbpt_guard.errors import (
     UsageError,
 )
 from cbpt_guard.intake import architecture, hf_clip, model_config
+from cbpt_guard.intake.archive_scan import PICKLE_SUFFIXES, scan_for_imports, scan_zip
+from cbpt_guard.intake.compressed import decompress
 from cbpt_guard.intake.filetype import FileKind, is_polyglot, sniff
 from cbpt_guard.intake.manifest import (
     DEFAULT_TEMPLATES,
     MANIFEST_NAME,
     Manifest,
-    parse_classes_text,
     decode_text,
+    parse_classes_text,
     parse_manifest_text,
     read_text_file,
 )
-from cbpt_guard.intake.archive_scan import PICKLE_SUFFIXES, scan_for_imports, scan_zip
-from cbpt_guard.intake.compressed import decompress
 from cbpt_guard.intake.numpy_scan import scan_npy
 from cbpt_guard.intake.pickle_scan import scan_pickle, starts_as_pickle
 from cbpt_guard.intake.report import CheckpointReport, FileRecord, SkippedItem

@@ -21,13 +21,13 @@ import pickletools
 import types
 import zipfile
 import zlib
-from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 # The Python 2 -> 3 renames that both CPython (protocol < 3) and torch's
 # weights-only unpickler apply to every import; used to say what a name means.
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from cbpt_guard.errors import MalformedCheckpointError, UnsafeCheckpointError
 

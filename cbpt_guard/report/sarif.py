@@ -53,8 +53,11 @@ def git_top_level(start: Path) -> Path | None:
 
 
 def default_roots(file: Path) -> list[Path]:
-    """The folders a location may be made relative to, first match wins: the Actions workspace, the git
-    top-level above ``file``, the git top-level above the current directory, the current directory."""
+    """The folders a location may be made relative to, first match wins.
+
+    They are, in order: the Actions workspace, the git top-level above ``file``, the git
+    top-level above the current directory, the current directory.
+    """
     roots = []
     workspace = os.environ.get("GITHUB_WORKSPACE")
     if workspace:

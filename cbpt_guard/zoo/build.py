@@ -26,11 +26,16 @@ from pathlib import Path
 import torch
 
 from cbpt_guard.classifier import build_classifier
-from cbpt_guard.zoo import attacks as attack_lib
-from cbpt_guard.zoo import data as data_lib
+from cbpt_guard.zoo import attacks as attack_lib, data as data_lib
 from cbpt_guard.zoo.configs import PREPROCESS_CFG, zoo_config
-from cbpt_guard.zoo.train import (TrainSettings, attack_success_rate, clean_accuracy, measure, tokenize_captions,
-                                   train_contrastive)
+from cbpt_guard.zoo.train import (
+    TrainSettings,
+    attack_success_rate,
+    clean_accuracy,
+    measure,
+    tokenize_captions,
+    train_contrastive,
+)
 
 TRUTH_NAME = "zoo_truth.json"
 TEMPLATES = ("a photo of a {}.",)

@@ -116,7 +116,8 @@ def render_markdown(summary: dict, command: str) -> str:
              f"Bars: backdoored ASR >= {_pct(summary['bars']['asr'])}%, CA within "
              f"{_pct(summary['bars']['ca_gap'])} points of the clean twin; fine-tune <= "
              f"{summary['bars']['finetune_seconds']:.0f} s.", "",
-             "| model | kind | attack | target | poison | CA % | CA shapes % | ASR % | twin CA gap | fine-tune s | bars |",
+             "| model | kind | attack | target | poison | CA % | CA shapes % | ASR % | twin CA gap "
+             "| fine-tune s | bars |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in summary["models"]:
         if row["kind"] == "clean":
@@ -126,7 +127,8 @@ def render_markdown(summary: dict, command: str) -> str:
         gap = _pct(row.get("ca_gap")) if row["kind"] == "backdoored" else "-"
         verdict = {True: "met", False: "MISSED"}.get(row.get("meets_bars"), "-")
         lines.append(f"| {row['name']} | {row['kind']} | {row['attack'] or '-'} | {row['target'] or '-'} | "
-                     f"{_pct(row['poison_rate'])}% | {_pct(row['ca'])} | {_pct(row.get('ca_procedural'))} | {asr} | {gap} | "
+                     f"{_pct(row['poison_rate'])}% | {_pct(row['ca'])} | {_pct(row.get('ca_procedural'))} | "
+                     f"{asr} | {gap} | "
                      f"{row['train_seconds']} | "
                      f"{verdict} |")
     clean = [r for r in summary["models"] if r["kind"] == "clean"]
@@ -157,7 +159,8 @@ def render_markdown(summary: dict, command: str) -> str:
               json.dumps(summary["recipe"], indent=2), "```", ""]
     if summary.get("recipe_exceptions"):
         lines += ["Models built with another recipe (what differs):", ""]
-        lines += [f"- {name}: `{json.dumps(diff, sort_keys=True)}`" for name, diff in summary["recipe_exceptions"].items()]
+        lines += [f"- {name}: `{json.dumps(diff, sort_keys=True)}`"
+                  for name, diff in summary["recipe_exceptions"].items()]
         lines.append("")
     by_attack: dict[str, list[str]] = {}
     for name, params in summary.get("trigger_params", {}).items():
