@@ -113,9 +113,9 @@ def test_backdoored_model_is_purified_verified_and_its_prompts_reload(tiny_zoo, 
     assert verdict.detection.outcome == "backdoor evidence found"
     assert purification is not None and purification.tier == "few-shot"
     assert sorted(purification.families) == ["patch", "targeted"]  # most anomalous first
-    # the decision follows the measured bars: purified (exit 0) when met, block (exit 1) when not; never "pass"
-    assert (verdict.decision.action, verdict.decision.exit_code) == (("purified", 0) if purification.bars_met
-                                                                     else ("block", 1))
+    # the tiny BadNets model is backdoored (its ground truth) and this policy's loose bars are met: purified, exit 0
+    assert purification.bars_met, purification
+    assert (verdict.decision.action, verdict.decision.exit_code) == ("purified", 0)
     assert purification.after.dummy_asr["patch"] < purification.before.dummy_asr["patch"]
     assert (root / "badnets-s0" / "open_clip_model.safetensors").read_bytes() == before
 

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from fake_github import FakeCheck, FakeGitHub, make_verdict
 
 from cbpt_guard.cli.main import cli
+from cbpt_guard.errors import UsageError
 from cbpt_guard.github.client import Connection
 from cbpt_guard.github.gate import GateSettings
 from cbpt_guard.github.pr import PublishOptions, run_pull_request
@@ -339,7 +340,7 @@ def test_pinned_policy_digest_that_does_not_match_is_refused(policy_repo, tmp_pa
 def test_pull_request_policy_file_with_neither_base_nor_pin_is_refused(policy_repo, tmp_path):
     root, _, _ = policy_repo
     settings = GateSettings(policy="policies/team.yaml", root=str(root), out_dir=str(tmp_path / "out"))
-    with pytest.raises(Exception, match="could weaken its own gate") as caught:
+    with pytest.raises(UsageError, match="could weaken its own gate") as caught:
         run_pull_request(settings, Connection(token=None), PullRequestRef(REPO, 7), models=("models/bad",),
                          check_fn=FakeCheck({}))
     assert caught.value.exit_code == 4
@@ -355,7 +356,7 @@ def test_pinned_policy_outside_a_pull_request_is_checked(policy_repo, tmp_path):
                                 policy_sha256=pin)
         return run_pull_request(settings, Connection(token=None), None, models=("models/bad",), check_fn=check)
 
-    with pytest.raises(Exception, match="not the pinned") as caught:
+    with pytest.raises(UsageError, match="not the pinned") as caught:
         gate(base_digest)
     assert caught.value.exit_code == 4
     assert gate(head_digest).exit_code == 1
@@ -458,10 +459,10 @@ def test_calibration_named_by_the_policy_comes_from_the_base_commit_too(policy_r
 
     assert Path(copy).parent.joinpath("calibration", "team.json").read_text() == '{"from": "base"}'
     assert load_policy(copy).calibration_path.read_text() == '{"from": "base"}'
-    with pytest.raises(Exception, match="names a calibration file"):  # a pin alone cannot vouch for it
+    with pytest.raises(UsageError, match="names a calibration file"):  # a pin alone cannot vouch for it
         trusted_policy("policies/team.yaml", root=root, folder=tmp_path / "pinned", under_review=True,
                        pinned_sha256=hashlib.sha256((root / "policies" / "team.yaml").read_bytes()).hexdigest())
-    with pytest.raises(Exception, match="base commit"):  # a policy file the base does not have
+    with pytest.raises(UsageError, match="base commit"):  # a policy file the base does not have
         trusted_policy("policies/new.yaml", root=root, folder=tmp_path / "new", base_sha=base, under_review=True)
 
 

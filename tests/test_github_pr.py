@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from fake_github import FakeCheck, FakeGitHub, make_verdict
 
 from cbpt_guard.cli.github_cmd import github_group
-from cbpt_guard.errors import NothingScannableError, UsageError
+from cbpt_guard.errors import ExitCode, NothingScannableError, UsageError
 from cbpt_guard.github.client import Connection
 from cbpt_guard.github.discover import ChangedFile, checkpoints_from_changes, find_models
 from cbpt_guard.github.gate import GateSettings
@@ -188,8 +188,9 @@ def test_missing_token_posts_nothing_but_shows_the_verdict_and_keeps_exit_code(r
 
 
 def test_without_token_or_models_the_pull_request_cannot_be_listed(repo_root, fake):
-    with pytest.raises(Exception, match="no GitHub token to list"):
+    with pytest.raises(UsageError, match="no GitHub token to list") as caught:
         _run(repo_root, fake, FakeCheck({}), token=None)
+    assert caught.value.exit_code == ExitCode.USAGE == 4
 
 
 @pytest.mark.parametrize("failing, status, headers, message, expected", [
@@ -340,10 +341,11 @@ def test_changed_files_map_to_model_folders_and_stay_inside_the_repository(repo_
 
 def test_model_globs_expand_and_a_pattern_matching_nothing_is_a_usage_error(repo_root):
     assert find_models(["models/*"], repo_root) == ["models/bad", "models/good"]
-    with pytest.raises(Exception, match="matches no model"):
+    with pytest.raises(UsageError, match="matches no model") as no_match:
         find_models(["models/missing*"], repo_root)
-    with pytest.raises(Exception, match="outside the repository"):
+    with pytest.raises(UsageError, match="outside the repository") as outside:
         find_models(["../"], repo_root)
+    assert no_match.value.exit_code == outside.value.exit_code == ExitCode.USAGE == 4
 
 
 def test_policy_overrides_are_written_as_a_valid_policy(tmp_path):

@@ -304,8 +304,9 @@ def test_malformed_yaml_is_a_policy_error_with_a_line(text, line, fragment):
 def test_python_tags_are_refused_without_running_anything(tmp_path):
     marker = tmp_path / "ran"
     text = f"version: !!python/object/apply:os.system ['touch {marker}']\n"
-    problems_of(text)
+    found = problems_of(text)
     assert not marker.exists()
+    assert found[0] == (1, "version", "the tag tag:yaml.org,2002:python/object/apply:os.system is not allowed")
 
 
 # --- YAML bombs --------------------------------------------------------------------------------
