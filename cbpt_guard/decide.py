@@ -25,15 +25,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
-import math
-from collections.abc import Mapping
 
 from cbpt_guard.errors import ExitCode
 from cbpt_guard.figures import score_text
 from cbpt_guard.policy.schema import (
     BackdoorAction,
     DataTier,
-    DummyScope,
     FailOn,
     Mode,
     Policy,
@@ -41,6 +38,7 @@ from cbpt_guard.policy.schema import (
     Waiver,
 )
 from cbpt_guard.verdict import PURIFIED_ADVICE
+from cbpt_guard.verification import DummyCheck, Verification
 
 
 class Action(str, enum.Enum):
@@ -118,68 +116,6 @@ class StageFailure:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PurificationOutcome:
-    """Verification of the purified model: ASR of the dummy triggers and the CA drop, as fractions.
-
-    ``asr`` is the worst ASR among the dummy triggers the policy holds to
-    ``max_asr`` (all of them unless ``verification.dummies`` is ``evidence``,
-    see :func:`dummy_bars`, and then ``scoped`` is set); ``risen`` describes
-    each other dummy whose ASR rose above its own bar. ``ca_drop`` is original CA minus purified CA
-    (negative when accuracy rose); ``residual_evidence`` is whether re-running
-    detection on the purified classifier still finds a backdoor.
-    """
-
-    asr: float
-    ca_drop: float
-    residual_evidence: bool = False
-    risen: tuple[str, ...] = ()
-    scoped: bool = False
-    """Whether ``asr`` covers only the dummies that are backdoor evidence (``dummies: evidence`` took effect)."""
-    labelled: bool = True
-    """Whether ``ca_drop`` is a drop in CA against labels; without labels it is the share of
-    held-out images whose prediction changed."""
-    worst: str = ""
-    """Which held dummy set ``asr``, e.g. "the warp trigger toward 'square', not the suspected 'cross'"."""
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.asr) and 0.0 <= self.asr <= 1.0):
-            raise ValueError(f"asr must be a fraction in [0, 1], got {self.asr}")
-        if not (math.isfinite(self.ca_drop) and -1.0 <= self.ca_drop <= 1.0):
-            raise ValueError(f"ca_drop must be a fraction in [-1, 1], got {self.ca_drop}")
-
-
-RISE_TOLERANCE = 0.01
-"""How far a dummy that is no evidence may rise before it counts as strengthened (1 point).
-
-Tuning the prompts flips borderline stamped images both ways, so a rate measured
-again moves a little without anything being learned: on the bundled example the
-warp dummy, a natural attractor, moved -0.2 points on one CPU and +0.3 (one image
-of 336) on another, and without a tolerance that one image blocked the model.
-"""
-
-
-def dummy_bars(max_asr: float, scope: DummyScope, evidence: Mapping[str, bool],
-               before: Mapping[str, float]) -> dict[str, tuple[float, bool]]:
-    """Per dummy family, the ASR bar verification holds it to and whether that is the policy's ``max_asr``.
-
-    ``evidence`` says, per family, whether its dummy is evidence of the
-    backdoor: it draws images to the suspected target, or its own detection
-    evidence clears the score threshold; ``before`` is each dummy's ASR before
-    purification. Under scope ``all`` every dummy is held to ``max_asr``.
-    Under ``evidence`` a dummy that is not evidence (an inverted pattern toward
-    one of the small model's natural attractors, typical of clean models) is
-    held to ``max(max_asr, before + RISE_TOLERANCE)``: purification need not
-    remove what was never the backdoor, but must not strengthen it beyond the
-    noise of measuring it again (:data:`RISE_TOLERANCE`). Fail closed: with no
-    dummy that is evidence, every one is held.
-    """
-    scoped = scope is DummyScope.EVIDENCE and any(evidence.values())
-    return {family: ((max_asr, True) if backdoor or not scoped
-                     else (max(max_asr, before.get(family, 0.0) + RISE_TOLERANCE), False))
-            for family, backdoor in evidence.items()}
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class DecisionInput:
     """Everything :func:`decide` looks at; the pipeline fills it from the stages' results.
 
@@ -194,7 +130,7 @@ class DecisionInput:
     unsafe_findings: tuple[str, ...] = ()
     skipped: tuple[SkippedStep, ...] = ()
     failures: tuple[StageFailure, ...] = ()
-    purification: PurificationOutcome | None = None
+    purification: Verification | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,7 +270,7 @@ def _weigh_detection(evidence: DecisionInput, policy: Policy, today: dt.date, ta
         tally.reasons.append("purification results were not used: the policy did not call for purification")
 
 
-def _weigh_purification(outcome: PurificationOutcome | None, policy: Policy, tally: _Tally) -> Action:
+def _weigh_purification(outcome: Verification | None, policy: Policy, tally: _Tally) -> Action:
     """Purify if not yet done; once done, pass only if every bar is met."""
     if outcome is None:
         tally.reasons.append("the policy calls for purification; the model passes only once purified and verified")
@@ -352,19 +288,31 @@ def _weigh_purification(outcome: PurificationOutcome | None, policy: Policy, tal
     return Action.PURIFIED
 
 
-def verification_misses(outcome: PurificationOutcome, bars: VerificationBars) -> tuple[str, ...]:
+def verification_misses(outcome: Verification, bars: VerificationBars) -> tuple[str, ...]:
     """Every bar the purified model misses, worded once for the decision's reasons and the report."""
     misses = []
     if outcome.asr > bars.max_asr:
-        which = f" ({outcome.worst})" if outcome.worst else ""
+        which = f" ({worst_wording(outcome.worst, outcome.suspected)})" if outcome.worst else ""
         misses.append(f"dummy-trigger ASR {outcome.asr:.2%} > {bars.max_asr:.2%}{which}")
     if outcome.ca_drop > bars.max_ca_drop:
         what = "CA drop" if outcome.labelled else "disagreement with the original model's predictions (no labels)"
         misses.append(f"{what} {outcome.ca_drop * 100:.1f} points > {bars.max_ca_drop * 100:.1f}")
-    misses += [f"a dummy toward another class rose: {what}" for what in outcome.risen]
+    misses += [f"a dummy toward another class rose: {risen_wording(dummy)}" for dummy in outcome.risen]
     if outcome.residual_evidence:
         misses.append("a fresh detection run still finds backdoor evidence")
     return tuple(misses)
+
+
+def risen_wording(dummy: DummyCheck) -> str:
+    """A dummy that rose above its own bar, e.g. "the warp trigger toward 'square' 6.40% -> 7.00%"."""
+    return f"the {dummy.family} trigger toward {dummy.target!r} {dummy.before:.2%} -> {dummy.after:.2%}"
+
+
+def worst_wording(dummy: DummyCheck, suspected: str | None) -> str:
+    """Which held dummy set the ASR, e.g. "the warp trigger toward 'square', not the suspected 'cross'"."""
+    if suspected is None or dummy.target == suspected:
+        return f"the {dummy.family} trigger toward {dummy.target!r}"
+    return f"the {dummy.family} trigger toward {dummy.target!r}, not the suspected {suspected!r}"
 
 
 def _score_text(detection: DetectionOutcome, relation: str) -> str:

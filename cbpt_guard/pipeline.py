@@ -17,7 +17,6 @@ import platform
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from statistics import NormalDist
 
 from cbpt_guard import __version__
 from cbpt_guard.decide import (
@@ -26,11 +25,9 @@ from cbpt_guard.decide import (
     DecisionInput,
     DetectionOutcome,
     DetectionResult,
-    PurificationOutcome,
     SkippedStep,
     StageFailure,
     decide,
-    dummy_bars,
     verification_misses,
 )
 from cbpt_guard.errors import (
@@ -60,6 +57,7 @@ from cbpt_guard.verdict import (
     Versions,
     WaiverInfo,
 )
+from cbpt_guard.verification import Verification
 
 PROMPTS_DIR = "purified"
 ONNX_FILE = "classifier.onnx"
@@ -87,7 +85,7 @@ class _Run:
     detection: DetectionInfo | None = None
     outcome: DetectionOutcome | None = None
     purification: PurificationInfo | None = None
-    purification_outcome: PurificationOutcome | None = None
+    verification: Verification | None = None
     export: ExportInfo | None = None
     artefacts: dict[str, str] = field(default_factory=dict)
 
@@ -115,7 +113,7 @@ class _Run:
         digest = self.checkpoint.digest if self.checkpoint else ""
         return decide(DecisionInput(checkpoint_digest=digest, data_tier=tier, detection=self.outcome,
                                     unsafe_findings=self.unsafe, skipped=tuple(self.skipped),
-                                    failures=tuple(self.failures), purification=self.purification_outcome),
+                                    failures=tuple(self.failures), purification=self.verification),
                       self.rules, today=self.today)
 
     @property
@@ -286,6 +284,7 @@ def _purification(run: _Run, loaded, evidence, calibration, inputs: UserImages, 
     """CBPT and verification; the prompts are saved when there is an output folder."""
     from cbpt_guard.purify.api import PurifySettings, purify_and_verify
     from cbpt_guard.purify.artifacts import save_prompts
+    from cbpt_guard.purify.verify import recheck_wording, verify
 
     started = time.perf_counter()
     report = loaded.report
@@ -306,16 +305,10 @@ def _purification(run: _Run, loaded, evidence, calibration, inputs: UserImages, 
         run.fail("purification", started, error)
         return None
     bars = policy.verification
-    residual = result.recheck_found or result.recheck.outcome == "inconclusive"
-    suspected = run.outcome.target_class if run.outcome else None
-    dummy_bar = _dummy_bars(result, report.classes, run.detection, bars)
-    held = {family for family, (_, is_held) in dummy_bar.items() if is_held}
-    run.purification_outcome = PurificationOutcome(
-        asr=max((result.after.dummy_asr[family] for family in held), default=0.0),
-        ca_drop=max(-1.0, min(1.0, result.ca_drop)), residual_evidence=residual,
-        risen=_risen(result, report.classes, dummy_bar), scoped=len(held) < len(dummy_bar),
-        labelled=result.after.clean_accuracy is not None, worst=_worst_dummy(result, report.classes, suspected, held))
-    misses = verification_misses(run.purification_outcome, bars)
+    residual = result.residual_evidence
+    run.verification = verify(result.dummies, result.before, result.after, result.ca_drop, residual,
+                                      report.classes, run.detection, bars)
+    misses = verification_misses(run.verification, bars)
     prompts_path = prompts_digest = None
     metrics = {"before": _metrics(result.before).model_dump(), "after": _metrics(result.after).model_dump(),
                "ca_drop": result.ca_drop, "recheck_score": result.residual.score, "recheck_residual": residual}
@@ -333,10 +326,11 @@ def _purification(run: _Run, loaded, evidence, calibration, inputs: UserImages, 
         tier=result.tier, train_images=result.train_images, held_out_images=result.held_out_images,
         settings=_settings_dict(settings, result.tier), families=tuple(d.family for d in result.dummies),
         before=_metrics(result.before), after=_metrics(result.after),
-        recheck_outcome=_recheck_wording(result, residual), recheck_score=result.residual.score,
+        recheck_outcome=recheck_wording(result.recheck, result.residual, residual),
+        recheck_score=result.residual.score,
         recheck_seed=result.recheck.seed,
         bars={"max_asr": bars.max_asr, "max_ca_drop": bars.max_ca_drop}, bars_met=not misses, misses=misses,
-        dummy_bars={family: bar for family, (bar, _) in dummy_bar.items()},
+        dummy_bars={dummy.family: dummy.bar for dummy in run.verification.dummies},
         curves={name: _thin(values) for name, values in result.tuning.curves.items()},
         prompts_path=prompts_path, prompts_sha256=prompts_digest)
     run.done("purification", started)
@@ -456,73 +450,6 @@ def detection_info(report, calibration) -> DetectionInfo:
 def _metrics(metrics) -> Metrics:
     return Metrics(clean_accuracy=metrics.clean_accuracy, agreement=metrics.agreement,
                    dummy_asr=dict(metrics.dummy_asr))
-
-
-def _recheck_wording(result, residual: bool) -> str:
-    """E.g. "no evidence toward 'cross' (strongest remaining pull: patch trigger -> 'circle', z 5.72)".
-
-    Plain words for the report's reader; the report's glossary says what the pull and its z are.
-    """
-    if result.recheck.outcome == "inconclusive":
-        return "inconclusive: " + "; ".join(f"{name}: {why}" for name, why in result.recheck.skipped)
-    toward = f" toward {result.residual.target!r}" if result.residual.target else ""
-    head = f"backdoor evidence found{toward}" if residual else f"no evidence{toward}"
-    strongest = result.residual.strongest
-    if strongest is None:
-        return head
-    return f"{head} (strongest remaining pull: {strongest[0]} trigger -> {strongest[1]!r}, z {strongest[2]:.2f})"
-
-
-def _dummy_bars(result, classes: tuple[str, ...] | list[str], detection: DetectionInfo | None,
-                bars) -> dict[str, tuple[float, bool]]:
-    """Per dummy family measured after purification: its ASR bar, and whether that is ``max_asr`` (``dummy_bars``).
-
-    A dummy is backdoor evidence when it draws images to the suspected target
-    or its own family's z (as the score used it) would alone have cleared the
-    detection threshold: a second backdoor toward another class stays held.
-    """
-    if detection is None:  # nothing to judge a dummy by: every one is held
-        evidence = dict.fromkeys(result.after.dummy_asr, True)
-    else:
-        target_of, suspected = _dummy_targets(result, classes), detection.suspected_target
-        z_of = {f.family: f.z for f in detection.families}
-        evidence = {family: (suspected is not None and target_of.get(family) == suspected)
-                    or z_of.get(family) is None or NormalDist().cdf(z_of[family]) >= detection.threshold
-                    for family in result.after.dummy_asr}
-    return dummy_bars(bars.max_asr, bars.dummies, evidence, result.before.dummy_asr)
-
-
-def _dummy_targets(result, classes: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """Per dummy family, the class its inverted trigger draws images to."""
-    return {d.family: classes[d.target_index] for d in result.dummies}
-
-
-def _risen(result, classes: tuple[str, ...] | list[str], dummy_bar: dict[str, tuple[float, bool]]) -> tuple[str, ...]:
-    """Each dummy not held to ``max_asr`` whose ASR ended above its own bar.
-
-    E.g. "the warp trigger toward 'square' 6.40% -> 7.00%".
-    """
-    target_of = _dummy_targets(result, classes)
-    return tuple(f"the {family} trigger toward {target_of[family]!r} {result.before.dummy_asr.get(family, 0.0):.2%} -> "
-                 f"{result.after.dummy_asr[family]:.2%}"
-                 for family, (bar, is_held) in sorted(dummy_bar.items())
-                 if not is_held and result.after.dummy_asr[family] > bar)
-
-
-def _worst_dummy(result, classes: tuple[str, ...] | list[str], suspected: str | None, held: set[str]) -> str:
-    """Which held dummy set the ASR, e.g. "the warp trigger toward 'square', not the suspected 'cross'".
-
-    Small models have natural attractors, so the worst dummy is not always the
-    backdoor's; a reader of a blocked verdict needs to know which one it was.
-    """
-    measured = {family: asr for family, asr in result.after.dummy_asr.items() if family in held}
-    if not measured:
-        return ""
-    family = max(sorted(measured), key=lambda name: measured[name])
-    target = _dummy_targets(result, classes)[family]
-    if suspected is None or target == suspected:
-        return f"the {family} trigger toward {target!r}"
-    return f"the {family} trigger toward {target!r}, not the suspected {suspected!r}"
 
 
 def _settings_dict(settings, tier: str) -> dict:

@@ -178,7 +178,7 @@ class PurificationInfo(_Frozen):
     misses: tuple[str, ...] = ()
     dummy_bars: dict[str, float] = {}
     """Per dummy family, the ASR bar verification held it to: ``max_asr``, or under the policy's
-    ``dummies: evidence`` the higher of ``max_asr`` and its rate before plus one point (``decide.RISE_TOLERANCE``)
+    ``dummies: evidence`` the higher of ``max_asr`` and its rate before plus one point (``verification.RISE_TOLERANCE``)
     for a dummy that is not backdoor evidence."""
     curves: dict[str, tuple[float, ...]] = {}
     """Loss curves (total, clean, backdoor, drift), thinned to at most 200 points."""

@@ -267,24 +267,37 @@ def test_missing_class_names_and_missing_data_folder_are_usage_errors(tiny_zoo, 
     assert missing.exit_code == 4
 
 
+def _verified(warp_after: float, *, scope: str = "all", warp_z: float | None = -2.75, max_asr: float = 0.05,
+              suspected: str | None = "cross"):
+    """Verification of two dummies: patch toward the suspected 'cross', warp toward the attractor 'square'."""
+    from types import SimpleNamespace
+
+    from cbpt_guard.policy.schema import DummyScope
+    from cbpt_guard.purify.verify import ClassifierMetrics, verify
+
+    classes = ("circle", "square", "cross")
+    dummies = [SimpleNamespace(family="patch", target_index=2), SimpleNamespace(family="warp", target_index=1)]
+    before = ClassifierMetrics(clean_accuracy=None, agreement=1.0, dummy_asr={"patch": 0.49, "warp": 0.064})
+    after = ClassifierMetrics(clean_accuracy=None, agreement=1.0, dummy_asr={"patch": 0.018, "warp": warp_after})
+    detection = SimpleNamespace(suspected_target=suspected, threshold=0.99865,
+                                families=[SimpleNamespace(family="patch", z=4.7),
+                                          SimpleNamespace(family="warp", z=warp_z)])
+    bars = SimpleNamespace(max_asr=max_asr, dummies=DummyScope(scope))
+    return verify(dummies, before, after, 0.0, False, classes, detection, bars)
+
+
 def test_a_missed_asr_bar_names_the_dummy_that_set_it_and_whether_it_is_the_backdoors():
     from types import SimpleNamespace
 
-    from cbpt_guard.decide import PurificationOutcome, verification_misses
-    from cbpt_guard.pipeline import _worst_dummy
+    from cbpt_guard.decide import verification_misses, worst_wording
 
-    classes = ("circle", "square", "cross")
-    result = SimpleNamespace(after=SimpleNamespace(dummy_asr={"patch": 0.001, "warp": 0.056}),
-                             dummies=[SimpleNamespace(family="patch", target_index=2),
-                                      SimpleNamespace(family="warp", target_index=1)])
     bars = SimpleNamespace(max_asr=0.02, max_ca_drop=0.02)
-    worst = _worst_dummy(result, classes, "cross", {"patch", "warp"})
-    assert worst == "the warp trigger toward 'square', not the suspected 'cross'"
-    assert verification_misses(PurificationOutcome(asr=0.056, ca_drop=0.0, worst=worst), bars) == (
+    verification = _verified(0.056, max_asr=0.02)
+    assert verification_misses(verification, bars) == (
         "dummy-trigger ASR 5.60% > 2.00% (the warp trigger toward 'square', not the suspected 'cross')",)
-    assert _worst_dummy(result, classes, "square", {"patch", "warp"}) == "the warp trigger toward 'square'"
-    assert _worst_dummy(result, classes, "cross", {"patch"}) == "the patch trigger toward 'cross'"
-    assert _worst_dummy(SimpleNamespace(after=SimpleNamespace(dummy_asr={}), dummies=[]), classes, None, set()) == ""
+    assert worst_wording(verification.worst, "square") == "the warp trigger toward 'square'"
+    assert worst_wording(_verified(0.001, max_asr=0.02).worst, "cross") == "the patch trigger toward 'cross'"
+    assert _verified(0.056, suspected=None, max_asr=0.02).worst.family == "warp"
 
 
 @pytest.mark.parametrize(("scope", "warp_z", "warp_after", "held", "risen"), [
@@ -297,21 +310,9 @@ def test_a_missed_asr_bar_names_the_dummy_that_set_it_and_whether_it_is_the_back
 ])
 def test_only_dummies_that_are_no_evidence_are_held_to_their_own_rate_under_scope_evidence(scope, warp_z, warp_after,
                                                                                           held, risen):
-    from types import SimpleNamespace
+    from cbpt_guard.decide import risen_wording
 
-    from cbpt_guard.pipeline import _dummy_bars, _risen
-    from cbpt_guard.policy.schema import DummyScope
-
-    classes = ("circle", "square", "cross")
-    result = SimpleNamespace(before=SimpleNamespace(dummy_asr={"patch": 0.49, "warp": 0.064}),
-                             after=SimpleNamespace(dummy_asr={"patch": 0.018, "warp": warp_after}),
-                             dummies=[SimpleNamespace(family="patch", target_index=2),
-                                      SimpleNamespace(family="warp", target_index=1)])
-    detection = SimpleNamespace(suspected_target="cross", threshold=0.99865,
-                                families=[SimpleNamespace(family="patch", z=4.7),
-                                          SimpleNamespace(family="warp", z=warp_z)])
-    bars = SimpleNamespace(max_asr=0.05, dummies=DummyScope(scope))
-    dummy_bar = _dummy_bars(result, classes, detection, bars)
-    assert {family for family, (_, is_held) in dummy_bar.items() if is_held} == held
-    assert dummy_bar["warp"][0] == pytest.approx(0.074 if held == {"patch"} else 0.05)
-    assert _risen(result, classes, dummy_bar) == risen
+    verification = _verified(warp_after, scope=scope, warp_z=warp_z)
+    assert {dummy.family for dummy in verification.held} == held
+    assert verification.dummies[1].bar == pytest.approx(0.074 if held == {"patch"} else 0.05)
+    assert tuple(risen_wording(dummy) for dummy in verification.risen) == risen

@@ -21,7 +21,7 @@ import torch
 from click.testing import CliRunner
 
 from cbpt_guard.cli.main import cli
-from cbpt_guard.decide import RISE_TOLERANCE
+from cbpt_guard.verification import RISE_TOLERANCE
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_detection")]

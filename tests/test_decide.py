@@ -12,19 +12,17 @@ import pytest
 
 from cbpt_guard.decide import (
     EXIT_CODES,
-    RISE_TOLERANCE,
     Action,
     DecisionInput,
     DetectionOutcome,
     DetectionResult,
-    PurificationOutcome,
     SkippedStep,
     StageFailure,
     decide,
-    dummy_bars,
 )
 from cbpt_guard.errors import ExitCode
 from cbpt_guard.policy import DataTier, DummyScope, Mode, Policy, resolve_policy
+from cbpt_guard.verification import BarBasis, DummyCheck, Verification
 
 TODAY = dt.date(2026, 3, 1)
 DIGEST = "ab" * 32
@@ -34,12 +32,24 @@ FOUND = DetectionOutcome(result=DetectionResult.FOUND, score=0.91, threshold=0.5
 NOT_FOUND = DetectionOutcome(result=DetectionResult.NOT_FOUND, score=0.12, threshold=0.5)
 UNSURE = DetectionOutcome(result=DetectionResult.INCONCLUSIVE, note="time limit reached")
 
-GOOD = PurificationOutcome(asr=0.01, ca_drop=0.005)
-AT_BARS = PurificationOutcome(asr=0.02, ca_drop=0.02)
-HIGH_ASR = PurificationOutcome(asr=0.30, ca_drop=0.0)
-HIGH_DROP = PurificationOutcome(asr=0.0, ca_drop=0.08)
-RESIDUAL = PurificationOutcome(asr=0.0, ca_drop=0.0, residual_evidence=True)
-RISEN = PurificationOutcome(asr=0.0, ca_drop=0.0, risen=("the warp trigger toward 'square' 6.40% -> 7.00%",))
+
+
+def held(after: float, basis: BarBasis = BarBasis.ALL_HELD) -> DummyCheck:
+    """The backdoor's dummy (toward the suspected 'banana'), held to the default policy's 2% bar."""
+    return DummyCheck(family="patch", target="banana", before=0.49, after=after, bar=0.02, basis=basis, evidence=True)
+
+
+# An attractor's dummy that is no evidence, held to its own rate before plus the tolerance (6.4% + 1 point).
+WARP_RISEN = DummyCheck(family="warp", target="square", before=0.064, after=0.08, bar=0.074,
+                        basis=BarBasis.NOT_EVIDENCE, evidence=False)
+WARP_HELD_OWN = dataclasses.replace(WARP_RISEN, after=0.07)
+
+GOOD = Verification(dummies=(held(0.01),), ca_drop=0.005, suspected="banana")
+AT_BARS = Verification(dummies=(held(0.02),), ca_drop=0.02, suspected="banana")
+HIGH_ASR = Verification(dummies=(held(0.30),), ca_drop=0.0, suspected="banana")
+HIGH_DROP = Verification(dummies=(held(0.0),), ca_drop=0.08, suspected="banana")
+RESIDUAL = Verification(dummies=(held(0.0),), ca_drop=0.0, residual_evidence=True, suspected="banana")
+RISEN = Verification(dummies=(held(0.0, BarBasis.EVIDENCE), WARP_RISEN), ca_drop=0.0, suspected="banana")
 
 SKIP_REQUIRED = SkippedStep("detect.warp", "budget exhausted", required=True)
 SKIP_OPTIONAL = SkippedStep("export", "disabled by flag", required=False)
@@ -95,7 +105,7 @@ ENFORCE_TABLE = {
                                                "still finds backdoor evidence"),
     "purified but another dummy rose is blocked": ({}, {"detection": FOUND, "purification": RISEN}, B, B,
                                                    "a dummy toward another class rose: the warp trigger toward "
-                                                   "'square' 6.40% -> 7.00%"),
+                                                   "'square' 6.40% -> 8.00%"),
     "block policy blocks a finding": ({"on_backdoor": "block"}, {"detection": FOUND}, B, B,
                                       "blocks a model with backdoor evidence"),
     "block policy ignores purification": ({"on_backdoor": "block"}, {"detection": FOUND, "purification": GOOD},
@@ -207,7 +217,7 @@ def test_fail_closed_flag_marks_incomplete_runs_only():
 @pytest.mark.parametrize(("asr", "ca_drop"), [(-0.1, 0.0), (1.5, 0.0), (float("nan"), 0.0), (0.0, 2.0)])
 def test_purification_outcome_refuses_impossible_metrics(asr, ca_drop):
     with pytest.raises(ValueError):
-        PurificationOutcome(asr=asr, ca_drop=ca_drop)
+        Verification(dummies=(held(asr),), ca_drop=ca_drop)
 
 
 # --- the ready policies, end to end as the pipeline will call them ---------------------------------
@@ -226,27 +236,15 @@ def test_strict_purifies_a_backdoor_then_passes_or_blocks_on_the_bars():
     assert (missed.action, missed.exit_code) == (B, ExitCode.BLOCKED)
 
 
-@pytest.mark.parametrize(("scope", "is_evidence", "expected"), [
-    ("all", {"patch": True, "warp": False}, {"patch": (0.05, True), "warp": (0.05, True)}),
-    ("evidence", {"patch": True, "warp": False}, {"patch": (0.05, True), "warp": (0.064 + RISE_TOLERANCE, False)}),
-    ("evidence", {"patch": True, "additive": False}, {"patch": (0.05, True), "additive": (0.05, False)}),  # 3% + 1 < 5
-    ("evidence", {"patch": False, "warp": False}, {"patch": (0.05, True), "warp": (0.05, True)}),  # fail closed
-    ("evidence", {"patch": True, "sig": False}, {"patch": (0.05, True), "sig": (0.05, False)}),  # no rate before
-])
-def test_dummy_bars_hold_no_evidence_dummies_to_their_own_rate_under_scope_evidence(scope, is_evidence, expected):
-    before = {"patch": 0.49, "warp": 0.064, "additive": 0.03}
-    assert dummy_bars(0.05, DummyScope(scope), is_evidence, before) == expected
-
-
 def test_a_scoped_pass_says_which_dummies_the_asr_bar_held():
-    scoped = PurificationOutcome(asr=0.01, ca_drop=0.0, scoped=True)
+    scoped = Verification(dummies=(held(0.01, BarBasis.EVIDENCE), WARP_HELD_OWN), ca_drop=0.0, suspected="banana")
     decision = decide(evidence(detection=FOUND, purification=scoped), policy(), today=TODAY)
     assert decision.action is D
     assert ("purified and verified: ASR 1.00% <= 2.00% (the dummies that are backdoor evidence; each other one at "
             "most its rate before), CA drop 0.0 points <= 2.0") in decision.reasons
     plain = decide(evidence(detection=FOUND, purification=GOOD), policy(), today=TODAY)
     assert "purified and verified: ASR 1.00% <= 2.00%, CA drop 0.5 points <= 2.0" in plain.reasons
-    unlabelled = PurificationOutcome(asr=0.01, ca_drop=0.005, labelled=False)
+    unlabelled = Verification(dummies=(held(0.01),), ca_drop=0.005, labelled=False)
     assert ("purified and verified: ASR 1.00% <= 2.00%, disagreement with the original model's predictions 0.5 "
             "points <= 2.0") in decide(evidence(detection=FOUND, purification=unlabelled), policy(),
                                       today=TODAY).reasons

@@ -330,10 +330,9 @@ def test_jargon_carries_a_plain_tooltip_and_the_page_a_glossary():
 def test_the_recheck_is_worded_without_jargon():
     from types import SimpleNamespace
 
-    from cbpt_guard.pipeline import _recheck_wording
+    from cbpt_guard.purify.verify import recheck_wording
 
-    result = SimpleNamespace(recheck=SimpleNamespace(outcome="no evidence", skipped=()),
-                             residual=SimpleNamespace(target="cross", strongest=("patch", "circle", 5.724)))
-    wording = _recheck_wording(result, residual=False)
+    wording = recheck_wording(SimpleNamespace(outcome="no evidence", skipped=()),
+                              SimpleNamespace(target="cross", strongest=("patch", "circle", 5.724)), found=False)
     assert wording == "no evidence toward 'cross' (strongest remaining pull: patch trigger -> 'circle', z 5.72)"
     assert "classifier-level" not in wording

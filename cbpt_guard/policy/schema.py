@@ -118,7 +118,7 @@ class DummyScope(str, enum.Enum):
     Detection also inverts patterns toward a small model's natural attractors
     (classes clean models drift to as well); such a dummy need only not rise
     above ``max_asr`` or its own rate before purification plus one point of
-    measuring noise (``decide.RISE_TOLERANCE``), whichever is higher.
+    measuring noise (``verification.RISE_TOLERANCE``), whichever is higher.
     With no dummy that is evidence, every dummy is held."""
 
 

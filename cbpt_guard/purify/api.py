@@ -87,6 +87,11 @@ class PurificationRun:
         """Whether the re-detection still finds classifier-level evidence toward the original target."""
         return self.residual.score >= self.residual.threshold
 
+    @property
+    def residual_evidence(self) -> bool:
+        """Whether verification counts the re-detection against the purified model: evidence found, or no answer."""
+        return self.recheck_found or self.recheck.outcome == "inconclusive"
+
 
 @dataclass(frozen=True)
 class Residual:
