@@ -243,9 +243,9 @@ def test_requests_use_the_enterprise_base_url_and_the_token(repo_root, fake):
     assert not [r for r in fake.requests if r.path.startswith("/__outside_prefix__")]
 
 
-def test_step_outputs_and_reports_are_written(repo_root, fake, tmp_path, monkeypatch):
+def _run_pr_with_outputs(repo_root, fake, tmp_path, monkeypatch, check):
+    """``github pr`` on pull request 7, ``check`` standing in for the pipeline; (result, the $GITHUB_OUTPUT file)."""
     monkeypatch.chdir(repo_root)
-    check = _two_models()
     monkeypatch.setattr("cbpt_guard.github.gate.default_check", lambda: check)
     event = tmp_path / "event.json"
     event.write_text(json.dumps({"pull_request": {"number": 7, "head": {"sha": "f" * 40}}}))
@@ -254,6 +254,11 @@ def test_step_outputs_and_reports_are_written(repo_root, fake, tmp_path, monkeyp
         "pr", "--api-url", fake.api_url, "--out", str(tmp_path / "out"), "--github-output", str(outputs)],
         env={"GITHUB_REPOSITORY": REPO, "GITHUB_EVENT_PATH": str(event), "CBPT_TOKEN": "t0ken",
              "GITHUB_STEP_SUMMARY": ""})
+    return result, outputs
+
+
+def test_step_outputs_and_reports_are_written(repo_root, fake, tmp_path, monkeypatch):
+    result, outputs = _run_pr_with_outputs(repo_root, fake, tmp_path, monkeypatch, _two_models())
 
     assert result.exit_code == 1, result.output
     assert fake.check_runs[0]["head_sha"] == "f" * 40
@@ -271,17 +276,9 @@ def test_step_outputs_and_reports_are_written(repo_root, fake, tmp_path, monkeyp
 
 def test_a_purified_checkpoint_is_a_neutral_check_run_and_the_decision_output_says_purified(repo_root, fake,
                                                                                           tmp_path, monkeypatch):
-    monkeypatch.chdir(repo_root)
     check = FakeCheck({"models/bad": make_verdict("models/bad", "purified"),
                        "models/good": make_verdict("models/good")})
-    monkeypatch.setattr("cbpt_guard.github.gate.default_check", lambda: check)
-    event = tmp_path / "event.json"
-    event.write_text(json.dumps({"pull_request": {"number": 7, "head": {"sha": "f" * 40}}}))
-    outputs = tmp_path / "outputs.txt"
-    result = CliRunner().invoke(github_group, [
-        "pr", "--api-url", fake.api_url, "--out", str(tmp_path / "out"), "--github-output", str(outputs)],
-        env={"GITHUB_REPOSITORY": REPO, "GITHUB_EVENT_PATH": str(event), "CBPT_TOKEN": "t0ken",
-             "GITHUB_STEP_SUMMARY": ""})
+    result, outputs = _run_pr_with_outputs(repo_root, fake, tmp_path, monkeypatch, check)
 
     assert result.exit_code == 0, result.output
     parsed = _parse_outputs(outputs.read_text())
