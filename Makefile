@@ -1,7 +1,8 @@
 # Two commands set up a fresh machine and use it:
 #   make demo   create .venv, install, and run cbpt-guard on the bundled example checkpoint
 #   make test   create .venv, install, and run the test suite
-# torch and torchvision are installed first, as the pair this project is pinned to.
+# torch and torchvision are installed first, as the pair this project is pinned to; the `zoo` extra is the research
+# zoo (cbpt_guard_zoo) that the demo's images and the tests' models come from.
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e ".[cpu,test]"
+	$(PY) -m pip install --quiet -e ".[cpu,test,zoo]"
 	touch $(STAMP)
 
 install: $(STAMP)

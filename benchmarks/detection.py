@@ -26,20 +26,20 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # evidence_cache.py beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # evidence_cache.py and decree_baseline.py beside this file
 
+from decree_baseline import DECREE_PL1_RULE, decree  # noqa: E402
 from evidence_cache import BASELINE_SOURCES, DETECTOR_SOURCES, cached_evidence, source_digest, weights_digest  # noqa: E402
 
 from cbpt_guard.classifier import build_classifier  # noqa: E402
 from cbpt_guard.detect import calibration as calib  # noqa: E402
-from cbpt_guard.detect.baseline import DECREE_PL1_RULE, decree  # noqa: E402
 from cbpt_guard.detect.budget import scoring_settings  # noqa: E402
 from cbpt_guard.detect.run import DetectBudget, gather_evidence  # noqa: E402
 from cbpt_guard.intake import load_checkpoint  # noqa: E402
 from cbpt_guard.intake.architecture import build_model  # noqa: E402
 from cbpt_guard.probes import ProbeSet, procedural_probes  # noqa: E402
-from cbpt_guard.zoo import data as data_lib  # noqa: E402
-from cbpt_guard.zoo.build import TRUTH_NAME  # noqa: E402
+from cbpt_guard_zoo import data as data_lib  # noqa: E402
+from cbpt_guard_zoo.build import TRUTH_NAME  # noqa: E402
 
 TIERS = ("zero-data", "unlabelled")
 
@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     # Each part of an entry is stamped with what decides it and run again when that changed: the model's
     # weights, and the source of the detector or of the baseline (and the zoo data the unlabelled tier reads).
-    detector = source_digest(*DETECTOR_SOURCES, "cbpt_guard/zoo/data.py")
-    decree_source = source_digest(*BASELINE_SOURCES, "cbpt_guard/zoo/data.py")
+    detector = source_digest(*DETECTOR_SOURCES, "cbpt_guard_zoo/data.py")
+    decree_source = source_digest(*BASELINE_SOURCES, "cbpt_guard_zoo/data.py")
     for tier in args.tiers.split(","):
         for name in truths:
             key, weights = f"{tier}/{name}", weights_digest(args.zoo / name)

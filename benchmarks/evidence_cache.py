@@ -26,7 +26,7 @@ FAMILY_KEYS = ("family", "collapsed", "size", "target", "concentration", "invert
 ROOT = Path(__file__).resolve().parent.parent
 DETECTOR_SOURCES = ("cbpt_guard/detect", "cbpt_guard/triggers.py", "cbpt_guard/probes.py", "cbpt_guard/classifier.py")
 """What decides a detection run's result, besides the weights: a cached run of other sources is stale."""
-BASELINE_SOURCES = ("cbpt_guard/detect/baseline.py", "cbpt_guard/classifier.py", "cbpt_guard/probes.py")
+BASELINE_SOURCES = ("benchmarks/decree_baseline.py", "cbpt_guard/classifier.py", "cbpt_guard/probes.py")
 """The same for the DECREE-style baseline that benchmarks/detection.py runs beside the detector."""
 
 

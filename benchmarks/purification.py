@@ -47,10 +47,10 @@ from full_finetune import FinetuneSettings, full_finetune  # noqa: E402
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier  # noqa: E402
 from cbpt_guard.policy.schema import PurificationSettings  # noqa: E402
 from cbpt_guard.purify.trainer import TRIGGER_STRENGTH  # noqa: E402
-from cbpt_guard.zoo import data as data_lib  # noqa: E402
-from cbpt_guard.zoo.build import CLASSES, TRUTH_NAME, ZooRecipe, load_test_split, real_trigger  # noqa: E402
-from cbpt_guard.zoo.report import ASR_BAR as ZOO_ASR_BAR, CA_GAP_BAR as ZOO_CA_GAP_BAR  # noqa: E402
-from cbpt_guard.zoo.train import attack_success_rate, clean_accuracy  # noqa: E402
+from cbpt_guard_zoo import data as data_lib  # noqa: E402
+from cbpt_guard_zoo.build import CLASSES, TRUTH_NAME, ZooRecipe, load_test_split, real_trigger  # noqa: E402
+from cbpt_guard_zoo.report import ASR_BAR as ZOO_ASR_BAR, CA_GAP_BAR as ZOO_CA_GAP_BAR  # noqa: E402
+from cbpt_guard_zoo.train import attack_success_rate, clean_accuracy  # noqa: E402
 
 METHODS = ("none", "finetune", "prompt", "cbpt")
 POLICY_PURIFICATION = PurificationSettings()
@@ -325,7 +325,7 @@ def _cache_key(spec: dict) -> str:
     keyed = {"method": spec["method"], **{k: spec[k] for k in used},
              "weights": weights_digest(Path(spec["model_dir"])),  # a rebuilt zoo model is run again
              # the code a run executes, except this file's worker: delete the cache after changing how runs measure
-             "sources": source_digest("cbpt_guard/classifier.py", "cbpt_guard/zoo/data.py", "cbpt_guard/zoo/attacks.py",
+             "sources": source_digest("cbpt_guard/classifier.py", "cbpt_guard_zoo/data.py", "cbpt_guard_zoo/attacks.py",
                                       *sources)}
     if "threads" in spec:  # a cost run at a thread count of its own (--cost-threads)
         keyed["threads"] = spec["threads"]
@@ -776,8 +776,8 @@ def _finetune_choice(choice: dict) -> str:
 
 def _zoo_truths(zoo: Path) -> dict:
     """Ground truth of every zoo model, with whether it met the zoo's own bars (benchmarks/ZOO.md)."""
-    from cbpt_guard.zoo.build import read_truths
-    from cbpt_guard.zoo.report import summarise
+    from cbpt_guard_zoo.build import read_truths
+    from cbpt_guard_zoo.report import summarise
 
     truths = {t["name"]: t for t in read_truths(zoo.parent, zoo.name)}
     met = {row["name"]: row.get("meets_bars") for row in summarise(list(truths.values()), len(CLASSES))["models"]}

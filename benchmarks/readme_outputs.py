@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare instead of rewriting; exit 1 on a difference")
     args = parser.parse_args(argv)
 
-    from cbpt_guard.zoo.imagefolder import write_image_folder
+    from cbpt_guard_zoo.imagefolder import write_image_folder
 
     text = README.read_text(encoding="utf-8")
     shown = readme_blocks(text)

@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 
 from cbpt_guard.classifier import build_classifier
-from cbpt_guard.zoo import attacks as attack_lib
-from cbpt_guard.zoo.build import CLASSES, TEMPLATES, ZooRecipe, load_data, load_model, read_truths, target_for
-from cbpt_guard.zoo.report import ASR_BAR, CHANCE_MARGIN, FINETUNE_SECONDS_BAR, at_chance
-from cbpt_guard.zoo.train import attack_success_rate, clean_accuracy, measure, tokenize_captions, train_contrastive
+from cbpt_guard_zoo import attacks as attack_lib
+from cbpt_guard_zoo.build import CLASSES, TEMPLATES, ZooRecipe, load_data, load_model, read_truths, target_for
+from cbpt_guard_zoo.report import ASR_BAR, CHANCE_MARGIN, FINETUNE_SECONDS_BAR, at_chance
+from cbpt_guard_zoo.train import attack_success_rate, clean_accuracy, measure, tokenize_captions, train_contrastive
 
 READ_GRID = ((0.03, 16), (0.04, 8), (0.06, 8), (0.08, 4), (0.10, 4), (0.12, 4), (0.15, 4))
 """(strength, grid_k) of each warp the clean twins are measured on; (0.15, 4) is the zoo's WaNet."""

@@ -22,8 +22,8 @@ def tiny_zoo(tmp_path_factory):
     """
     import torch
 
-    from cbpt_guard.zoo.build import ZooRecipe, build_base, build_variant, load_data, read_truths
-    from cbpt_guard.zoo.train import TrainSettings
+    from cbpt_guard_zoo.build import ZooRecipe, build_base, build_variant, load_data, read_truths
+    from cbpt_guard_zoo.train import TrainSettings
 
     torch.set_num_threads(1)
     recipe = ZooRecipe(config="vit-tiny", train_size=3000, test_size=600,

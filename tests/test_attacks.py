@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cbpt_guard.errors import UsageError
-from cbpt_guard.zoo import attacks as A, data
+from cbpt_guard_zoo import attacks as A, data
 
 torch.set_num_threads(1)
 

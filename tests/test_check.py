@@ -65,7 +65,7 @@ def policies(tiny_zoo, tmp_path_factory):
 @pytest.fixture(scope="module")
 def fewshot(tmp_path_factory):
     """A labelled ImageFolder of held-out zoo images: 12 per class, 4 to tune on and 8 to verify."""
-    from cbpt_guard.zoo.imagefolder import write_image_folder
+    from cbpt_guard_zoo.imagefolder import write_image_folder
 
     folder = tmp_path_factory.mktemp("fewshot") / "data"
     write_image_folder(folder, per_class=12)
@@ -103,8 +103,8 @@ def test_backdoored_model_is_purified_verified_and_its_prompts_reload(tiny_zoo, 
     from cbpt_guard.purify.artifacts import load_prompts, purified_classifier
     from cbpt_guard.purify.prompt_learner import ClassPromptLearner
     from cbpt_guard.purify.text_encoder import EmbeddingTextEncoder
-    from cbpt_guard.zoo.build import ZooRecipe, load_test_split, real_trigger
-    from cbpt_guard.zoo.train import attack_success_rate
+    from cbpt_guard_zoo.build import ZooRecipe, load_test_split, real_trigger
+    from cbpt_guard_zoo.train import attack_success_rate
 
     root, truths = tiny_zoo
     before = (root / "badnets-s0" / "open_clip_model.safetensors").read_bytes()

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_detection")]
 @pytest.fixture(scope="module")
 def fewshot(tmp_path_factory):
     """A labelled ImageFolder of held-out zoo images, 40 per class (16 tune, 24 verify under strict)."""
-    from cbpt_guard.zoo.imagefolder import write_image_folder
+    from cbpt_guard_zoo.imagefolder import write_image_folder
 
     folder = tmp_path_factory.mktemp("fewshot") / "data"
     write_image_folder(folder, per_class=_readme_outputs().PER_CLASS)  # 40, as README's command makes
@@ -108,8 +108,8 @@ def _real_trigger_asr(prompts_path: Path) -> tuple[float, float]:
     from cbpt_guard.classifier import build_classifier
     from cbpt_guard.intake import load_checkpoint
     from cbpt_guard.purify.artifacts import load_prompts, purified_classifier
-    from cbpt_guard.zoo.build import CLASSES, ZooRecipe, load_test_split, real_trigger
-    from cbpt_guard.zoo.train import attack_success_rate
+    from cbpt_guard_zoo.build import CLASSES, ZooRecipe, load_test_split, real_trigger
+    from cbpt_guard_zoo.train import attack_success_rate
 
     truth = json.loads((EXAMPLES / "backdoored" / "zoo_truth.json").read_text())
     loaded = load_checkpoint(EXAMPLES / "backdoored")

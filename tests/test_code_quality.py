@@ -32,14 +32,15 @@ def test_imports_keep_the_layers_of_pyproject_contracts():
     assert "0 broken" in done.stdout
 
 
-def test_ruff_finds_nothing_in_the_package_tests_or_benchmarks():
-    done = _run([*RUFF, "check", "--no-cache", "cbpt_guard", "tests", "benchmarks"], ROOT)
+def test_ruff_finds_nothing_in_the_packages_tests_or_benchmarks():
+    done = _run([*RUFF, "check", "--no-cache", "cbpt_guard", "cbpt_guard_zoo", "tests", "benchmarks"], ROOT)
 
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_an_upward_import_breaks_the_layers_contract(tmp_path):
-    shutil.copytree(ROOT / "cbpt_guard", tmp_path / "cbpt_guard", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("cbpt_guard", "cbpt_guard_zoo"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     intake = tmp_path / "cbpt_guard" / "intake" / "__init__.py"
     intake.write_text(intake.read_text() + "\n\ndef _upward():\n    from cbpt_guard.pipeline import check  # noqa\n")
@@ -48,3 +49,16 @@ def test_an_upward_import_breaks_the_layers_contract(tmp_path):
 
     assert done.returncode != 0, done.stdout
     assert "cbpt_guard.intake is not allowed to import cbpt_guard.pipeline" in done.stdout
+
+
+def test_the_product_importing_the_zoo_breaks_the_forbidden_contract(tmp_path):
+    for package in ("cbpt_guard", "cbpt_guard_zoo"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    main = tmp_path / "cbpt_guard" / "cli" / "main.py"
+    main.write_text(main.read_text() + "\n\ndef _zoo():\n    from cbpt_guard_zoo.cli import zoo_group  # noqa\n")
+
+    done = _run(LINT_IMPORTS, tmp_path)
+
+    assert done.returncode != 0, done.stdout
+    assert "cbpt_guard.cli.main -> cbpt_guard_zoo.cli" in done.stdout

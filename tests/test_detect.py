@@ -18,7 +18,7 @@ from cbpt_guard.detect.run import DetectBudget, _effective_size, detect, gather_
 from cbpt_guard.errors import ClassListError, NothingScannableError
 from cbpt_guard.intake import load_checkpoint
 from cbpt_guard.probes import procedural_probes
-from cbpt_guard.zoo.build import ZooRecipe, load_test_split
+from cbpt_guard_zoo.build import ZooRecipe, load_test_split
 
 FAST = DetectBudget(probes=48, inversion=InversionBudget(steps=120, batch_size=24, check_size=32),
                     anomaly_steps=10, anomaly_probes=6, targeted_classes=1)

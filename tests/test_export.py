@@ -339,8 +339,8 @@ def test_cli_module_imports_without_torch():
 @pytest.mark.slow
 def test_exported_purified_model_gives_the_same_real_trigger_asr_as_pytorch(tiny_zoo, tmp_path, record_property):
     from cbpt_guard.purify.trainer import tune_prompts
-    from cbpt_guard.zoo import data as data_lib
-    from cbpt_guard.zoo.build import real_trigger
+    from cbpt_guard_zoo import data as data_lib
+    from cbpt_guard_zoo.build import real_trigger
 
     root, truths = tiny_zoo
     truth = truths["badnets-s0"]

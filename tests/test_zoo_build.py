@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from cbpt_guard.intake import load_checkpoint
-from cbpt_guard.zoo.build import TRUTH_NAME, ZooRecipe, build_variant, load_data, target_for
-from cbpt_guard.zoo.report import render_markdown, summarise
+from cbpt_guard_zoo.build import TRUTH_NAME, ZooRecipe, build_variant, load_data, target_for
+from cbpt_guard_zoo.report import render_markdown, summarise
 
 
 def test_base_is_far_above_chance(tiny_zoo):
@@ -74,9 +74,9 @@ def test_clean_twin_records_the_natural_rate_beside_each_trigger(tiny_zoo):
 
 def test_clean_twin_records_how_readable_each_trigger_leaves_the_images(tiny_zoo):
     from cbpt_guard.classifier import build_classifier
-    from cbpt_guard.zoo.attacks import ATTACKS
-    from cbpt_guard.zoo.build import CLASSES, TEMPLATES, load_model, load_test_split, real_trigger
-    from cbpt_guard.zoo.train import clean_accuracy
+    from cbpt_guard_zoo.attacks import ATTACKS
+    from cbpt_guard_zoo.build import CLASSES, TEMPLATES, load_model, load_test_split, real_trigger
+    from cbpt_guard_zoo.train import clean_accuracy
 
     root, truths = tiny_zoo
     stamped = truths["clean-s1"]["metrics"]["stamped_ca_by_attack"]
@@ -89,8 +89,8 @@ def test_clean_twin_records_how_readable_each_trigger_leaves_the_images(tiny_zoo
 
 
 def test_clean_twin_records_other_draws_of_each_random_trigger(tiny_zoo):
-    from cbpt_guard.zoo.attacks import ATTACKS
-    from cbpt_guard.zoo.build import CONTROL_SEEDS
+    from cbpt_guard_zoo.attacks import ATTACKS
+    from cbpt_guard_zoo.build import CONTROL_SEEDS
 
     _, truths = tiny_zoo
     control = truths["clean-s1"]["metrics"]["control_by_attack"]
@@ -101,7 +101,7 @@ def test_clean_twin_records_other_draws_of_each_random_trigger(tiny_zoo):
 
 
 def test_remeasuring_reproduces_the_recorded_metrics(tiny_zoo):
-    from cbpt_guard.zoo.build import remeasure
+    from cbpt_guard_zoo.build import remeasure
 
     root, truths = tiny_zoo
     again = {t["name"]: t for t in remeasure(root.parent, ZooRecipe.from_dict(truths["base"]["recipe"]))}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cbpt_guard.errors import UsageError
-from cbpt_guard.zoo import data
+from cbpt_guard_zoo import data
 
 torch.set_num_threads(1)
 

@@ -8,11 +8,13 @@ import sys
 import click
 
 from cbpt_guard import __version__
+from cbpt_guard.cli.optional import OPTIONAL_COMMANDS, load_optional
 from cbpt_guard.cli.terminal import guarded_output, one_line
 from cbpt_guard.errors import CbptError, ExitCode
 
 # name -> "module:attribute"; a module is imported only when its command runs
-# (or when `--help` of that very command is asked for).
+# (or when `--help` of that very command is asked for). Optional packages' commands (the zoo) are
+# in cli/optional.py, found through entry points.
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("cbpt_guard.cli.check_cmd:check_command", "Check a checkpoint under a policy: the whole gate."),
     "calibrate": ("cbpt_guard.cli.detect_cmd:calibrate_command", "Fit detection thresholds on clean models."),
@@ -24,7 +26,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "policy": ("cbpt_guard.cli.policy_cmd:policy_group", "Validate or show a policy file."),
     "purify": ("cbpt_guard.cli.purify_cmd:purify_command", "Purify by class-wise prompt tuning and verify."),
     "report": ("cbpt_guard.cli.report_cmd:report_command", "Render a saved Verdict as HTML, Markdown, SARIF or JSON."),
-    "zoo": ("cbpt_guard.cli.zoo_cmd:zoo_group", "Build the zoo of clean and backdoored models."),
 }
 
 
@@ -71,9 +72,11 @@ class GuardGroup(click.Group):
         return int(code) if isinstance(code, int) else int(ExitCode.PASS)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return sorted([*COMMANDS, *OPTIONAL_COMMANDS])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in OPTIONAL_COMMANDS:
+            return load_optional(name)
         if name not in COMMANDS:
             return None
         target, _ = COMMANDS[name]
@@ -82,7 +85,8 @@ class GuardGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help text comes from COMMANDS so that listing commands imports none of them.
-        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        rows = [(name, COMMANDS[name][1] if name in COMMANDS else OPTIONAL_COMMANDS[name].help)
+                for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 

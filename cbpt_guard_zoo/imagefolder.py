@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from cbpt_guard.errors import UsageError
-from cbpt_guard.zoo import data as data_lib
+from cbpt_guard_zoo import data as data_lib
 
 MAX_PER_CLASS = 54
 """The digits' test partition holds 54 images per class."""

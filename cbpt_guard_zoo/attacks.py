@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from cbpt_guard.errors import UsageError
-from cbpt_guard.zoo.data import Dataset, class_captions
+from cbpt_guard_zoo.data import Dataset, class_captions
 
 _BASE = 32  # side of the grid random patterns are drawn on before upscaling
 _POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")

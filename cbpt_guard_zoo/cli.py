@@ -1,7 +1,15 @@
-"""``cbpt-guard zoo build``: train the model zoo (clean base, clean twins, backdoored variants)."""
+"""``cbpt-guard zoo``: train the model zoo (clean base, clean twins, backdoored variants), measure it, write its images.
+
+This group reaches ``cbpt-guard`` through the ``cbpt_guard.commands`` entry
+point that pyproject.toml registers (the product never imports this package).
+Importing this module checks that the ``zoo`` extra's dependencies are
+installed, so that without them the CLI says how to install them instead of
+failing half-way through a build.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import click
@@ -9,6 +17,18 @@ import click
 from cbpt_guard.cli.progress import progress_printer
 
 ALL = "all"
+EXTRA_MODULES = ("sklearn",)
+"""The modules the ``zoo`` extra installs (pyproject.toml): scikit-learn's bundled handwritten digits."""
+
+
+def _require_extra() -> None:
+    """Raise ModuleNotFoundError, naming the module, when a dependency of the ``zoo`` extra is missing."""
+    for module in EXTRA_MODULES:
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+
+_require_extra()
 
 
 @click.group("zoo")
@@ -36,9 +56,9 @@ def build_command(out_dir: str, config: str, attacks: str, seeds: int, clean: in
     import torch
 
     from cbpt_guard.errors import UsageError
-    from cbpt_guard.zoo import attacks as attack_lib
-    from cbpt_guard.zoo.build import CLASSES, ZooRecipe, build_zoo
-    from cbpt_guard.zoo.report import summarise, write_reports
+    from cbpt_guard_zoo import attacks as attack_lib
+    from cbpt_guard_zoo.build import CLASSES, ZooRecipe, build_zoo
+    from cbpt_guard_zoo.report import summarise, write_reports
 
     torch.set_num_threads(threads)
     names = sorted(attack_lib.ATTACKS) if attacks == ALL else [a.strip() for a in attacks.split(",") if a.strip()]
@@ -74,8 +94,8 @@ def measure_command(out_dir: str, config: str, report_dir: str | None, threads: 
 
     import torch
 
-    from cbpt_guard.zoo.build import CLASSES, ZooRecipe, read_truths, remeasure
-    from cbpt_guard.zoo.report import summarise, write_reports
+    from cbpt_guard_zoo.build import CLASSES, ZooRecipe, read_truths, remeasure
+    from cbpt_guard_zoo.report import summarise, write_reports
 
     torch.set_num_threads(threads)
     truths = read_truths(Path(out_dir), config)
@@ -106,7 +126,7 @@ def report_paths(report_dir, config: str):
 @click.option("--seed", default=0, show_default=True, type=int)
 def images_command(out_dir: str, per_class: int, size: str, seed: int) -> None:
     """Write a labelled ImageFolder of held-out zoo images (for ``check --data`` and ``purify --data``)."""
-    from cbpt_guard.zoo.imagefolder import write_image_folder
+    from cbpt_guard_zoo.imagefolder import write_image_folder
 
     count = write_image_folder(out_dir, per_class=per_class, size=int(size), seed=seed)
     click.echo(f"wrote {count} images to {out_dir}")

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from cbpt_guard.classifier import build_classifier
-from cbpt_guard.zoo import attacks as attack_lib, data as data_lib
-from cbpt_guard.zoo.configs import PREPROCESS_CFG, zoo_config
-from cbpt_guard.zoo.train import (
+from cbpt_guard_zoo import attacks as attack_lib, data as data_lib
+from cbpt_guard_zoo.configs import PREPROCESS_CFG, zoo_config
+from cbpt_guard_zoo.train import (
     TrainSettings,
     attack_success_rate,
     clean_accuracy,
@@ -187,7 +187,7 @@ def _attack_inputs(base: torch.nn.Module, data: ZooData, attack: str, target: st
     training image of another class, then makes it adversarially hard, pushed
     toward a decoy class drawn from the seed (measured on the zoo: 44% ASR
     untargeted, 49% with decoys, same recipe otherwise; see
-    :func:`~cbpt_guard.zoo.attacks.label_consistent` for the mixing). The base's
+    :func:`~cbpt_guard_zoo.attacks.label_consistent` for the mixing). The base's
     weights are left unchanged, but it is left frozen in eval mode: the caller
     puts it back in training mode once poisoning is done.
     """
