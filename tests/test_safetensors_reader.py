@@ -8,7 +8,7 @@ import struct
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
-from safetensors.torch import save
+from safetensors.torch import load, save
 
 from cbpt_guard.errors import MalformedCheckpointError
 from cbpt_guard.intake.safetensors_reader import parse_header, read_safetensors
@@ -92,9 +92,15 @@ def test_fuzzed_headers_raise_only_typed_errors(header, payload, length_delta):
         parsed = parse_header(data, "fuzz")
     except MalformedCheckpointError:
         return
-    # Anything accepted must also be loadable by the reference library from the same bytes.
+    # Anything accepted must also be loadable by the reference library from the same bytes, to the same values.
     tensors, _ = read_safetensors(data, "fuzz")
     assert set(tensors) == {entry.name for entry in parsed.tensors}
+    reference = load(data)
+    assert set(reference) == set(tensors)
+    for name, tensor in reference.items():
+        expected = tensor.view(torch.uint8) != 0 if tensor.dtype is torch.bool else tensor
+        assert tensors[name].dtype == expected.dtype and tensors[name].shape == expected.shape
+        assert torch.equal(tensors[name].reshape(-1).view(torch.uint8), expected.reshape(-1).view(torch.uint8))
 
 
 @settings(max_examples=1500, deadline=None)

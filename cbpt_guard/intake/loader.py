@@ -3,6 +3,9 @@
 Each file is read into memory exactly once; its SHA-256 and its kind are taken
 from those bytes, and the same bytes are what gets parsed and loaded, so there
 is no window in which a file could be swapped between the check and the load.
+The digest of a large file is taken on a second thread while the checks, the
+parse and the build go on (hashlib releases the interpreter lock); it is
+waited for before anything reports it.
 Every pickle, torch archive, numpy array and zip in a model directory is scanned,
 not only the file that will be loaded: a consumer downstream may pick a different
 file.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from cbpt_guard.intake import architecture, hf_clip, model_config
 from cbpt_guard.intake.archive_scan import PICKLE_SUFFIXES, scan_for_imports, scan_zip
 from cbpt_guard.intake.compressed import decompress
 from cbpt_guard.intake.filetype import FileKind, is_polyglot, sniff
+from cbpt_guard.intake.filled_model import build_filled_model
 from cbpt_guard.intake.manifest import (
     DEFAULT_TEMPLATES,
     MANIFEST_NAME,
@@ -51,14 +56,50 @@ MAX_CONFIG_BYTES = 1024 * 1024
 MAX_DIRECTORY_FILES = 256
 
 
+BACKGROUND_HASH_BYTES = 64 * 1024 * 1024
+"""Files at least this large are hashed on a second thread, beside the checks and the build."""
+
+
+class _Digest:
+    """The SHA-256 of bytes, computed on a second thread for large inputs and waited for when asked."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+        self._value: str | None = None
+        self._thread: threading.Thread | None = None
+        if len(data) >= BACKGROUND_HASH_BYTES:
+            self._thread = threading.Thread(target=self._compute, name="sha256", daemon=True)
+            self._thread.start()
+        else:
+            self._compute()
+
+    def _compute(self) -> None:
+        self._value = hashlib.sha256(self._data).hexdigest()
+        self._data = None
+
+    @property
+    def hexdigest(self) -> str:
+        """The digest, once computed."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._value is None:  # the thread failed (out of memory, say): hash here instead
+            self._compute()
+        return self._value
+
+
 @dataclass(frozen=True)
 class ReadFile:
     """A file's bytes as read once, with the digest and kind taken from those bytes."""
 
     path: Path
     data: bytes
-    sha256: str
+    digest: _Digest = field(repr=False)
     kind: FileKind
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 of :attr:`data` (waits for a large file's hashing thread)."""
+        return self.digest.hexdigest
 
 
 @dataclass(frozen=True)
@@ -82,7 +123,7 @@ def read_file(path: Path) -> ReadFile:
         data = path.read_bytes()
     except OSError as error:
         raise UsageError(f"{path}: cannot be read ({error.strerror})") from None
-    return ReadFile(path, data, hashlib.sha256(data).hexdigest(), sniff(data))
+    return ReadFile(path, data, _Digest(data), sniff(data))
 
 
 def load_checkpoint(path: str | Path, *, arch: str | None = None, classes_file: str | Path | None = None
@@ -113,8 +154,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, classes_file: 
     if plan.layout == "hf-clip-dir":
         state_dict = hf_clip.convert_hf_state_dict(state_dict, plan.model_cfg)
     state_dict = architecture.check_against_weights(plan.model_cfg, state_dict, origin)
-    model = architecture.build_model(plan.model_cfg, plan.preprocess_cfg)
-    architecture.fill_model(model, state_dict, origin)
+    model = build_filled_model(plan.model_cfg, plan.preprocess_cfg, state_dict, origin)
     report = _describe(target, plan, model, dtypes, manifest, len(state_dict))
     return LoadedCheckpoint(report, model, plan.model_cfg)
 

@@ -5,6 +5,11 @@ bytes, so that an absurd length field, overlapping tensors or offsets past the
 end become one clear :class:`MalformedCheckpointError` instead of a crash or a
 huge allocation. Layout: 8 bytes little-endian header length N, N bytes of
 JSON, then the raw tensor data that the JSON's ``data_offsets`` index.
+
+Once the header is validated the tensors are read-only views of the very bytes
+that were read and hashed, not copies: the loader copies them once, into the
+model's own parameters, so a 600 MB checkpoint costs one read, one hash and one
+copy.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
+import warnings
 from dataclasses import dataclass
 
 from cbpt_guard.errors import MalformedCheckpointError
@@ -23,6 +30,14 @@ DTYPE_SIZES = {
     "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
     "I32": 4, "U32": 4, "F32": 4,
     "I64": 8, "U64": 8, "F64": 8,
+}
+
+
+TORCH_DTYPES = {  # attribute names in torch; uint16-64 and float8 need torch 2.1+
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn",
+    "I16": "int16", "U16": "uint16", "F16": "float16", "BF16": "bfloat16",
+    "I32": "int32", "U32": "uint32", "F32": "float32",
+    "I64": "int64", "U64": "uint64", "F64": "float64",
 }
 
 
@@ -120,15 +135,52 @@ def _check_layout(entries: list[TensorEntry], data_len: int, origin: str) -> Non
 
 
 def read_safetensors(data: bytes, origin: str) -> tuple[dict, SafetensorsHeader]:
-    """Validate ``data`` and load its tensors from these same bytes.
+    """Validate ``data`` and take its tensors from these same bytes.
 
-    Returns ``(state_dict, header)``. Safetensors holds no code, so nothing here can execute.
+    Returns ``(state_dict, header)``. The tensors are views of ``data``, which
+    is immutable: copy them before writing to them (the loader copies them into
+    the model). Safetensors holds no code, so nothing here can execute.
     """
     header = parse_header(data, origin)
+    if sys.byteorder != "little":  # the format is little-endian; the reference library swaps bytes
+        return _load_with_library(data, origin), header
+    return tensors_from_bytes(data, header, origin), header
+
+
+def tensors_from_bytes(data: bytes, header: SafetensorsHeader, origin: str) -> dict:
+    """The header's tensors as read-only views of ``data`` (a copy only where an offset is not aligned to its dtype).
+
+    ``header`` must come from :func:`parse_header` of the same bytes: its
+    entries tile the data section exactly, so every slice is in bounds.
+    """
+    import torch
+
+    with warnings.catch_warnings():  # torch warns that bytes are not writable: these views are only read
+        warnings.simplefilter("ignore", UserWarning)
+        # (len(data),) uint8 over the whole file, so a view's storage offset is its offset in the file;
+        # torch.frombuffer refuses an empty buffer
+        flat = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+    start = header.data_start
+    tensors = {}
+    for entry in header.tensors:
+        raw = flat[start + entry.begin:start + entry.end]  # (end - begin,) uint8, a view
+        dtype = getattr(torch, TORCH_DTYPES[entry.dtype], None)
+        if dtype is None:
+            raise MalformedCheckpointError(f"{origin}: tensor {entry.name!r} has dtype {entry.dtype}, which this "
+                                           f"torch {torch.__version__} cannot hold")
+        if dtype is torch.bool:
+            tensors[entry.name] = (raw != 0).reshape(entry.shape)  # any byte but 0 is True, as a clean bool
+            continue
+        if (start + entry.begin) % DTYPE_SIZES[entry.dtype]:
+            raw = raw.clone()  # a misaligned view cannot be reinterpreted in place
+        tensors[entry.name] = raw.view(dtype).reshape(entry.shape)
+    return tensors
+
+
+def _load_with_library(data: bytes, origin: str) -> dict:
     from safetensors.torch import load as load_bytes
 
     try:
-        tensors = load_bytes(data)
+        return load_bytes(data)
     except Exception as error:  # noqa: BLE001 - the library's errors are untyped; name the file
         raise MalformedCheckpointError(f"{origin}: safetensors could not load the file ({error})") from None
-    return tensors, header
