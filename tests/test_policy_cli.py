@@ -92,7 +92,7 @@ def test_show_accepts_a_path(run, tmp_path):
 def test_show_unknown_name_exits_4_and_lists_ready_policies(run):
     result = run("policy", "show", "paranoid")
     assert result.exit_code == 4
-    assert "ready policies: balanced, permissive, strict" in result.stderr
+    assert "ready policies: balanced, cpu-large-models, permissive, strict" in result.stderr
 
 
 def test_policy_help_lists_both_subcommands(run):

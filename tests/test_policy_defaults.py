@@ -31,6 +31,12 @@ DELIBERATE = {
                                             "triggers under its 2% ASR bar"),
     ("balanced", "purification.shots"): (8, "a looser gate asks the user for fewer labelled images per class"),
     ("permissive", "purification.shots"): (4, "report-only: the fewest labelled images per class"),
+    ("cpu-large-models", "purification.shots"): (8, "as balanced, the everyday gate it stands in for on a CPU"),
+    ("cpu-large-models", "detection.budget.steps"): (5, "a 224-pixel model costs about a second per image and step "
+                                                        "on a CPU core (benchmarks/SCALE.md)"),
+    ("cpu-large-models", "detection.budget.batch_size"): (4, "the same: what a CPU affords per inversion step"),
+    ("cpu-large-models", "detection.budget.time_limit_s"): (300.0, "a CI job's wait; past it, inconclusive"),
+    ("cpu-large-models", "detection.budget.targeted_classes"): (1, "one aimed inversion costs a family's steps"),
 }
 """Every place a ready policy departs from the schema's defaults on purpose: (policy, key) -> (value, why)."""
 
