@@ -30,8 +30,9 @@ What it does, writing ``benchmarks/results/scale.json`` and ``benchmarks/SCALE.m
    peak memory (``wait4``'s ``ru_maxrss``, and a poll of its resident set that
    stops it at ``--memory-cap-gb``).
 
-A child that runs out of time or memory, or fails, is recorded as such with the
-reason; a stage that was not run says why. Every bound is a flag, so a run's
+The check rows run beside the stage workers, two children at a time. A child
+that runs out of time or memory, or fails, is recorded as such with the reason;
+a stage that was not run says why. Every bound is a flag, so a run's
 cost is bounded: ``--archs``, ``--classes``, ``--check-classes``, ``--steps``,
 ``--batch``, ``--worker-timeout``, ``--check-timeout``, ``--cbpt-max-classes``.
 """
@@ -541,6 +542,18 @@ def render(data: dict) -> str:
         f"{settings['anomaly_probes']} anomaly probes and 1 anomaly step, {settings['cbpt_steps']} CBPT steps, "
         f"{settings['threads']} thread(s).", "",
     ]
+    lines += ["## Notes", "",
+              "- Inversion families, targeted inversion and the export are measured at the first class count only "
+              "(the class count changes only their logits' width); the class embeddings and the anomaly search at "
+              "every count; CBPT up to `--cbpt-max-classes` (a step runs the text encoder over every class's prompt).",
+              f"- {', '.join(settings['large'])}: 1 inversion step of batch 2, to bound the run.",
+              "- Class embeddings over `--embed-max-classes` are not computed for the architectures outside "
+              "`--embed-all`; their later stages use random unit class embeddings (which change nothing they cost).",
+              "- `policies/cpu-large-models.calibration.json` was fitted with `cbpt-guard calibrate examples/clean "
+              "--out policies/cpu-large-models.calibration.json --steps 5 --batch-size 4 --targeted 1` (the "
+              "policy's budget); it describes the small example's family, not these models.",
+              "- Peak memory of a check row is its child's `ru_maxrss` (and a 0.25 s poll of its resident set, which "
+              "stops it at the cap); a worker's stage peak is its VmHWM after a reset at the stage's start.", ""]
     lines += _summary_lines(data.get("summary", {}))
     lines += _stage_table(data.get("stages", []))
     lines += _check_table(data.get("checks", []), "Full `cbpt-guard check` rows (zero-data, policy "
@@ -630,8 +643,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--embed-all", type=lambda s: tuple(s.split(",")), default=("ViT-B-32",),
                         help="architectures whose class embeddings are computed at every count")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--worker-timeout", type=float, default=600)
-    parser.add_argument("--check-timeout", type=float, default=1200)
+    parser.add_argument("--worker-timeout", type=float, default=420)
+    parser.add_argument("--check-timeout", type=float, default=900)
     parser.add_argument("--memory-cap-gb", type=float, default=16)
     parser.add_argument("--reserve-gb", type=float, default=3.0,
                         help="stop a child when the machine has less than this available")
@@ -684,11 +697,24 @@ def main(argv: list[str] | None = None) -> None:
             "settings": {k: getattr(args, k) for k in ("archs", "large", "classes", "check_classes", "steps", "batch",
                                                          "anomaly_probes", "cbpt_steps", "cbpt_max_classes",
                                                          "embed_max_classes", "embed_all",
-                                                         "threads", "memory_cap_gb")}}
+                                                         "threads", "memory_cap_gb", "worker_timeout",
+                                                         "check_timeout", "policy")}}
+    checks: list[dict] = []
+
+    def check_rows() -> None:
+        checks.extend(run_checks(args, work, policy=Path(args.policy), arch="ViT-B-32", counts=args.check_classes,
+                                 device=None, timeout=args.check_timeout))
+
+    # The check rows run beside the stage workers (two children at a time): on this shared machine that halves
+    # the run's wall time, and each child's figures are its own (its seconds are upper bounds either way).
+    beside = threading.Thread(target=check_rows) if not args.no_checks else None
+    if beside is not None:
+        make_model("ViT-B-32", work)  # before both threads could race to make it
+        beside.start()
     data["stages"] = [] if args.no_stages else run_stages(args, work)
-    data["checks"] = [] if args.no_checks else run_checks(
-        args, work, policy=Path(args.policy), arch="ViT-B-32", counts=args.check_classes, device=None,
-        timeout=args.check_timeout)
+    if beside is not None:
+        beside.join()
+    data["checks"] = checks
     data["summary"] = summary(data["stages"])
     if GPU_RESULTS.exists():
         data["gpu_check"] = json.loads(GPU_RESULTS.read_text())
