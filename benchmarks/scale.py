@@ -651,6 +651,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", default="/tmp/cbpt-scale")
     parser.add_argument("--policy", default=str(CPU_POLICY))
     parser.add_argument("--gpu-check", action="store_true", help="the prepared GPU check (benchmarks/gpu_check.sh)")
+    parser.add_argument("--gpu-deadline-s", type=float, default=420,
+                        help="the GPU check's whole run, models included; each check gets its share of what is left")
     parser.add_argument("--no-write", action="store_true", help="print, do not write the results")
     # worker-only
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -664,11 +666,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def gpu_check(args: argparse.Namespace, work: Path) -> dict:
     """The full default check on CUDA: ViT-B-32 with 1,000 classes and ViT-L-14 with 100 (export included)."""
-    rows = []
-    for arch, count in (("ViT-B-32", 1000), ("ViT-L-14", 100)):
+    started, rows = time.perf_counter(), []
+    for arch, count, share in (("ViT-B-32", 1000, 0.4), ("ViT-L-14", 100, 1.0)):
+        make_model(arch, work)
+        left = args.gpu_deadline_s - (time.perf_counter() - started) - 15  # 15 s to write the results
         rows += run_checks(args, work, policy=None, arch=arch, counts=(count,), device="cuda",
-                           timeout=args.check_timeout)
-    return {"machine": machine(), "checks": rows}
+                           timeout=max(30.0, min(args.check_timeout, share * left)))
+    return {"machine": machine(), "checks": rows, "deadline_s": args.gpu_deadline_s}
 
 
 def main(argv: list[str] | None = None) -> None:
