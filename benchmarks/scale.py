@@ -30,7 +30,7 @@ What it does, writing ``benchmarks/results/scale.json`` and ``benchmarks/SCALE.m
    peak memory (``wait4``'s ``ru_maxrss``, and a poll of its resident set that
    stops it at ``--memory-cap-gb``).
 
-The check rows run beside the stage workers, two children at a time. A child
+The check rows run beside the stage workers (``--lanes`` of them at once). A child
 that runs out of time or memory, or fails, is recorded as such with the reason;
 a stage that was not run says why. Every bound is a flag, so a run's
 cost is bounded: ``--archs``, ``--classes``, ``--check-classes``, ``--steps``,
@@ -347,10 +347,11 @@ def _measure_inversions(log: StageLog, classifier, pixels, steps: int, batch: in
 
 def _extrapolate(log: StageLog, value, factor: float) -> None:
     """Add the default budget's extrapolated cost to the stage's line just written."""
-    if not value:
-        return
+    del value  # the stage's line holds what is needed; a failed stage has no per-step figure
     lines = log.path.read_text().splitlines()
     record = json.loads(lines[-1])
+    if record.get("status") != "ok" or "per_step_s" not in record:
+        return
     record["default_budget_s"] = round(record["per_step_s"] * factor, 1)
     log.path.write_text("\n".join(lines[:-1] + [json.dumps(record)]) + "\n")
 
@@ -417,13 +418,14 @@ def child_env(threads: int) -> dict:
     return env
 
 
-def run_stages(args: argparse.Namespace, work: Path) -> list[dict]:
+def run_stages(args: argparse.Namespace, work: Path, archs: tuple[str, ...]) -> list[dict]:
     """One worker per architecture and class count; its stage lines, or the reason it stopped."""
     rows: list[dict] = []
-    for arch in args.archs:
+    for arch in archs:
         directory = make_model(arch, work)
         steps, batch = (1, 2) if arch in args.large else (args.steps, args.batch)
-        for index, count in enumerate(args.classes):
+        counts = args.large_classes if arch in args.large else args.classes
+        for index, count in enumerate(counts):
             stage_log = work / f"stages-{arch}-{count}.jsonl"
             stage_log.unlink(missing_ok=True)
             command = [sys.executable, __file__, "--worker", "--worker-arch", arch, "--worker-classes", str(count),
@@ -546,7 +548,10 @@ def render(data: dict) -> str:
               "- Inversion families, targeted inversion and the export are measured at the first class count only "
               "(the class count changes only their logits' width); the class embeddings and the anomaly search at "
               "every count; CBPT up to `--cbpt-max-classes` (a step runs the text encoder over every class's prompt).",
-              f"- {', '.join(settings['large'])}: 1 inversion step of batch 2, to bound the run.",
+              f"- {', '.join(settings['large'])}: 1 inversion step of batch 2 and "
+              f"{', '.join(str(c) for c in settings['large_classes'])} classes only, to bound the run; "
+              f"workers and check rows ran {settings['lanes'] + 1} at a time, each capped at "
+              f"{settings['worker_timeout']:.0f} s (a worker) and {settings['check_timeout']:.0f} s (a check).",
               "- Class embeddings over `--embed-max-classes` are not computed for the architectures outside "
               "`--embed-all`; their later stages use random unit class embeddings (which change nothing they cost).",
               "- `policies/cpu-large-models.calibration.json` was fitted with `cbpt-guard calibrate examples/clean "
@@ -635,15 +640,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=4, help="inversion batch of the short budget")
     parser.add_argument("--anomaly-probes", type=int, default=1)
     parser.add_argument("--cbpt-steps", type=int, default=1)
-    parser.add_argument("--large", type=lambda s: tuple(s.split(",")), default=("ViT-L-14",),
-                        help="architectures measured at 1 inversion step of batch 2, to bound the run")
-    parser.add_argument("--cbpt-max-classes", type=int, default=100)
+    parser.add_argument("--large", type=lambda s: tuple(s.split(",")), default=("ViT-B-16", "ViT-L-14"),
+                        help="architectures measured at 1 inversion step of batch 2 and --large-classes, to bound "
+                             "the run")
+    parser.add_argument("--large-classes", type=lambda s: tuple(int(c) for c in s.split(",")), default=(10, 1000))
+    parser.add_argument("--lanes", type=int, default=2, help="stage workers running at once (besides the checks)")
+    parser.add_argument("--cbpt-max-classes", type=int, default=10)
     parser.add_argument("--embed-max-classes", type=int, default=100,
                         help="class embeddings above this count are not computed (random unit ones stand in)")
-    parser.add_argument("--embed-all", type=lambda s: tuple(s.split(",")), default=("ViT-B-32",),
+    parser.add_argument("--embed-all", type=lambda s: tuple(s.split(",")), default=(),
                         help="architectures whose class embeddings are computed at every count")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--worker-timeout", type=float, default=420)
+    parser.add_argument("--worker-timeout", type=float, default=300)
     parser.add_argument("--check-timeout", type=float, default=900)
     parser.add_argument("--memory-cap-gb", type=float, default=16)
     parser.add_argument("--reserve-gb", type=float, default=3.0,
@@ -700,7 +708,8 @@ def main(argv: list[str] | None = None) -> None:
     data = {"machine": machine(),
             "settings": {k: getattr(args, k) for k in ("archs", "large", "classes", "check_classes", "steps", "batch",
                                                          "anomaly_probes", "cbpt_steps", "cbpt_max_classes",
-                                                         "embed_max_classes", "embed_all",
+                                                         "embed_max_classes", "embed_all", "large_classes",
+                                                         "lanes",
                                                          "threads", "memory_cap_gb", "worker_timeout",
                                                          "check_timeout", "policy")}}
     checks: list[dict] = []
@@ -709,13 +718,24 @@ def main(argv: list[str] | None = None) -> None:
         checks.extend(run_checks(args, work, policy=Path(args.policy), arch="ViT-B-32", counts=args.check_classes,
                                  device=None, timeout=args.check_timeout))
 
-    # The check rows run beside the stage workers (two children at a time): on this shared machine that halves
-    # the run's wall time, and each child's figures are its own (its seconds are upper bounds either way).
+    # The check rows run beside the stage workers: on this shared machine that cuts the run's wall time, and
+    # each child's figures are its own (its seconds are upper bounds either way).
     beside = threading.Thread(target=check_rows) if not args.no_checks else None
     if beside is not None:
         make_model("ViT-B-32", work)  # before both threads could race to make it
         beside.start()
-    data["stages"] = [] if args.no_stages else run_stages(args, work)
+    lanes = [args.archs[i::args.lanes] for i in range(args.lanes)] if not args.no_stages else []
+    results: list[list[dict]] = [[] for _ in lanes]
+
+    def lane(index: int) -> None:
+        results[index] = run_stages(args, work, lanes[index])
+
+    threads = [threading.Thread(target=lane, args=(i,)) for i in range(len(lanes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    data["stages"] = [row for arch in args.archs for lane_rows in results for row in lane_rows if row["arch"] == arch]
     if beside is not None:
         beside.join()
     data["checks"] = checks

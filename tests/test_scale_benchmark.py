@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -56,3 +57,14 @@ def test_an_anomaly_search_that_did_not_finish_at_1000_classes_fails_the_bar():
     bar = scale.summary(stages)["anomaly_1000_vs_100_RN50"]
 
     assert bar["within_3x"] is False and bar["ratio"] is None
+
+
+def test_a_stage_line_gets_the_default_budget_extrapolated_from_its_per_step_cost(tmp_path):
+    log = scale.StageLog(tmp_path / "stages.jsonl", "ViT-B-32", 10)
+
+    scale._extrapolate(log, log.measure("inversion: patch", lambda: {"_record": {"per_step_s": 2.5}}), 300)
+    scale._extrapolate(log, log.measure("broken", lambda: 1 / 0), 300)
+
+    first, failed = (json.loads(line) for line in log.path.read_text().splitlines())
+    assert (first["status"], first["default_budget_s"]) == ("ok", 750.0)
+    assert failed["status"] == "failed" and "ZeroDivisionError" in failed["error"] and "default_budget_s" not in failed
