@@ -436,7 +436,8 @@ def run_stages(args: argparse.Namespace, work: Path, archs: tuple[str, ...]) -> 
                        "--embed-max-classes", str(args.embed_max_classes), "--embed-all", ",".join(args.embed_all)
                        ] + (["--with-load"] if index == 0 else [])
             print(f"stages: {arch}, {count} classes", flush=True)
-            outcome = run_bounded(command, timeout=args.worker_timeout, cap_gb=args.memory_cap_gb,
+            timeout = args.large_worker_timeout if arch in args.large else args.worker_timeout
+            outcome = run_bounded(command, timeout=timeout, cap_gb=args.memory_cap_gb,
                                   reserve_gb=args.reserve_gb, env=child_env(args.threads),
                                   log=work / f"stages-{arch}-{count}.log")
             lines = [json.loads(line) for line in stage_log.read_text().splitlines()] if stage_log.exists() else []
@@ -551,7 +552,8 @@ def render(data: dict) -> str:
               f"- {', '.join(settings['large'])}: 1 inversion step of batch 2 and "
               f"{', '.join(str(c) for c in settings['large_classes'])} classes only, to bound the run; "
               f"workers and check rows ran {settings['lanes'] + 1} at a time, each capped at "
-              f"{settings['worker_timeout']:.0f} s (a worker) and {settings['check_timeout']:.0f} s (a check).",
+              f"{settings['worker_timeout']:.0f} s (a worker; {settings['large_worker_timeout']:.0f} s for the "
+              f"large ones) and {settings['check_timeout']:.0f} s (a check).",
               "- Class embeddings over `--embed-max-classes` are not computed for the architectures outside "
               "`--embed-all`; their later stages use random unit class embeddings (which change nothing they cost).",
               "- `policies/cpu-large-models.calibration.json` was fitted with `cbpt-guard calibrate examples/clean "
@@ -652,6 +654,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="architectures whose class embeddings are computed at every count")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--worker-timeout", type=float, default=300)
+    parser.add_argument("--large-worker-timeout", type=float, default=420)
     parser.add_argument("--check-timeout", type=float, default=900)
     parser.add_argument("--memory-cap-gb", type=float, default=16)
     parser.add_argument("--reserve-gb", type=float, default=3.0,
@@ -711,6 +714,7 @@ def main(argv: list[str] | None = None) -> None:
                                                          "embed_max_classes", "embed_all", "large_classes",
                                                          "lanes",
                                                          "threads", "memory_cap_gb", "worker_timeout",
+                                                         "large_worker_timeout",
                                                          "check_timeout", "policy")}}
     checks: list[dict] = []
 
