@@ -232,8 +232,7 @@ def _intake(run: _Run, model: str | Path, arch: str | None, classes_file):
         run.fail("intake", started, error)
         return None
     report = loaded.report
-    if not report.classes:
-        raise UsageError(f"{model}: no class names (add cbpt_manifest.json or pass --classes)")
+    report.require_classes(model)
     run.checkpoint = CheckpointInfo(
         path=str(model), digest=report.checkpoint_sha256, architecture=report.architecture, layout=report.layout,
         parameter_count=report.parameter_count, image_size=report.image_size, classes=report.classes,
@@ -467,13 +466,19 @@ def _thin(values: list[float]) -> tuple[float, ...]:
 
 
 def _unloaded_checkpoint(model: str | Path) -> CheckpointInfo:
-    """What can be said of a checkpoint that was not loaded: its files and their digests, read as bytes only."""
+    """What can be said of a checkpoint that was not loaded: its files and their digests, read as bytes only.
+
+    The files are the ones intake would read (:func:`cbpt_guard.intake.walk.model_files`): a link out of
+    the folder is not followed here either.
+    """
     import hashlib
 
+    from cbpt_guard.intake.walk import model_files
+
     root = Path(model)
-    paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else ([root] if root.is_file() else [])
+    paths = model_files(root).files if root.is_dir() else ((root,) if root.is_file() else ())
     files, digest = [], ""
-    for path in paths[:1000]:
+    for path in paths:
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         weights = path.suffix.lower() in {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl"}
         files.append(FileDigest(path=path.relative_to(root).as_posix() if root.is_dir() else path.name,
@@ -554,8 +559,7 @@ def purify_checkpoint(model: str | Path, *, data: str | Path | None = None, prob
 
         raise UncalibratedBudgetError(uncalibrated)
     loaded = load_checkpoint(model, arch=arch, classes_file=classes_file)
-    if not loaded.report.classes:
-        raise UsageError(f"{model}: no class names (add cbpt_manifest.json or pass --classes)")
+    loaded.report.require_classes(model)
     inputs = load_user_images(loaded.report, probes, data, probe_limit=detect_budget(run.policy).probes, seed=seed)
     run.data = data_info(probes, data, inputs)
     evidence, calibration = _detection(run, loaded, inputs.probes)

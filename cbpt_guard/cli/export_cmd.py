@@ -56,7 +56,6 @@ def run_export(model_path, *, prompts_path, out_path, fp16, tolerance, images_di
                classes_file):
     """Load the checkpoint (and prompts), build the classifier, and export it; returns the ExportResult."""
     from cbpt_guard.classifier import build_classifier
-    from cbpt_guard.errors import ClassListError
     from cbpt_guard.export import export_classifier
     from cbpt_guard.intake import load_checkpoint
 
@@ -74,9 +73,7 @@ def run_export(model_path, *, prompts_path, out_path, fp16, tolerance, images_di
                                          classes=classes)
         provenance["prompts_sha256"] = prompts.sha256
     else:
-        if report.classes is None:
-            raise ClassListError(f"{model_path}: no class names; add cbpt_manifest.json or pass --classes")
-        classes = tuple(report.classes)
+        classes = report.require_classes(model_path)
         classifier = build_classifier(loaded.model, classes, report.templates)
         provenance["prompts_sha256"] = "hand-written"
     images = None

@@ -8,7 +8,6 @@ from cbpt_guard.detect import calibration as calib
 from cbpt_guard.detect.budget import scoring_settings
 from cbpt_guard.detect.run import DetectBudget, DetectionReport, check_calibrated, detect, gather_evidence
 from cbpt_guard.progress import Progress, silent
-from cbpt_guard.errors import ClassListError
 from cbpt_guard.intake import load_checkpoint
 from cbpt_guard.probes import folder_probes
 
@@ -32,8 +31,7 @@ def detect_checkpoint(path: str | Path, *, arch: str | None = None, classes_file
     check_calibrated(calibration, budget)
     loaded = load_checkpoint(path, arch=arch, classes_file=classes_file)
     report = loaded.report
-    if not report.classes:
-        raise ClassListError(f"{path}: no class names (add cbpt_manifest.json or pass --classes)")
+    report.require_classes(path)
     probes = folder_probes(probes_dir, report.image_size[0], limit=budget.probes, seed=seed) if probes_dir else None
     return detect(loaded.model, report.classes, report.templates, calibration=calibration, probes=probes,
                   budget=budget, seed=seed, progress=progress)
@@ -46,8 +44,7 @@ def calibrate_models(paths: list[str | Path], *, budget: DetectBudget = DetectBu
     for path in paths:
         progress(f"calibrating on {path}")
         loaded = load_checkpoint(path)
-        if not loaded.report.classes:
-            raise ClassListError(f"{path}: no class names (add cbpt_manifest.json)")
+        loaded.report.require_classes(path, remedy="add cbpt_manifest.json")
         evidence = gather_evidence(loaded.model, loaded.report.classes, loaded.report.templates, budget=budget,
                                    seed=seed, progress=progress)
         references[str(path)] = evidence.features

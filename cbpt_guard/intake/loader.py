@@ -46,6 +46,7 @@ from cbpt_guard.intake.pickle_scan import scan_pickle, starts_as_pickle
 from cbpt_guard.intake.report import CheckpointReport, FileRecord, SkippedItem
 from cbpt_guard.intake.safetensors_reader import read_safetensors
 from cbpt_guard.intake.torch_reader import read_torch_state_dict
+from cbpt_guard.intake.walk import model_files
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 HF_CONFIG = "config.json"
@@ -53,7 +54,6 @@ HF_PREPROCESSOR = "preprocessor_config.json"  # its image mean and std override 
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 MAX_CONFIG_BYTES = 1024 * 1024
-MAX_DIRECTORY_FILES = 256
 
 
 BACKGROUND_HASH_BYTES = 64 * 1024 * 1024
@@ -227,19 +227,8 @@ def _plan_directory(target: Path, arch: str | None) -> _Plan:
 
 
 def _read_directory(target: Path) -> tuple[list[ReadFile], list[SkippedItem]]:
-    files, skipped = [], []
-    entries = sorted(target.iterdir())
-    if len(entries) > MAX_DIRECTORY_FILES:
-        raise UsageError(f"{target}: {len(entries)} entries is more than the {MAX_DIRECTORY_FILES} a model holds")
-    for entry in entries:
-        if entry.is_symlink():
-            skipped.append(SkippedItem(path=str(entry), reason="symbolic link, not followed"))
-        elif entry.is_dir():
-            skipped.append(SkippedItem(path=str(entry), reason="subdirectory, not part of a model layout"))
-        elif entry.is_file():
-            files.append(read_file(entry))
-        else:
-            skipped.append(SkippedItem(path=str(entry), reason="not a regular file"))
+    listing = model_files(target)
+    files, skipped = [read_file(path) for path in listing.files], list(listing.skipped)
     if not files:
         raise NothingScannableError(f"{target}: nothing scannable: no files ({_skipped_summary(skipped)})",
                                     tuple((s.path, s.reason) for s in skipped))

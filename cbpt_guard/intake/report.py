@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from cbpt_guard.errors import ClassListError
+
 FileRole = Literal["weights", "config", "manifest", "other"]
 Layout = Literal["open_clip-dir", "hf-clip-dir", "weights-file"]
 
@@ -56,3 +58,15 @@ class CheckpointReport(BaseModel):
     templates: tuple[str, ...]
     files: tuple[FileRecord, ...]
     skipped: tuple[SkippedItem, ...] = ()
+
+    def require_classes(self, where: object, remedy: str = "add cbpt_manifest.json or pass --classes"
+                        ) -> tuple[str, ...]:
+        """The deployment's class names, or :class:`~cbpt_guard.errors.ClassListError` (exit 4) naming ``where``.
+
+        Every command that classifies needs them and refuses the same way,
+        before any expensive stage; ``remedy`` says how to supply them where
+        the command has no ``--classes``.
+        """
+        if not self.classes:
+            raise ClassListError(f"{where}: no class names ({remedy})")
+        return self.classes
