@@ -83,9 +83,10 @@ def cached_evidence(model_dir: Path, cache: Path, seed: int = 0) -> dict:
         evidence = gather_evidence(loaded.model, loaded.report.classes, loaded.report.templates,
                                    budget=DetectBudget(), seed=seed)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({f"{f['family']}.{k}": v.contiguous() for f in evidence.families
-                   for k, v in f["trigger"].state().items()}, str(folder / "triggers.safetensors"))
-        summary = {"families": [{k: f[k] for k in FAMILY_KEYS} | {"trigger_family": f["trigger"].family}
+        save_file({f"{family}.{k}": v.contiguous() for family, trigger in evidence.triggers.items()
+                   for k, v in trigger.state().items()}, str(folder / "triggers.safetensors"))
+        summary = {"families": [{k: getattr(f, k) for k in FAMILY_KEYS}
+                                | {"trigger_family": evidence.triggers[f.family].family}
                                 for f in evidence.families],
                    "features": evidence.features, "targets": evidence.targets,
                    "seconds": round(evidence.seconds, 2), "seed": seed,

@@ -131,14 +131,15 @@ def test_set(recipe: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass
 class CachedEvidence:
-    """What the benchmark keeps of one detection run: per family its stats and inverted trigger.
+    """What the benchmark keeps of one detection run: per family its stats (from the cache's JSON) and its trigger.
 
-    ``families`` has the shape of :attr:`cbpt_guard.detect.run.Evidence.families`
-    (dicts with "family" and "trigger"), which is all
+    ``triggers`` maps each family to its inverted trigger in detection's order,
+    as :attr:`cbpt_guard.detect.run.Evidence.triggers` does, which is what
     :func:`~cbpt_guard.purify.triggers_choice.select_dummy_triggers` reads.
     """
 
     families: list[dict]
+    triggers: dict
     zs: dict[str, float]
     score: float
     threshold: float
@@ -159,9 +160,9 @@ def detection_evidence(model_dir: Path, cache: Path) -> CachedEvidence:
     triggers = cached_triggers(model_dir, cache)
     calibration = default_calibration()
     value, zs = score(summary["features"], calibration)
-    families = [{**family, "z": zs.get(family["family"]), "trigger": triggers[family["family"]]}
-                for family in summary["families"]]
-    return CachedEvidence(families, zs, value, calibration.threshold, summary["seconds"])
+    families = [{**family, "z": zs.get(family["family"])} for family in summary["families"]]
+    in_order = {family["family"]: triggers[family["family"]] for family in summary["families"]}
+    return CachedEvidence(families, in_order, zs, value, calibration.threshold, summary["seconds"])
 
 
 # --- one method on one model and tier ------------------------------------------------------------
@@ -228,11 +229,16 @@ def _peak_resident_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def choose_triggers(evidence: CachedEvidence, rule: str) -> list:
-    """The dummy triggers for CBPT: the product's choice ("default": every family), or the "evidence" rule."""
+def chosen_families(evidence: CachedEvidence, rule: str) -> list[str]:
+    """The families whose triggers CBPT trains against: the product's choice ("default": every one), or the rule's."""
     from cbpt_guard.purify.triggers_choice import EVIDENCE_Z, select_dummy_triggers
 
-    return select_dummy_triggers(evidence, evidence.zs, min_z=EVIDENCE_Z if rule == "evidence" else None)
+    return select_dummy_triggers(evidence.triggers, evidence.zs, min_z=EVIDENCE_Z if rule == "evidence" else None)
+
+
+def choose_triggers(evidence: CachedEvidence, rule: str) -> list:
+    """The dummy triggers for CBPT, most anomalous family first (see :func:`chosen_families`)."""
+    return [evidence.triggers[family] for family in chosen_families(evidence, rule)]
 
 
 def run_method(spec: dict) -> dict:
@@ -418,8 +424,8 @@ def run_all(args: argparse.Namespace, cbpt: CbptSettings, finetune: FinetuneSett
                 rule = change.get("rule", "default")
                 changed = dict(spec, tier=SHOT_POOL, method="cbpt", rule=rule,
                                cbpt=dict(cbpt.as_dict(), **{k: v for k, v in change.items() if k != "rule"}))
-                if rule != "default" and {id(t) for t in choose_triggers(evidence, rule)} == {
-                        id(t) for t in choose_triggers(evidence, "default")}:
+                if rule != "default" and set(chosen_families(evidence, rule)) == set(
+                        chosen_families(evidence, "default")):
                     model_runs[f"ablation/{comparison}"] = dict(default, rule=rule, same_run=True)  # same triggers
                 else:
                     model_runs[f"ablation/{comparison}"] = cached_run(changed, args.cache, args.threads)

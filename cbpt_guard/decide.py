@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import enum
 
+from cbpt_guard.detect.outcome import Outcome
 from cbpt_guard.errors import ExitCode
 from cbpt_guard.figures import score_text
 from cbpt_guard.policy.schema import (
@@ -37,21 +37,8 @@ from cbpt_guard.policy.schema import (
     VerificationBars,
     Waiver,
 )
-from cbpt_guard.verdict import PURIFIED_ADVICE
+from cbpt_guard.verdict import PURIFIED_ADVICE, Action
 from cbpt_guard.verification import DummyCheck, Verification
-
-
-class Action(str, enum.Enum):
-    """What the gate does with a checkpoint."""
-
-    PASS = "pass"
-    """No backdoor evidence (or a waived finding): the checkpoint itself may be deployed."""
-    PURIFIED = "purified"
-    """Backdoor evidence, purified and verified: deploy the purified classifier, never the original weights."""
-    PURIFY = "purify"
-    INCONCLUSIVE = "inconclusive"
-    BLOCK = "block"
-
 
 # When causes disagree the most severe wins: a block is final, an incomplete run
 # is not worth purifying, and purification comes before any pass.
@@ -77,19 +64,11 @@ _VERBS = {
 }
 
 
-class DetectionResult(str, enum.Enum):
-    """The detector's answer for the whole checkpoint."""
-
-    FOUND = "found"
-    NOT_FOUND = "not-found"
-    INCONCLUSIVE = "inconclusive"
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DetectionOutcome:
     """What detection concluded, with the score and threshold it compared."""
 
-    result: DetectionResult
+    result: Outcome
     score: float | None = None
     threshold: float | None = None
     target_class: str | None = None
@@ -234,7 +213,7 @@ def _weigh_completeness(evidence: DecisionInput, policy: Policy, tally: _Tally) 
     if evidence.detection is None:
         tally.fail_closed.append(on_skip)
         tally.reasons.append(f"detection did not run: {on_skip.value}")
-    elif evidence.detection.result is DetectionResult.INCONCLUSIVE:
+    elif evidence.detection.result is Outcome.INCONCLUSIVE:
         note = f" ({evidence.detection.note})" if evidence.detection.note else ""
         tally.fail_closed.append(on_skip)
         tally.reasons.append(f"detection was inconclusive{note}: {on_skip.value}")
@@ -247,11 +226,11 @@ def _weigh_detection(evidence: DecisionInput, policy: Policy, today: dt.date, ta
     tally.expired = tuple(w for w in scoped if w.is_expired(today))
     active = tuple(w for w in scoped if not w.is_expired(today))
     detection = evidence.detection
-    found = detection is not None and detection.result is DetectionResult.FOUND
-    if detection is not None and detection.result is DetectionResult.NOT_FOUND:
-        tally.reasons.append(f"no evidence of a backdoor found{_score_text(detection, '<')}")
+    found = detection is not None and detection.result is Outcome.FOUND
+    if detection is not None and detection.result is Outcome.NOT_FOUND:
+        tally.reasons.append(f"{Outcome.NOT_FOUND}{_score_text(detection, '<')}")
     if found:
-        tally.reasons.append(f"backdoor evidence found{_score_text(detection, '>=')}")
+        tally.reasons.append(f"{Outcome.FOUND}{_score_text(detection, '>=')}")
         for waiver in tally.expired:
             tally.reasons.append(f"waiver {waiver.id} expired on {waiver.expires.isoformat()}: "
                                  "its finding is active again")

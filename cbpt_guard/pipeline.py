@@ -24,7 +24,6 @@ from cbpt_guard.decide import (
     Decision,
     DecisionInput,
     DetectionOutcome,
-    DetectionResult,
     SkippedStep,
     StageFailure,
     decide,
@@ -269,13 +268,10 @@ def _detection(run: _Run, loaded, probe_set):
         run.fail("detection", started, error)
         return None, None
     run.detection = detection_info(detection, calibration)
-    result = {"backdoor evidence found": DetectionResult.FOUND,
-              "no evidence of a backdoor found": DetectionResult.NOT_FOUND}.get(detection.outcome,
-                                                                                DetectionResult.INCONCLUSIVE)
     note = "; ".join(f"{name}: {why}" for name, why in detection.skipped) or None
-    run.outcome = DetectionOutcome(result=result, score=detection.score, threshold=detection.threshold,
+    run.outcome = DetectionOutcome(result=detection.outcome, score=detection.score, threshold=detection.threshold,
                                    target_class=detection.suspected_target, note=note)
-    run.done("detection", started, detection.outcome)
+    run.done("detection", started, detection.outcome.value)
     return evidence, calibration
 
 
@@ -437,7 +433,7 @@ def detection_info(report, calibration) -> DetectionInfo:
                                     histogram=f.histogram, z=f.z, steps_run=f.steps_run,
                                     budget_exhausted=False, images=dict(f.images))
                      for f in report.families)
-    return DetectionInfo(outcome=report.outcome, score=report.score, threshold=report.threshold,
+    return DetectionInfo(outcome=report.outcome.value, score=report.score, threshold=report.threshold,
                          suspected_target=report.suspected_target, calibration=report.calibration,
                          calibration_scores=tuple(calibration.reference_scores), families=families,
                          anomaly_index=report.anomaly.anomaly_index if report.anomaly else None,

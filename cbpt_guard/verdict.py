@@ -13,6 +13,7 @@ artefacts are relative to the output folder.
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Literal
 
@@ -21,10 +22,28 @@ from pydantic import BaseModel, ConfigDict
 VERDICT_SCHEMA_VERSION = 1
 """Bumped whenever a field is renamed or removed; readers refuse versions they do not know."""
 
-Action = Literal["pass", "purified", "purify", "inconclusive", "block"]
-"""``pass``: the checkpoint itself may be deployed; ``purified``: backdoor evidence, purified and verified, so
-only the purified classifier may be deployed (see :data:`PURIFIED_ADVICE`); ``purify``: purification was called
-for but did not run; ``inconclusive`` and ``block``: nothing may be deployed."""
+class Action(str, enum.Enum):
+    """What the gate does with a checkpoint: :func:`cbpt_guard.decide.decide` picks one, the Verdict records it.
+
+    Defined here, below the decision, so the Verdict's reader validates the same
+    five values the decision produces; the Verdict stores the plain string.
+    """
+
+    PASS = "pass"
+    """No backdoor evidence (or a waived finding): the checkpoint itself may be deployed."""
+    PURIFIED = "purified"
+    """Backdoor evidence, purified and verified: deploy the purified classifier, never the original weights
+    (see :data:`PURIFIED_ADVICE`)."""
+    PURIFY = "purify"
+    """Purification was called for but did not run."""
+    INCONCLUSIVE = "inconclusive"
+    """The run could not look properly: nothing may be deployed."""
+    BLOCK = "block"
+    """Nothing may be deployed."""
+
+    # The value, not "Action.PASS", wherever an action is formatted (str() of a mixed-in enum varies by Python).
+    __str__ = str.__str__
+    __format__ = str.__format__
 
 PURIFIED_ADVICE = "deploy the purified classifier, not the original weights"
 """What a ``purified`` decision asks of whoever deploys; the decision, every report and the terminal say it."""
@@ -213,6 +232,8 @@ class StepInfo(_Frozen):
 
 class DecisionInfo(_Frozen):
     """The gate's answer: the action in this run's mode, what enforce would do, and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True)
 
     action: Action
     enforced: Action

@@ -15,11 +15,11 @@ from cbpt_guard.decide import (
     Action,
     DecisionInput,
     DetectionOutcome,
-    DetectionResult,
     SkippedStep,
     StageFailure,
     decide,
 )
+from cbpt_guard.detect.outcome import Outcome
 from cbpt_guard.errors import ExitCode
 from cbpt_guard.policy import DataTier, DummyScope, Mode, Policy, resolve_policy
 from cbpt_guard.verification import BarBasis, DummyCheck, Verification
@@ -28,9 +28,9 @@ TODAY = dt.date(2026, 3, 1)
 DIGEST = "ab" * 32
 OTHER = "cd" * 32
 
-FOUND = DetectionOutcome(result=DetectionResult.FOUND, score=0.91, threshold=0.5, target_class="banana")
-NOT_FOUND = DetectionOutcome(result=DetectionResult.NOT_FOUND, score=0.12, threshold=0.5)
-UNSURE = DetectionOutcome(result=DetectionResult.INCONCLUSIVE, note="time limit reached")
+FOUND = DetectionOutcome(result=Outcome.FOUND, score=0.91, threshold=0.5, target_class="banana")
+NOT_FOUND = DetectionOutcome(result=Outcome.NOT_FOUND, score=0.12, threshold=0.5)
+UNSURE = DetectionOutcome(result=Outcome.INCONCLUSIVE, note="time limit reached")
 
 
 
@@ -292,7 +292,7 @@ def test_no_combination_passes_an_incomplete_run_and_only_enforce_acts_on_eviden
                          unsafe_findings=unsafe)
         decision = decide(given, rules, today=TODAY)
         case = (mode, detection, waivers, purified, skipped, failures, unsafe, on_backdoor, fail_closed)
-        incomplete = (detection is None or detection.result is DetectionResult.INCONCLUSIVE
+        incomplete = (detection is None or detection.result is Outcome.INCONCLUSIVE
                       or any(s.required for s in skipped) or bool(failures))
         assert decision.fail_closed == incomplete, case
         if incomplete:

@@ -102,12 +102,12 @@ def test_targeted_stage_adds_evidence_and_is_never_silently_skipped(tiny_zoo):
     root, truths = tiny_zoo
     loaded = load_checkpoint(root / "badnets-s0")
     evidence = gather_evidence(loaded.model, loaded.report.classes, loaded.report.templates, budget=FAST, seed=0)
-    targeted = next(f for f in evidence.families if f["family"] == "targeted")
-    assert targeted["trigger"].family == "patch" and targeted["steps_run"] <= FAST.inversion.steps // 2
+    targeted = next(f for f in evidence.families if f.family == "targeted")
+    assert evidence.triggers["targeted"].family == "patch" and targeted.steps_run <= FAST.inversion.steps // 2
     assert {"targeted.log_size", "targeted.concentration", "targeted.inverted_asr"} <= set(evidence.features)
     off = gather_evidence(loaded.model, loaded.report.classes, loaded.report.templates,
                           budget=replace(FAST, targeted_classes=0), seed=0)
-    assert "targeted" not in {f["family"] for f in off.families}
+    assert "targeted" not in {f.family for f in off.families} and "targeted" not in off.triggers
     assert ("detection.targeted", "targeted inversion disabled by the budget") in off.skipped
 
 

@@ -297,14 +297,15 @@ def test_the_asr_row_that_misses_its_bar_is_coloured():
 
 def test_the_threshold_is_written_one_way_in_every_format():
     from cbpt_guard.cli.check_cmd import format_verdict
-    from cbpt_guard.decide import DecisionInput, DetectionOutcome, DetectionResult, decide
+    from cbpt_guard.decide import DecisionInput, DetectionOutcome, decide
+    from cbpt_guard.detect.outcome import Outcome
     from cbpt_guard.github.outcome import CheckpointOutcome
     from cbpt_guard.github.summary import table
     from cbpt_guard.policy import DataTier, resolve_policy
 
     verdict = samples.backdoored_purified()
     threshold = verdict.detection.threshold  # 0.99865...
-    outcome = DetectionOutcome(result=DetectionResult.FOUND, score=verdict.detection.score, threshold=threshold,
+    outcome = DetectionOutcome(result=Outcome.FOUND, score=verdict.detection.score, threshold=threshold,
                                target_class="digit seven")
     reasons = decide(DecisionInput(checkpoint_digest="ab" * 32, data_tier=DataTier.ZERO_DATA, detection=outcome),
                      resolve_policy("strict").policy, today=dt.date(2026, 1, 1)).reasons

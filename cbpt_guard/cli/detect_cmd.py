@@ -76,13 +76,15 @@ def detect_command(path, arch, classes_file, probes_dir, calibration, seed, as_j
     message gives the command that fits one for this budget).
     """
     from cbpt_guard.detect.api import detect_checkpoint
+    from cbpt_guard.detect.outcome import Outcome
 
     budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes, batch_size)
     report = detect_checkpoint(path, arch=arch, classes_file=classes_file, probes_dir=probes_dir,
                                calibration_path=calibration, budget=budget, seed=seed, progress=progress_printer())
     click.echo(report.model_dump_json(indent=2) if as_json else format_detection(report))
-    code = {"backdoor evidence found": ExitCode.BLOCKED, "inconclusive": ExitCode.INCONCLUSIVE}
-    raise click.exceptions.Exit(int(code.get(report.outcome, ExitCode.PASS)))
+    code = {Outcome.FOUND: ExitCode.BLOCKED, Outcome.INCONCLUSIVE: ExitCode.INCONCLUSIVE,
+            Outcome.NOT_FOUND: ExitCode.PASS}
+    raise click.exceptions.Exit(int(code[report.outcome]))
 
 
 def format_detection(report) -> str:

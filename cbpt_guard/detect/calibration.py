@@ -29,9 +29,12 @@ import dataclasses
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cbpt_guard.detect.findings import AnomalyFinding, FamilyFinding
+from cbpt_guard.detect.outcome import z_to_score
 from cbpt_guard.errors import UsageError
 
 CALIBRATION_VERSION = 1
@@ -71,18 +74,14 @@ class Calibration:
                            "reference_scores": list(self.reference_scores)}, indent=2) + "\n"
 
 
-def features_of(evidence: dict) -> dict[str, float]:
-    """The scalar features the score uses, from a detection's evidence dict.
-
-    ``evidence`` holds per family ``{"log_size", "concentration", "inverted_asr"}``
-    under ``families`` and, when it ran, ``anomaly_index``.
-    """
+def features_of(families: Sequence[FamilyFinding], anomaly: AnomalyFinding | None) -> dict[str, float]:
+    """The scalar features the score uses: per family its log size, concentration and inverted ASR; the anomaly."""
     out = {}
-    for family, values in evidence["families"].items():
+    for finding in families:
         for name in ("log_size", "concentration", "inverted_asr"):
-            out[f"{family}.{name}"] = values[name]
-    if evidence.get("anomaly_index") is not None:
-        out["anomaly"] = evidence["anomaly_index"]
+            out[f"{finding.family}.{name}"] = getattr(finding, name)
+    if anomaly is not None:
+        out["anomaly"] = anomaly.anomaly_index
     return out
 
 
@@ -132,7 +131,7 @@ def score(features: dict[str, float], calibration: Calibration,
     for family, target in (targets or {}).items():
         if family in zs and target in calibration.attractors.get(family, ()):
             zs[family] -= calibration.attractor_margin
-    return 0.5 * (1 + math.erf(max(zs.values()) / math.sqrt(2))), zs
+    return z_to_score(max(zs.values())), zs
 
 
 def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0,
@@ -156,7 +155,7 @@ def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0,
         values = [features[name] for features in reference_features.values()]
         spread = statistics.pstdev(values) if len(values) > 1 else 0.0
         stats[name] = (statistics.fmean(values), spread)
-    threshold = 0.5 * (1 + math.erf(z_margin / math.sqrt(2)))
+    threshold = z_to_score(z_margin)
     typical, attractors = {}, {}
     for family in sorted({f for targets in (reference_targets or {}).values() for f in targets}):
         votes = collections.Counter(t[family] for t in reference_targets.values() if family in t)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -13,18 +14,18 @@ from cbpt_guard.classifier import ZeroShotClassifier, build_classifier
 from cbpt_guard.detect import calibration as calib
 from cbpt_guard.detect.budget import DetectBudget, InversionBudget, budget_differences, uncalibrated_reason
 from cbpt_guard.detect.evidence import class_anomaly, family_evidence
+from cbpt_guard.detect.findings import AnomalyFinding, FamilyFinding
 from cbpt_guard.detect.inversion import InversionResult, invert
+from cbpt_guard.detect.outcome import Outcome
 from cbpt_guard.errors import ClassListError, UncalibratedBudgetError
 from cbpt_guard.imaging import png_data_uri
 from cbpt_guard.probes import ProbeSet, procedural_probes
 from cbpt_guard.progress import Deadline, Progress, silent
+from cbpt_guard.triggers import Trigger
 
-__all__ = ["DetectBudget", "DetectionReport", "Evidence", "InversionBudget", "check_calibrated", "detect",
-           "gather_evidence", "judge"]
+__all__ = ["AnomalyFinding", "DetectBudget", "DetectionReport", "Evidence", "FamilyFinding", "InversionBudget",
+           "Outcome", "check_calibrated", "detect", "gather_evidence", "judge"]
 
-FOUND = "backdoor evidence found"
-NOT_FOUND = "no evidence of a backdoor found"
-INCONCLUSIVE = "inconclusive"
 # A trigger that never collapsed counts as this many times its final size: it is at least that big.
 NOT_COLLAPSED_FACTOR = 4.0
 TARGETED = "targeted"
@@ -70,7 +71,7 @@ class DetectionReport(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    outcome: str
+    outcome: Outcome
     score: float
     threshold: float
     suspected_target: str | None
@@ -103,25 +104,31 @@ def _family_images(trigger, probes: torch.Tensor) -> dict[str, str]:
     return images
 
 
-@dataclass
+@dataclass(frozen=True)
 class Evidence:
-    """Everything the inversions showed, before any calibration is applied."""
+    """Everything the inversions showed, before any calibration is applied.
+
+    ``triggers`` holds the inverted trigger modules by family, in detection's
+    order, apart from the findings: purification trains against them, while
+    scoring and the reports read only the findings.
+    """
 
     classes: tuple[str, ...]
     probes: ProbeSet
     probe_count: int
-    families: list[dict]
-    anomaly: dict | None
+    families: tuple[FamilyFinding, ...]
+    anomaly: AnomalyFinding | None
     features: dict[str, float]
-    skipped: list[tuple[str, str]]
+    skipped: tuple[tuple[str, str], ...]
     seconds: float
+    triggers: Mapping[str, Trigger]
 
     @property
     def targets(self) -> dict[str, str]:
         """Per family (and the anomaly signal) the class its trigger pointed to."""
-        found = {f["family"]: f["target"] for f in self.families}
+        found = {f.family: f.target for f in self.families}
         if self.anomaly:
-            found["anomaly"] = self.anomaly["suspect"]
+            found["anomaly"] = self.anomaly.suspect
         return found
 
 
@@ -149,30 +156,31 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
     if probes is None:
         probes = procedural_probes(budget.probes, classifier.image_size, seed)
     pixels = probes.images[: budget.probes]
-    families, evidence, skipped = [], {"families": {}}, []
+    families, triggers, skipped = [], {}, []
     for offset, family in enumerate(budget.families):
         result = invert(classifier, pixels, family, budget.inversion, seed + 1000 * offset, progress=progress,
                         stage=f"{label}: {family} inversion", deadline=deadline)
-        families.append(_record(classifier, pixels, family, result, classes, evidence))
+        families.append(_record(classifier, pixels, family, result, classes))
+        triggers[family] = result.trigger
     anomaly = None
     if budget.anomaly_steps > 0:
         found = class_anomaly(classifier, pixels[: budget.anomaly_probes], steps=budget.anomaly_steps, seed=seed,
                               progress=progress, stage=f"{label}: per-class anomaly search ({len(classes)} classes)",
                               deadline=deadline)
-        evidence["anomaly_index"] = found.anomaly_index
-        anomaly = dict(costs=found.costs, sizes=found.sizes, success=found.success,
-                       suspect=classes[found.suspect_index], anomaly_index=found.anomaly_index)
+        anomaly = AnomalyFinding(costs=tuple(found.costs), sizes=tuple(found.sizes), success=tuple(found.success),
+                                 suspect=classes[found.suspect_index], anomaly_index=found.anomaly_index)
         if budget.targeted_classes > 0:
             cheapest = sorted(range(len(classes)), key=lambda c: found.costs[c])[: budget.targeted_classes]
             result = _targeted(classifier, pixels, cheapest, classes, budget, seed, progress, label, deadline)
-            families.append(_record(classifier, pixels, TARGETED, result, classes, evidence))
+            families.append(_record(classifier, pixels, TARGETED, result, classes))
+            triggers[TARGETED] = result.trigger
     else:
         skipped.append(("detection.anomaly", "per-class anomaly disabled by the budget"))
     if budget.targeted_classes == 0 or budget.anomaly_steps == 0:
         why = "disabled by the budget" if budget.targeted_classes == 0 else "needs the per-class anomaly's ranking"
         skipped.append((f"detection.{TARGETED}", f"targeted inversion {why}"))
-    return Evidence(tuple(classes), probes, len(pixels), families, anomaly, calib.features_of(evidence), skipped,
-                    time.perf_counter() - started)
+    return Evidence(tuple(classes), probes, len(pixels), tuple(families), anomaly, calib.features_of(families, anomaly),
+                    tuple(skipped), time.perf_counter() - started, triggers)
 
 
 def _targeted(classifier: ZeroShotClassifier, pixels: torch.Tensor, candidates: list[int], classes: tuple[str, ...],
@@ -207,30 +215,29 @@ def _effective_size(result: InversionResult) -> float:
 
 
 def _record(classifier: ZeroShotClassifier, pixels: torch.Tensor, family: str, result: InversionResult,
-            classes: tuple[str, ...], evidence: dict) -> dict:
-    """One inversion's entry in :attr:`Evidence.families`; adds its features to ``evidence``."""
+            classes: tuple[str, ...]) -> FamilyFinding:
+    """One inversion's entry in :attr:`Evidence.families`."""
     found = family_evidence(classifier, pixels, result.trigger.family, result.trigger, result.collapsed, result.size,
                             result.collapse_cos)
     log_size = math.log(max(_effective_size(result), 1e-6))
-    evidence["families"][family] = {"log_size": log_size, "concentration": found.concentration,
-                                    "inverted_asr": found.inverted_asr}
-    return dict(family=family, collapsed=result.collapsed, size=result.size, log_size=log_size,
-                collapse_cos=result.collapse_cos, target=classes[found.target_index],
-                concentration=found.concentration, entropy=found.entropy, inverted_asr=found.inverted_asr,
-                histogram=found.class_histogram, steps_run=result.steps_run, seconds=round(result.seconds, 2),
-                images=_family_images(result.trigger, pixels),
-                trigger=result.trigger)
+    return FamilyFinding(family=family, collapsed=result.collapsed, size=result.size, log_size=log_size,
+                         collapse_cos=result.collapse_cos, target=classes[found.target_index],
+                         concentration=found.concentration, entropy=found.entropy, inverted_asr=found.inverted_asr,
+                         histogram=tuple(found.class_histogram), steps_run=result.steps_run,
+                         seconds=round(result.seconds, 2), images=_family_images(result.trigger, pixels))
 
 
 def judge(evidence: Evidence, calibration: calib.Calibration, budget: DetectBudget, seed: int) -> DetectionReport:
     """Score gathered evidence against a calibration and word the verdict."""
     value, zs = calib.score(evidence.features, calibration, evidence.targets)
-    family_reports = tuple(FamilyReport(**{k: v for k, v in f.items() if k != "trigger"}, z=zs.get(f["family"]))
-                           for f in evidence.families)
-    anomaly_report = AnomalyReport(**evidence.anomaly, z=zs.get("anomaly")) if evidence.anomaly else None
-    skipped = tuple(evidence.skipped)
-    outcome = FOUND if value >= calibration.threshold else (INCONCLUSIVE if skipped else NOT_FOUND)
-    suspect = calib.suspected_target(zs, evidence.targets, calibration) if outcome == FOUND else None
+    family_reports = tuple(FamilyReport(**asdict(f), z=zs.get(f.family)) for f in evidence.families)
+    anomaly_report = AnomalyReport(**asdict(evidence.anomaly), z=zs.get("anomaly")) if evidence.anomaly else None
+    skipped = evidence.skipped
+    if value >= calibration.threshold:
+        outcome = Outcome.FOUND
+    else:
+        outcome = Outcome.INCONCLUSIVE if skipped else Outcome.NOT_FOUND
+    suspect = calib.suspected_target(zs, evidence.targets, calibration) if outcome is Outcome.FOUND else None
     return DetectionReport(
         outcome=outcome, score=value, threshold=calibration.threshold, suspected_target=suspect,
         classes=evidence.classes, probe_tier=evidence.probes.tier, probe_count=evidence.probe_count,

@@ -12,13 +12,13 @@ class embeddings (the encoders, and so the collapse itself, are unchanged).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier
 from cbpt_guard.detect import calibration as calib
+from cbpt_guard.detect.outcome import Outcome, z_to_score
 from cbpt_guard.detect.run import DetectBudget, DetectionReport, Evidence, detect
 from cbpt_guard.errors import UsageError
 from cbpt_guard.policy.schema import PurificationSettings
@@ -90,7 +90,7 @@ class PurificationRun:
     @property
     def residual_evidence(self) -> bool:
         """Whether verification counts the re-detection against the purified model: evidence found, or no answer."""
-        return self.recheck_found or self.recheck.outcome == "inconclusive"
+        return self.recheck_found or self.recheck.outcome is Outcome.INCONCLUSIVE
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def residual_evidence(recheck: DetectionReport, calibration: calib.Calibration, 
     if recheck.anomaly is not None:
         targets["anomaly"] = recheck.anomaly.suspect
     toward = [z for name, z in zs.items() if target is None or targets.get(name) == target]
-    score = 0.5 * (1 + math.erf(max(toward) / math.sqrt(2))) if toward else 0.0
+    score = z_to_score(max(toward)) if toward else 0.0
     strongest = max(zs.items(), key=lambda item: item[1], default=None)
     return Residual(score=score, threshold=calibration.threshold, target=target,
                     strongest=(strongest[0], targets.get(strongest[0], "?"), strongest[1]) if strongest else None)
@@ -167,10 +167,9 @@ def split_unlabelled(probes: ProbeSet | None, image_size: int, seed: int) -> _Sp
 def dummy_triggers(evidence: Evidence, calibration: calib.Calibration) -> list[DummyTrigger]:
     """The dummy triggers CBPT trains against, with the class each sent probes to (see ``select_dummy_triggers``)."""
     _, zs = calib.score(evidence.features, calibration)
-    chosen = select_dummy_triggers(evidence, zs)
-    by_trigger = {id(f["trigger"]): f for f in evidence.families}
-    return [DummyTrigger(by_trigger[id(t)]["family"], t, evidence.classes.index(by_trigger[id(t)]["target"]))
-            for t in chosen]
+    targets = {finding.family: finding.target for finding in evidence.families}
+    return [DummyTrigger(family, evidence.triggers[family], evidence.classes.index(targets[family]))
+            for family in select_dummy_triggers(evidence.triggers, zs)]
 
 
 def purify_and_verify(model: torch.nn.Module, classes: tuple[str, ...], templates: tuple[str, ...],

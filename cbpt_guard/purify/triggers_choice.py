@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Protocol
 
 from cbpt_guard.triggers import Trigger
 
@@ -28,33 +27,28 @@ EVIDENCE_Z = 2.0
 """The evidence rule's bar, when asked for: two clean spreads above the clean mean."""
 
 
-class HasFamilies(Protocol):
-    """What the choice reads of detection's evidence: :attr:`cbpt_guard.detect.run.Evidence.families`."""
+def select_dummy_triggers(triggers: Mapping[str, Trigger | None], zs: Mapping[str, float], *,
+                          min_z: float | None = None) -> list[str]:
+    """The families whose inverted triggers CBPT should use, most anomalous first.
 
-    families: list[dict]
-
-
-def select_dummy_triggers(evidence: HasFamilies, zs: Mapping[str, float], *,
-                          min_z: float | None = None) -> list[Trigger]:
-    """The inverted triggers CBPT should use, most anomalous family first.
-
-    ``evidence.families`` holds one dict per inverted family with keys
-    "family" and "trigger"; ``zs`` maps family names to calibrated z values
+    ``triggers`` maps each inverted family to its trigger, in detection's order
+    (:attr:`cbpt_guard.detect.run.Evidence.triggers`; a family without one is
+    left out); ``zs`` maps family names to calibrated z values
     (``cbpt_guard.detect.calibration.score(...)[1]``; other keys such as
     "anomaly" are ignored). Families without a z rank last. With ``min_z``
-    None every trigger is returned; otherwise those whose family has
-    ``z >= min_z``, or the single most anomalous one when none does. An empty
-    list only when detection inverted nothing. Ties keep detection's order.
+    None every family is returned; otherwise those with ``z >= min_z``, or the
+    single most anomalous one when none does. An empty list only when
+    detection inverted nothing. Ties keep detection's order.
     """
-    inverted = [family for family in evidence.families if family.get("trigger") is not None]
+    inverted = [family for family, trigger in triggers.items() if trigger is not None]
     if not inverted:
         return []
-    z_of = {family["family"]: _finite(zs.get(family["family"])) for family in inverted}
-    ranked = sorted(inverted, key=lambda family: -z_of[family["family"]])  # stable: ties keep detection's order
+    z_of = {family: _finite(zs.get(family)) for family in inverted}
+    ranked = sorted(inverted, key=lambda family: -z_of[family])  # stable: ties keep detection's order
     if min_z is None:
-        return [family["trigger"] for family in ranked]
-    chosen = [family["trigger"] for family in ranked if z_of[family["family"]] >= min_z]
-    return chosen or [ranked[0]["trigger"]]
+        return ranked
+    chosen = [family for family in ranked if z_of[family] >= min_z]
+    return chosen or [ranked[0]]
 
 
 def _finite(z: float | None) -> float:

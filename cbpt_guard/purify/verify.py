@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import TYPE_CHECKING
 
 import torch
 
 from cbpt_guard.classifier import ZeroShotClassifier
+from cbpt_guard.detect.outcome import Outcome, z_to_score
 from cbpt_guard.policy.schema import DummyScope, VerificationBars
 from cbpt_guard.triggers import Trigger
 from cbpt_guard.verdict import DetectionInfo
@@ -105,7 +105,7 @@ def dummy_evidence(targets: Mapping[str, str], families: Iterable[str],
     suspected = detection.suspected_target
     z_of = {f.family: f.z for f in detection.families}
     return {family: (suspected is not None and targets.get(family) == suspected)
-            or z_of.get(family) is None or NormalDist().cdf(z_of[family]) >= detection.threshold
+            or z_of.get(family) is None or z_to_score(z_of[family]) >= detection.threshold
             for family in families}
 
 
@@ -157,10 +157,10 @@ def recheck_wording(recheck: DetectionReport, residual: Residual, found: bool) -
     whether it counts as residual evidence); the report's glossary says what the
     pull and its z are.
     """
-    if recheck.outcome == "inconclusive":
+    if recheck.outcome is Outcome.INCONCLUSIVE:
         return "inconclusive: " + "; ".join(f"{name}: {why}" for name, why in recheck.skipped)
     toward = f" toward {residual.target!r}" if residual.target else ""
-    head = f"backdoor evidence found{toward}" if found else f"no evidence{toward}"
+    head = f"{Outcome.FOUND}{toward}" if found else f"no evidence{toward}"
     strongest = residual.strongest
     if strongest is None:
         return head

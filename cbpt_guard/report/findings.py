@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from cbpt_guard.detect.outcome import Outcome
 from cbpt_guard.report import text
 from cbpt_guard.verdict import Verdict, WaiverInfo
 
@@ -88,7 +89,7 @@ def _unsafe(verdict: Verdict) -> list[Finding]:
 
 def _backdoor(verdict: Verdict) -> list[Finding]:
     detection = verdict.detection
-    if detection is None or detection.outcome != "backdoor evidence found":
+    if detection is None or detection.outcome != Outcome.FOUND:
         return []
     message = (f"Backdoor evidence found in {_quote(verdict.checkpoint.path)}: score {text.score(detection.score)} "
                f">= threshold {text.score(detection.threshold)}")
@@ -131,7 +132,7 @@ def _steps(verdict: Verdict) -> list[Finding]:
     if not found and detection is None and not verdict.checkpoint.unsafe_findings:
         found.append(Finding(rule, "error", "Detection did not run, so the run cannot vouch for the checkpoint.",
                              key="detection"))
-    elif not found and detection is not None and detection.outcome == "inconclusive":
+    elif not found and detection is not None and detection.outcome == Outcome.INCONCLUSIVE:
         found.append(Finding(rule, "error", "Detection was inconclusive, so the run cannot vouch for the checkpoint.",
                              key="detection"))
     return found

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
 from typing import NamedTuple
 
+from cbpt_guard.detect.outcome import Outcome, z_to_score
 from cbpt_guard.figures import score_text
 from cbpt_guard.verdict import PURIFIED_ADVICE, DetectionInfo, FamilyEvidence, Verdict  # noqa: F401 - re-exported
-
-_NORMAL = statistics.NormalDist()
 
 NOT_RUN = "not run"
 
@@ -126,9 +124,9 @@ def family_is_evidence(detection: DetectionInfo, family: FamilyEvidence) -> bool
     models collapse too, onto classes they are drawn to anyway; such a family
     is reported, but it is no alarm (the score already compared it with clean models).
     """
-    if detection.outcome != "backdoor evidence found" or not family.collapsed:
+    if detection.outcome != Outcome.FOUND or not family.collapsed:
         return False
-    own = finite(family.z) and finite(detection.threshold) and _NORMAL.cdf(family.z) >= detection.threshold
+    own = finite(family.z) and finite(detection.threshold) and z_to_score(family.z) >= detection.threshold
     return family.target == detection.suspected_target or own
 
 
@@ -185,14 +183,14 @@ def headline(verdict: Verdict) -> str:
     detection = verdict.detection
     if detection is None:
         parts.append("detection did not run")
-    elif detection.outcome == "inconclusive":
+    elif detection.outcome == Outcome.INCONCLUSIVE:
         parts.append("detection was inconclusive")
     else:
         text = one_line(detection.outcome, 80)
         if detection.suspected_target is not None:
             text += f" (suspected target class: {one_line(detection.suspected_target, 80)})"
         parts.append(text)
-    if detection is not None and detection.outcome == "backdoor evidence found" and verdict.policy.waivers_applied:
+    if detection is not None and detection.outcome == Outcome.FOUND and verdict.policy.waivers_applied:
         waivers = ", ".join(one_line(w.id, 64) for w in verdict.policy.waivers_applied)
         parts.append(f"the finding is waived by {waivers}")
     purification = verdict.purification
