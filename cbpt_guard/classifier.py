@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from cbpt_guard.chunking import Chunker, bounds, images_at_once
+
 
 @functools.lru_cache(maxsize=4)
 def tokenizer(context_length: int):
@@ -82,9 +84,19 @@ class ZeroShotClassifier(torch.nn.Module):
 
     @torch.no_grad()
     def predict(self, pixels: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-        """Top-1 class index per image, in batches. (N, 3, H, W) -> (N,)."""
-        return torch.cat([self(pixels[i : i + batch_size]).argmax(dim=-1)
-                          for i in range(0, len(pixels), batch_size)])
+        """Top-1 class index per image, in batches of at most ``batch_size`` that fit. (N, 3, H, W) -> (N,)."""
+        return self.in_chunks(pixels, lambda chunk: self(chunk).argmax(dim=-1), batch_size, "prediction")
+
+    @torch.no_grad()
+    def in_chunks(self, pixels: torch.Tensor, compute, batch_size: int, stage: str) -> torch.Tensor:
+        """``compute`` over ``pixels`` (N, ...) in chunks of at most ``batch_size`` that fit in memory, concatenated.
+
+        See :mod:`cbpt_guard.chunking`: a chunk never exceeds ``batch_size``, so
+        when everything fits the batches are those of an unchunked loop.
+        """
+        chunker = Chunker(images_at_once(self, min(batch_size, max(len(pixels), 1)), grad=False), stage)
+        return chunker.run(lambda size: torch.cat([compute(pixels[start:end])
+                                                   for start, end in bounds(len(pixels), size)]))
 
 
 def build_classifier(model: torch.nn.Module, classes: Sequence[str], templates: Sequence[str]) -> ZeroShotClassifier:

@@ -119,6 +119,16 @@ class TimeLimitExceeded(CbptError):
     exit_code = ExitCode.INCONCLUSIVE
 
 
+class OutOfMemory(CbptError):
+    """A stage ran out of accelerator memory even after one retry with half the chunk of images.
+
+    Exit 3, like a run past its time limit: the stage could not look, so its
+    step is reported as skipped with this message, never as a crash of the tool.
+    """
+
+    exit_code = ExitCode.INCONCLUSIVE
+
+
 class UncalibratedBudgetError(CbptError):
     """Detection would run at a budget its calibration was not fitted at, so its score would mean nothing.
 

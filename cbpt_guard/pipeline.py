@@ -32,6 +32,7 @@ from cbpt_guard.decide import (
 from cbpt_guard.errors import (
     CbptError,
     OnnxRuntimeMissingError,
+    OutOfMemory,
     TimeLimitExceeded,
     UnsafeCheckpointError,
     UsageError,
@@ -260,7 +261,7 @@ def _detection(run: _Run, loaded, probe_set):
         detection = judge(evidence, calibration, budget, run.seed)
     except UsageError:
         raise
-    except TimeLimitExceeded as error:
+    except (TimeLimitExceeded, OutOfMemory) as error:
         run.skip("detection", str(error), required=True)
         run.timings["detection"] = round(time.perf_counter() - started, 3)
         return None, None
@@ -292,7 +293,7 @@ def _purification(run: _Run, loaded, evidence, calibration, inputs: UserImages, 
                                    target=run.outcome.target_class if run.outcome else None, progress=run.progress)
     except UsageError:
         raise
-    except TimeLimitExceeded as error:  # the re-detection ran past its limit: nothing verified, nothing blocked
+    except (TimeLimitExceeded, OutOfMemory) as error:  # re-detection past its limit or out of memory: nothing verified
         run.skip("purification", str(error), required=True)
         run.timings["purification"] = round(time.perf_counter() - started, 3)
         return None
@@ -359,7 +360,7 @@ def _export(run: _Run, loaded, purified_embeddings, out: Path | None) -> None:
         result = export_classifier(classifier, out / ONNX_FILE, classes=report.classes, provenance=provenance,
                                    fp16=settings.fp16, tolerance=None if settings.fp16 else settings.parity_tolerance,
                                    seed=run.seed, progress=run.progress)
-    except OnnxRuntimeMissingError as error:  # nothing against the model: the check could not be made
+    except (OnnxRuntimeMissingError, OutOfMemory) as error:  # nothing against the model: the check could not be made
         run.skip("export", str(error), required=True)
         run.timings["export"] = round(time.perf_counter() - started, 3)
         return
@@ -411,7 +412,8 @@ def detect_budget(loaded: LoadedPolicy):
     default = DetectBudget()
     inversion = replace(default.inversion, steps=section.budget.steps, batch_size=section.budget.batch_size)
     return replace(default, families=tuple(f.value for f in section.families), inversion=inversion,
-                   targeted_classes=section.budget.targeted_classes, time_limit_s=section.budget.time_limit_s)
+                   targeted_classes=section.budget.targeted_classes, time_limit_s=section.budget.time_limit_s,
+                   anomaly_classes=section.budget.anomaly_classes)
 
 
 def policy_calibration(loaded: LoadedPolicy):

@@ -22,10 +22,14 @@ def budget_options(command):
                            help="Per-class anomaly steps (0: skip).")(command)
     command = click.option("--targeted", "targeted_classes", type=click.IntRange(0),
                            help="Classes the targeted patch inversion is aimed at (0: skip).")(command)
+    command = click.option("--anomaly-classes", type=click.IntRange(4),
+                           help="Classes the per-class anomaly searches (default 32); above it, a screen picks "
+                                "them.")(command)
     return command
 
 
-def make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes, batch_size=None):
+def make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes, batch_size=None,
+                anomaly_classes=None):
     """A DetectBudget from the flags, defaults where a flag is absent."""
     from dataclasses import replace
 
@@ -46,6 +50,8 @@ def make_budget(steps, probe_count, families, time_limit, anomaly_steps, targete
         budget = replace(budget, anomaly_steps=anomaly_steps)
     if targeted_classes is not None:
         budget = replace(budget, targeted_classes=targeted_classes)
+    if anomaly_classes is not None:
+        budget = replace(budget, anomaly_classes=anomaly_classes)
     if time_limit:
         budget = replace(budget, time_limit_s=time_limit)
     inversion = budget.inversion
@@ -67,7 +73,7 @@ def make_budget(steps, probe_count, families, time_limit, anomaly_steps, targete
 @click.option("--json", "as_json", is_flag=True, help="Print the detection report as JSON.")
 @budget_options
 def detect_command(path, arch, classes_file, probes_dir, calibration, seed, as_json, steps, probe_count, families,
-                   batch_size, time_limit, anomaly_steps, targeted_classes):
+                   batch_size, time_limit, anomaly_steps, targeted_classes, anomaly_classes):
     """Look for a backdoor in PATH without labelled data.
 
     Exit 0 when no evidence was found, 1 when backdoor evidence was found,
@@ -78,7 +84,8 @@ def detect_command(path, arch, classes_file, probes_dir, calibration, seed, as_j
     from cbpt_guard.detect.api import detect_checkpoint
     from cbpt_guard.detect.outcome import Outcome
 
-    budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes, batch_size)
+    budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes, batch_size,
+                         anomaly_classes)
     report = detect_checkpoint(path, arch=arch, classes_file=classes_file, probes_dir=probes_dir,
                                calibration_path=calibration, budget=budget, seed=seed, progress=progress_printer())
     click.echo(report.model_dump_json(indent=2) if as_json else format_detection(report))
@@ -111,7 +118,7 @@ def format_detection(report) -> str:
 @click.option("--seed", default=0, show_default=True, type=int)
 @budget_options
 def calibrate_command(paths, out_path, seed, steps, probe_count, families, batch_size, time_limit, anomaly_steps,
-                      targeted_classes):
+                      targeted_classes, anomaly_classes):
     """Run the detector over clean reference models PATHS and write the calibration file.
 
     The file records the budget (every flag but --time-limit): detection and
@@ -121,7 +128,8 @@ def calibrate_command(paths, out_path, seed, steps, probe_count, families, batch
 
     from cbpt_guard.detect.api import calibrate_models
 
-    budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes, batch_size)
+    budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes, batch_size,
+                         anomaly_classes)
     calibration = calibrate_models(list(paths), budget=budget, seed=seed, progress=progress_printer())
     Path(out_path).write_text(calibration.to_json())
     click.echo(f"wrote {out_path}: {len(calibration.references)} clean references, "

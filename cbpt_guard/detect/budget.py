@@ -8,7 +8,7 @@ calibration was fitted at (:func:`scoring_settings`); the time limit is not
 part of it, because it never changes a result (it only aborts a run).
 
 The defaults of the settings a policy sets (steps, batch size, families,
-targeted classes, time limit) are the policy schema's
+targeted classes, anomaly classes, time limit) are the policy schema's
 (:class:`~cbpt_guard.policy.schema.DetectionBudget`), the one source of them.
 
 No torch here, so ``policy validate`` can compare budgets without loading it.
@@ -61,13 +61,27 @@ class DetectBudget:
     fourth among the anomaly's costs."""
     time_limit_s: float = DEFAULT_TIME_LIMIT_S
     """Wall-clock limit of the whole run: past it the run aborts, inconclusive. It never shortens a stage."""
+    anomaly_classes: int = _POLICY.anomaly_classes
+    """How many classes the per-class anomaly searches: every class up to this many, else the suspects of a screen
+    and a random reference (cbpt_guard/detect/anomaly.py), so its cost stays flat in the class count."""
+
+
+ADDED_SETTINGS = {"anomaly_classes": _POLICY.anomaly_classes}
+"""Scoring settings added after calibrations were first fitted, with the value a calibration that lacks one is read as.
+
+A calibration fitted before ``anomaly_classes`` existed searched every class
+of its references. The shipped one's references have 22 classes, fewer than
+the default, and the default searches every class of such models exactly as
+before, so it is read as fitted at the default. (A calibration of one's own,
+fitted before then on models with more classes than that, is read the same
+way; refit it to be exact.)"""
 
 
 def scoring_settings(budget: DetectBudget) -> dict:
     """The settings of ``budget`` that change a detection's evidence, as a JSON-ready dict (no time limit)."""
     return {"families": list(budget.families), "probes": budget.probes, "anomaly_steps": budget.anomaly_steps,
-            "anomaly_probes": budget.anomaly_probes, "targeted_classes": budget.targeted_classes,
-            "inversion": dataclasses.asdict(budget.inversion)}
+            "anomaly_probes": budget.anomaly_probes, "anomaly_classes": budget.anomaly_classes,
+            "targeted_classes": budget.targeted_classes, "inversion": dataclasses.asdict(budget.inversion)}
 
 
 def budget_differences(fitted: dict | None, run: DetectBudget) -> list[str]:
@@ -79,7 +93,7 @@ def budget_differences(fitted: dict | None, run: DetectBudget) -> list[str]:
     if fitted is None:
         return ["the calibration records no budget"]
     wanted = scoring_settings(run)
-    flat_fitted, flat_wanted = _flatten(fitted), _flatten(wanted)
+    flat_fitted, flat_wanted = ADDED_SETTINGS | _flatten(fitted), _flatten(wanted)
     differences = []
     for name in sorted(set(flat_fitted) | set(flat_wanted)):
         have, want = flat_fitted.get(name, "unset"), flat_wanted.get(name, "unset")
@@ -92,7 +106,8 @@ def calibrate_command(budget: DetectBudget, out: str = "calibration.json") -> st
     """The command that fits a calibration for ``budget`` on the user's own clean models."""
     flags = [f"--steps {budget.inversion.steps}", f"--batch-size {budget.inversion.batch_size}",
              f"--n-probes {budget.probes}", f"--families {','.join(budget.families)}",
-             f"--anomaly-steps {budget.anomaly_steps}", f"--targeted {budget.targeted_classes}"]
+             f"--anomaly-steps {budget.anomaly_steps}", f"--anomaly-classes {budget.anomaly_classes}",
+             f"--targeted {budget.targeted_classes}"]
     return f"cbpt-guard calibrate CLEAN_MODEL [CLEAN_MODEL ...] --out {out} {' '.join(flags)}"
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cbpt_guard.chunking import Chunker, bounds, images_at_once
 from cbpt_guard.classifier import ZeroShotClassifier
 from cbpt_guard.detect.budget import InversionBudget
 from cbpt_guard.progress import Deadline, Meter, Progress
@@ -88,27 +89,25 @@ def invert(classifier: ZeroShotClassifier, probes: torch.Tensor, family: str, bu
     generator = torch.Generator().manual_seed(seed)
     trigger = make_trigger(family, probes.shape[-1], seed)
     optimiser = torch.optim.Adam(trigger.parameters(), lr=budget.lr)
-    with torch.no_grad():
-        clean = classifier.features(probes)  # (N, d)
+    stage = stage or f"{family} inversion"
+    clean = classifier.in_chunks(probes, classifier.features, len(probes), stage)  # (N, d)
     check = probes[: budget.check_size]
     penalty, best, history = budget.penalty_init, None, []
-    meter = Meter(progress, stage or f"{family} inversion", budget.steps, deadline)
+    meter = Meter(progress, stage, budget.steps, deadline)
+    chunker = Chunker(images_at_once(classifier, min(budget.batch_size, len(probes)), grad=True), stage)
     step = 0
     for step in range(1, budget.steps + 1):
         index = torch.randperm(len(probes), generator=generator)[: budget.batch_size]
-        stamped = classifier.features(trigger(probes[index]))  # (B, d)
-        size = trigger.size()
-        loss = info_nce(stamped, clean[index], budget.temperature) + penalty * size
-        if toward is not None:
-            loss = loss - budget.text_weight * (stamped @ toward).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        batch, weight = probes[index], penalty
+        loss = chunker.run(lambda size, batch=batch, index=index, weight=weight: _step_gradients(
+            classifier, trigger, batch, clean[index], weight, budget, toward, size))
         optimiser.step()
         if step % budget.check_every == 0 or step == budget.steps:
             with torch.no_grad():
-                cosine = mean_pairwise_cosine(classifier.features(trigger(check)))
+                cosine = mean_pairwise_cosine(classifier.in_chunks(check, lambda chunk: classifier.features(
+                    trigger(chunk)), len(check), stage))
                 current = float(trigger.size())
-            history.append((step, float(loss.detach()), current, cosine))
+            history.append((step, float(loss), current, cosine))
             if cosine >= budget.collapse_cos:
                 penalty *= budget.penalty_factor
                 if best is None or current < best[0]:
@@ -123,3 +122,40 @@ def invert(classifier: ZeroShotClassifier, probes: torch.Tensor, family: str, bu
         size, cosine, collapsed = history[-1][2], history[-1][3], False
     return InversionResult(family, trigger.requires_grad_(False), collapsed, size, cosine, step,
                            time.perf_counter() - started, history)
+
+
+def _step_gradients(classifier: ZeroShotClassifier, trigger: Trigger, batch: torch.Tensor, clean: torch.Tensor,
+                    penalty: float, budget: InversionBudget, toward: torch.Tensor | None, chunk: int) -> torch.Tensor:
+    """Zero the trigger's gradients and fill them with one step's; returns the step's loss (detached).
+
+    ``batch`` (B, 3, S, S) and its clean features ``clean`` (B, d). When the
+    batch fits in one ``chunk`` it goes through the model at once. Otherwise
+    InfoNCE, which couples every image of the batch, is first computed on
+    features gathered chunk by chunk without a graph; its gradient with respect
+    to those features is then pushed through the model chunk by chunk (the
+    chunks' graphs are rebuilt one at a time), which sums to the same gradient.
+    """
+    trigger.zero_grad(set_to_none=True)
+    if chunk >= len(batch):
+        stamped = classifier.features(trigger(batch))  # (B, d)
+        loss = _loss(stamped, clean, trigger.size(), penalty, budget, toward)
+        loss.backward()
+        return loss.detach()
+    parts = bounds(len(batch), chunk)
+    with torch.no_grad():
+        gathered = torch.cat([classifier.features(trigger(batch[start:end])) for start, end in parts])  # (B, d)
+    gathered.requires_grad_(True)
+    loss = _loss(gathered, clean, trigger.size(), penalty, budget, toward)
+    loss.backward()  # the size penalty's gradient reaches the trigger; the rest stops at gathered.grad
+    for start, end in parts:
+        classifier.features(trigger(batch[start:end])).backward(gathered.grad[start:end])  # (b, d)
+    return loss.detach()
+
+
+def _loss(stamped: torch.Tensor, clean: torch.Tensor, size: torch.Tensor, penalty: float, budget: InversionBudget,
+          toward: torch.Tensor | None) -> torch.Tensor:
+    """InfoNCE of stamped (B, d) against clean (B, d) features, the size penalty, and the text term when aimed."""
+    loss = info_nce(stamped, clean, budget.temperature) + penalty * size
+    if toward is not None:
+        loss = loss - budget.text_weight * (stamped @ toward).mean()
+    return loss

@@ -165,12 +165,12 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
     anomaly = None
     if budget.anomaly_steps > 0:
         found = class_anomaly(classifier, pixels[: budget.anomaly_probes], steps=budget.anomaly_steps, seed=seed,
-                              progress=progress, stage=f"{label}: per-class anomaly search ({len(classes)} classes)",
-                              deadline=deadline)
+                              max_classes=budget.anomaly_classes, progress=progress,
+                              stage=f"{label}: per-class anomaly search ({len(classes)} classes)", deadline=deadline)
         anomaly = AnomalyFinding(costs=tuple(found.costs), sizes=tuple(found.sizes), success=tuple(found.success),
                                  suspect=classes[found.suspect_index], anomaly_index=found.anomaly_index)
         if budget.targeted_classes > 0:
-            cheapest = sorted(range(len(classes)), key=lambda c: found.costs[c])[: budget.targeted_classes]
+            cheapest = list(found.ranking[: budget.targeted_classes])
             result = _targeted(classifier, pixels, cheapest, classes, budget, seed, progress, label, deadline)
             families.append(_record(classifier, pixels, TARGETED, result, classes))
             triggers[TARGETED] = result.trigger

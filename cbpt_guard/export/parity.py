@@ -154,8 +154,13 @@ def compare_logits(onnx: np.ndarray, reference: np.ndarray) -> tuple[float, floa
 def check_parity(classifier: ZeroShotClassifier, onnx_path: str | Path, *, random: torch.Tensor,
                  real: torch.Tensor, tolerance: float, threads: int | None = None) -> ParityReport:
     """Run ``random`` and ``real`` through PyTorch here and through onnxruntime in a child; compare the logits."""
-    reference = {"random": torch_logits(classifier, random), "real": torch_logits(classifier, real)}
-    outputs, providers = run_onnxruntime(onnx_path, {"random": random.numpy(), "real": real.numpy()}, threads)
+    from cbpt_guard.chunking import Chunker, images_at_once
+
+    chunker = Chunker(images_at_once(classifier, BATCH, grad=False), "the export's parity check")
+    reference = chunker.run(lambda batch: {"random": torch_logits(classifier, random, batch),
+                                           "real": torch_logits(classifier, real, batch)})
+    outputs, providers = run_onnxruntime(onnx_path, {"random": random.numpy(), "real": real.numpy()}, threads,
+                                         batch=chunker.size)  # both runtimes batch alike
     onnx = np.concatenate([outputs["random"], outputs["real"]])
     max_abs, max_rel, top1 = compare_logits(onnx, np.concatenate([reference["random"], reference["real"]]))
     return ParityReport(provider=providers[0] if providers else "unknown", max_abs_diff=max_abs,
@@ -163,24 +168,26 @@ def check_parity(classifier: ZeroShotClassifier, onnx_path: str | Path, *, rando
                         passed=max_abs <= tolerance, random_images=len(random), real_images=len(real))
 
 
-def torch_logits(classifier: ZeroShotClassifier, pixels: torch.Tensor) -> np.ndarray:
-    """(N, C) float32 logits of the PyTorch classifier, in batches, with TF32 off on CUDA."""
+def torch_logits(classifier: ZeroShotClassifier, pixels: torch.Tensor, batch: int = BATCH) -> np.ndarray:
+    """(N, C) float32 logits of the PyTorch classifier, in batches of ``batch`` (:func:`batch_bounds`), TF32 off."""
     import torch
 
     device = classifier.scale.device
-    bounds = batch_bounds(len(pixels))
+    bounds = batch_bounds(len(pixels), batch)
     with torch.no_grad(), _exact_fp32():
         chunks = [classifier(pixels[a:b].to(device)).float().cpu() for a, b in zip(bounds, bounds[1:])]  # (b, C)
     return torch.cat(chunks).numpy()
 
 
-def batch_bounds(count: int) -> list[int]:
-    """Where the batches of a check start and end: the first image alone, then up to ``BATCH`` at a time.
+def batch_bounds(count: int, batch: int = BATCH) -> list[int]:
+    """Where the batches of a check start and end: the first image alone, then up to ``batch`` at a time.
 
     Both runtimes use the same batches, so behaviour that depends on the batch
     size (and that a trace froze at its example's size) shows as a difference.
+    ``batch`` is ``BATCH`` unless that many images do not fit the free memory
+    (:mod:`cbpt_guard.chunking`); the child is told the same figure.
     """
-    return [0, *range(1, count, BATCH), count] if count > 1 else [0, count]
+    return [0, *range(1, count, max(1, batch)), count] if count > 1 else [0, count]
 
 
 @contextlib.contextmanager
@@ -197,7 +204,7 @@ def _exact_fp32():
 
 
 def run_onnxruntime(onnx_path: str | Path, arrays: dict[str, np.ndarray], threads: int | None = None,
-                    timeout: float = WORKER_TIMEOUT_S) -> tuple[dict[str, np.ndarray], list[str]]:
+                    timeout: float = WORKER_TIMEOUT_S, batch: int = BATCH) -> tuple[dict[str, np.ndarray], list[str]]:
     """Logits of every named pixel batch through the serving module in a torch-free child process.
 
     Returns the logits by name and the session's providers. A crash, a
@@ -207,7 +214,7 @@ def run_onnxruntime(onnx_path: str | Path, arrays: dict[str, np.ndarray], thread
         inputs, outputs = Path(scratch) / "inputs.npz", Path(scratch) / "outputs.npz"
         np.savez(inputs, **{name: np.ascontiguousarray(value, dtype=np.float32) for name, value in arrays.items()})
         command = [sys.executable, "-m", "cbpt_guard.export.parity", str(onnx_path), str(inputs), str(outputs),
-                   str(threads or 0)]
+                   str(threads or 0), str(batch)]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_child_env(),
                                   check=False)
@@ -249,7 +256,7 @@ def _worker(argv: list[str]) -> int:
     """The child: run every batch in the inputs file through :class:`OnnxClassifier`, write the logits."""
     from cbpt_guard.export.serve import OnnxClassifier
 
-    model, inputs, outputs, threads = argv
+    model, inputs, outputs, threads, batch = argv
     try:
         import onnxruntime  # noqa: F401 - a missing runtime is its own outcome, not a faulty export
     except ImportError as error:
@@ -260,7 +267,7 @@ def _worker(argv: list[str]) -> int:
     with np.load(inputs, allow_pickle=False) as data:
         for name in data.files:
             pixels = data[name]  # (N, 3, S, S)
-            bounds = batch_bounds(len(pixels))
+            bounds = batch_bounds(len(pixels), int(batch))
             chunks = [classifier.logits(pixels[a:b]) for a, b in zip(bounds, bounds[1:])]  # each (b, C)
             results[name] = np.concatenate(chunks)
     np.savez(outputs, providers=np.array(classifier.providers_used), **results)

@@ -193,6 +193,9 @@ class DetectionBudget(_Section):
     """Wall-clock limit of a whole detection run: past it the run stops, inconclusive. It never shortens a stage."""
     targeted_classes: Annotated[Int, Field(ge=0, le=1000)] = 4
     """Classes the targeted patch inversion is aimed at (0 skips it, which leaves detection inconclusive)."""
+    anomaly_classes: Annotated[Int, Field(ge=4, le=100_000)] = 32
+    """Classes the per-class anomaly searches: all of a model with no more, else a screen's suspects and a random
+    reference, so the search costs the same at 1,000 classes as at 100 (cbpt_guard/detect/anomaly.py)."""
 
 
 class DetectionSettings(_Section):

@@ -77,7 +77,7 @@ def pseudo_labels(classifier: ZeroShotClassifier, images: torch.Tensor, balanced
     """
     if not balanced:
         return classifier.predict(images)
-    logits = torch.cat([classifier(images[i : i + 512]) for i in range(0, len(images), 512)])  # (N, C)
+    logits = classifier.in_chunks(images, classifier, 512, "pseudo-labels")  # (N, C)
     plan = torch.softmax(logits - logits.max(dim=1, keepdim=True).values, dim=1)  # (N, C)
     for _ in range(SINKHORN_ITERATIONS):  # alternate: every class a 1/C share, every image a 1/N share
         plan = plan / plan.sum(dim=0, keepdim=True).clamp_min(1e-12) / plan.shape[1]
@@ -152,15 +152,14 @@ def _features(classifier: ZeroShotClassifier, images: torch.Tensor, trigger: Tri
 
     Batches of 64: on the zoo's ViT (32 px, CPU) 64 images at a time took
     0.18 s for the 352 few-shot images against 0.20 s at 32 and 0.21 s at 128,
-    with the peak memory of one small batch of activations.
+    with the peak memory of one small batch of activations. Fewer where 64 do
+    not fit the free memory (:mod:`cbpt_guard.chunking`).
     """
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        pixels = images[start : start + batch_size]  # (b, 3, S, S)
-        if trigger is not None:
-            pixels = trigger.amplified(pixels, strength)  # (b, 3, S, S)
-        chunks.append(classifier.features(pixels))  # (b, d)
-    return torch.cat(chunks)  # (N, d)
+
+    def features(pixels: torch.Tensor) -> torch.Tensor:  # (b, 3, S, S) -> (b, d)
+        return classifier.features(pixels if trigger is None else trigger.amplified(pixels, strength))
+
+    return classifier.in_chunks(images, features, batch_size, "purification: feature cache")  # (N, d)
 
 
 def _check_inputs(classnames: Sequence[str], images: torch.Tensor, labels: torch.Tensor) -> None:
