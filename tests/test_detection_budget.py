@@ -60,10 +60,10 @@ def _comparable(report) -> dict:
 
 
 def test_shipped_calibration_records_the_default_budget_it_was_fitted_at():
-    from cbpt_guard.detect.budget import scoring_settings
+    from cbpt_guard.detect.budget import ADDED_SETTINGS, scoring_settings
 
     shipped = calib.builtin_calibration()
-    assert shipped.budget == scoring_settings(DetectBudget())
+    assert ADDED_SETTINGS | shipped.budget == scoring_settings(DetectBudget())  # read as budget_differences reads it
     assert shipped.budget["inversion"]["steps"] == 300 and shipped.budget["families"] == ["patch", "additive", "warp"]
 
 

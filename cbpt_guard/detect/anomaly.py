@@ -90,13 +90,14 @@ def class_anomaly(classifier: ZeroShotClassifier, probes: torch.Tensor, *, steps
     ``stage`` + ", screen"). Deterministic for a seed.
     """
     classes, side = classifier.text.shape[0], probes.shape[-1]
+    probes = probes.to(classifier.scale.device)
     if max_classes is None or classes <= max_classes:
-        generator = torch.Generator().manual_seed(seed)
-        mask_init = -3.0 + 0.1 * torch.randn(classes, 1, 1, side, side, generator=generator)
-        pattern_init = torch.randn(classes, 1, 3, side, side, generator=generator)
+        generator = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same start on every device
+        mask_init = -3.0 + 0.1 * torch.randn(classes, 1, 1, side, side, generator=generator, device="cpu")
+        pattern_init = torch.randn(classes, 1, 3, side, side, generator=generator, device="cpu")
         found = _search(classifier, probes, [[c] for c in range(classes)], mask_init, pattern_init, steps=steps,
                         penalty=penalty, lr=lr, progress=progress, stage=stage, deadline=deadline)
-        costs = tuple(float(c) for c in found.costs)
+        costs = tuple(float(c) for c in found.costs)  # found's tensors are on the CPU
         suspect = int(found.costs.argmin())
         median = found.costs.median()
         mad = (found.costs - median).abs().median().clamp_min(1e-3)
@@ -115,12 +116,12 @@ def _screened(classifier: ZeroShotClassifier, probes: torch.Tensor, *, steps: in
     classes, side = classifier.text.shape[0], probes.shape[-1]
     generator = torch.Generator().manual_seed(seed)
     groups = screen_groups(classes, max(1, max_classes // 2), generator)
-    mask_init = -3.0 + 0.1 * torch.randn(len(groups), 1, 1, side, side, generator=generator)
-    pattern_init = torch.randn(len(groups), 1, 3, side, side, generator=generator)
+    mask_init = -3.0 + 0.1 * torch.randn(len(groups), 1, 1, side, side, generator=generator, device="cpu")
+    pattern_init = torch.randn(len(groups), 1, 3, side, side, generator=generator, device="cpu")
     screen = _search(classifier, probes, groups, mask_init, pattern_init, steps=steps, penalty=penalty, lr=lr,
                      progress=progress, stage=f"{stage}, screen of {classes} classes in {len(groups)} groups",
                      deadline=deadline)
-    screen_costs = torch.empty(classes)  # (C,)
+    screen_costs = torch.empty(classes, device="cpu")  # (C,)
     for group, members, logits in zip(range(len(groups)), groups, screen.logits):
         toward = -logits.log_softmax(dim=-1)[:, members].mean(dim=0)  # (|members|,)
         screen_costs[members] = toward + penalty * screen.sizes[group]
@@ -128,11 +129,11 @@ def _screened(classifier: ZeroShotClassifier, probes: torch.Tensor, *, steps: in
     reference_count = max_classes // 2
     suspects = order[: max_classes - reference_count]
     others = order[len(suspects):]
-    drawn = torch.randperm(len(others), generator=generator)[:reference_count]
+    drawn = torch.randperm(len(others), generator=generator, device="cpu")[:reference_count]
     reference = sorted(others[int(i)] for i in drawn)
     searched = sorted(suspects + reference)
-    mask_init = -3.0 + 0.1 * torch.randn(len(searched), 1, 1, side, side, generator=generator)
-    pattern_init = torch.randn(len(searched), 1, 3, side, side, generator=generator)
+    mask_init = -3.0 + 0.1 * torch.randn(len(searched), 1, 1, side, side, generator=generator, device="cpu")
+    pattern_init = torch.randn(len(searched), 1, 3, side, side, generator=generator, device="cpu")
     found = _search(classifier, probes, [[c] for c in searched], mask_init, pattern_init, steps=steps,
                     penalty=penalty, lr=lr, progress=progress,
                     stage=f"{stage}, {len(searched)} of {classes} classes", deadline=deadline)
@@ -140,7 +141,7 @@ def _screened(classifier: ZeroShotClassifier, probes: torch.Tensor, *, steps: in
     for row, c in enumerate(searched):
         costs[c], sizes[c], success[c] = float(found.costs[row]), float(found.sizes[row]), float(found.hits[row])
     suspect = min(searched, key=lambda c: costs[c])
-    baseline = torch.tensor([costs[c] for c in reference]) if len(reference) >= 3 else found.costs
+    baseline = torch.tensor([costs[c] for c in reference], device="cpu") if len(reference) >= 3 else found.costs
     median = baseline.median()
     mad = (baseline - median).abs().median().clamp_min(1e-3)
     index = float((median - costs[suspect]) / (MAD_SCALE * mad))
@@ -153,7 +154,7 @@ def _screened(classifier: ZeroShotClassifier, probes: torch.Tensor, *, steps: in
 
 def screen_groups(classes: int, count: int, generator: torch.Generator) -> list[list[int]]:
     """``classes`` dealt into ``count`` groups in a seeded random order; group sizes differ by at most one."""
-    order = torch.randperm(classes, generator=generator).tolist()
+    order = torch.randperm(classes, generator=generator, device="cpu").tolist()
     count = min(count, classes)
     return [sorted(order[start::count]) for start in range(count)]
 
@@ -168,12 +169,12 @@ def _search(classifier: ZeroShotClassifier, probes: torch.Tensor, targets: Seque
     ``penalty`` times the mask's mean. ``mask_init`` (G, 1, 1, S, S) and
     ``pattern_init`` (G, 1, 3, S, S) are the logits the patches start from.
     """
-    count, images = len(targets), probes.shape[0]
-    mask_logit = torch.nn.Parameter(mask_init.clone())  # (G, 1, 1, S, S)
-    pattern_logit = torch.nn.Parameter(pattern_init.clone())  # (G, 1, 3, S, S)
+    count, images, device = len(targets), probes.shape[0], classifier.scale.device
+    mask_logit = torch.nn.Parameter(mask_init.to(device))  # (G, 1, 1, S, S)
+    pattern_logit = torch.nn.Parameter(pattern_init.to(device))  # (G, 1, 3, S, S)
     optimiser = torch.optim.Adam([mask_logit, pattern_logit], lr=lr)
     singles = all(len(t) == 1 for t in targets)
-    membership = None if singles else _membership(targets, classifier.text.shape[0])  # (G, C) bool
+    membership = None if singles else _membership(targets, classifier.text.shape[0]).to(device)  # (G, C) bool
     chunker = Chunker(max(1, images_at_once(classifier, count * images, grad=True) // images), stage, "classes")
 
     def objective(start: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -182,7 +183,7 @@ def _search(classifier: ZeroShotClassifier, probes: torch.Tensor, targets: Seque
         stamped = ((1 - mask) * probes.unsqueeze(0) + mask * pattern).flatten(0, 1)  # (g * N, 3, S, S)
         logits = classifier(stamped)  # (g * N, C)
         if singles:
-            wanted = torch.tensor([t[0] for t in targets[start:end]]).repeat_interleave(images)  # (g * N,)
+            wanted = torch.tensor([t[0] for t in targets[start:end]], device=device).repeat_interleave(images)
             loss = F.cross_entropy(logits, wanted, reduction="none")  # (g * N,)
         else:
             allowed = membership[start:end].repeat_interleave(images, dim=0)  # (g * N, C)
@@ -201,32 +202,32 @@ def _search(classifier: ZeroShotClassifier, probes: torch.Tensor, targets: Seque
         chunker.run(one_step)
         optimiser.step()
         meter.advance(step)
-    return chunker.run(lambda size: _final(objective, targets, images, count, size, membership))
+    return chunker.run(lambda size: _final(objective, targets, images, count, size, membership, device))
 
 
 @torch.no_grad()
 def _final(objective, targets: Sequence[Sequence[int]], images: int, count: int, size: int,
-           membership: torch.Tensor | None) -> _Search:
-    """The trained patches' costs, sizes, hit rates and logits, chunk by chunk."""
+           membership: torch.Tensor | None, device: torch.device) -> _Search:
+    """The trained patches' costs, sizes, hit rates and logits, chunk by chunk, all returned on the CPU."""
     costs, sizes, hits, logits = [], [], [], []
     for start, end in bounds(count, size):
         cost, mask_size, chunk_logits = objective(start, end)  # (g,), (g,), (g * N, C)
         predicted = chunk_logits.argmax(dim=-1).view(end - start, images)  # (g, N)
         if membership is None:
-            wanted = torch.tensor([t[0] for t in targets[start:end]])[:, None]  # (g, 1)
+            wanted = torch.tensor([t[0] for t in targets[start:end]], device=device)[:, None]  # (g, 1)
             hit = (predicted == wanted).float().mean(dim=1)  # (g,)
         else:
             hit = membership[start:end].gather(1, predicted).float().mean(dim=1)  # (g,)
         costs.append(cost)
         sizes.append(mask_size)
         hits.append(hit)
-        logits.extend(chunk_logits.view(end - start, images, -1).unbind(0))
-    return _Search(torch.cat(costs), torch.cat(sizes), torch.cat(hits), logits)
+        logits.extend(chunk_logits.view(end - start, images, -1).cpu().unbind(0))
+    return _Search(torch.cat(costs).cpu(), torch.cat(sizes).cpu(), torch.cat(hits).cpu(), logits)
 
 
 def _membership(targets: Sequence[Sequence[int]], classes: int) -> torch.Tensor:
     """(G, C) bool: which classes each target holds."""
-    members = torch.zeros(len(targets), classes, dtype=torch.bool)
+    members = torch.zeros(len(targets), classes, dtype=torch.bool, device="cpu")
     for row, target in enumerate(targets):
         members[row, list(target)] = True
     return members
