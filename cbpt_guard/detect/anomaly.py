@@ -21,9 +21,12 @@ every class is searched, exactly as it always was. Above it:
 2. **Search.** The ``max_classes - max_classes // 2`` classes cheapest in the
    screen (the suspects) and as many other classes drawn at random (the
    reference) are searched as above. The suspect is the cheapest searched
-   class; the median and MAD of the index come from the random reference, an
+   class; the median of the index comes from the random reference, an
    unbiased sample of all classes, so the index measures the same thing as an
-   exhaustive search's.
+   exhaustive search's. Its spread is the larger of the reference's MAD and
+   the MAD of every searched class about that median: a small reference can
+   by chance be tightly bunched, and an index divided by a spread too small
+   calls a clean model anomalous (measured: benchmarks/SCREEN.md).
 
 Images go through the model in chunks of whole classes (:mod:`cbpt_guard.chunking`);
 every class's objective depends only on its own patch, so the chunks' summed
@@ -143,7 +146,8 @@ def _screened(classifier: ZeroShotClassifier, probes: torch.Tensor, *, steps: in
     suspect = min(searched, key=lambda c: costs[c])
     baseline = torch.tensor([costs[c] for c in reference], device="cpu") if len(reference) >= 3 else found.costs
     median = baseline.median()
-    mad = (baseline - median).abs().median().clamp_min(1e-3)
+    spread = max(float((baseline - median).abs().median()), float((found.costs - median).abs().median()))
+    mad = torch.tensor(max(spread, 1e-3))
     index = float((median - costs[suspect]) / (MAD_SCALE * mad))
     covered = set(searched)
     unsearched = [c for c in order if c not in covered]
