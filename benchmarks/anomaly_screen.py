@@ -147,6 +147,15 @@ def _markdown(rows: list[dict], costs: list[dict]) -> str:
                          f"{_yes(found['target_searched'])} | {found['target_rank'] or '-'} | "
                          f"{found['exhaustive_candidates_searched']} / {found['exhaustive_candidates_kept']} | "
                          f"{found['seconds']} |")
+    screened = [found for row in rows for found in row["screened"].values()]
+    with_target = [found for found in screened if found["target_searched"] is not None]
+    if screened:
+        kept = sum(found["exhaustive_candidates_kept"] for found in screened) / len(screened)
+        lines += ["", f"Over {len(screened)} screened runs on {len(rows)} models: the exhaustive search's "
+                  f"{TARGETED} targeted candidates kept among the screened run's {TARGETED}: {kept:.1f} on average; "
+                  f"the real target searched in {sum(bool(f['target_searched']) for f in with_target)} of "
+                  f"{len(with_target)} runs on backdoored models (the exhaustive search ranks it "
+                  f"{', '.join(str(r['exhaustive']['target_rank']) for r in rows if r['target'])} there)."]
     if costs:
         lines += ["", "## Cost: random-weight ViT-B-32 at 224 px", "",
                   f"The anomaly stage alone, {COST_PROBES} probes, {COST_STEPS} step, default class budget, one "

@@ -8,9 +8,9 @@ sized from
 
 - the memory free on the device (CUDA: ``torch.cuda.mem_get_info`` plus what
   torch's allocator holds unused; CPU: ``MemAvailable`` in ``/proc/meminfo``),
-  of which :data:`MEMORY_SHARE` is planned for, or from a fixed limit (the
-  policy's ``run.memory_limit_mb``, set for a run with :func:`memory_limit`),
-  which makes the chunks independent of the machine's state;
+  of which :data:`MEMORY_SHARE` is planned for, or from a fixed limit set for
+  a run with :func:`memory_limit`, which makes the chunks independent of the
+  machine's state;
 - what one image costs the model, measured once per model (:func:`image_cost`).
 
 A chunk never exceeds the batch the stage used before it was chunked, so when
@@ -65,7 +65,7 @@ class MemoryBudget:
 def memory_limit(limit_bytes: int | None) -> Iterator[None]:
     """Plan every chunk inside the block for at most ``limit_bytes`` (None: the memory measured free).
 
-    A fixed limit (the policy's) makes the chunks, and so the floating-point
+    A fixed limit makes the chunks, and so the floating-point
     rounding of every stage, the same on every run of a machine, whatever else
     runs beside it.
     """
@@ -95,7 +95,7 @@ def planning_budget(device: torch.device) -> MemoryBudget:
     """What chunks on ``device`` plan for: the fixed limit if set, else :data:`MEMORY_SHARE` of the free memory."""
     limit = _LIMIT.get()
     if limit is not None:
-        return MemoryBudget(int(limit), "the policy's memory limit")
+        return MemoryBudget(int(limit), "the run's memory limit")
     free = free_bytes(device)
     return MemoryBudget(int(free.bytes * MEMORY_SHARE), f"{MEMORY_SHARE:.0%} of {free.source}")
 
@@ -180,7 +180,7 @@ class Chunker:
                     raise OutOfMemory(
                         f"{self.stage} ran out of device memory with chunks of {self.size} {self.unit}"
                         f"{' after one retry at half the chunk' if self.retried else ''} ({_first_line(error)}); "
-                        "free the device, or set a lower run.memory_limit_mb in the policy") from None
+                        "free memory on the device (or run on the CPU) and run again") from None
                 self.retried, self.size = True, max(1, math.ceil(self.size / 2))
 
 
