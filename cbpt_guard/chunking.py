@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import weakref
 from collections.abc import Callable, Iterator
@@ -182,6 +183,29 @@ class Chunker:
                         f"{' after one retry at half the chunk' if self.retried else ''} ({_first_line(error)}); "
                         "free memory on the device (or run on the CPU) and run again") from None
                 self.retried, self.size = True, max(1, math.ceil(self.size / 2))
+
+
+def reports_out_of_memory(stage: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Make a stage entry point turn an out-of-memory error outside its chunked steps into :class:`OutOfMemory`.
+
+    The text tower over every class, a model moved to the device: work no
+    chunk bounds can still exhaust a GPU, and that too is a step the run could
+    not take (exit 3), not a crash of the tool.
+    """
+
+    def decorate(function: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(function)
+        def guarded(*args, **kwargs) -> T:
+            try:
+                return function(*args, **kwargs)
+            except torch.OutOfMemoryError as error:
+                _release()
+                raise OutOfMemory(f"{stage} ran out of device memory ({_first_line(error)}); free memory on the "
+                                  "device (or run on the CPU) and run again") from None
+
+        return guarded
+
+    return decorate
 
 
 def _release() -> None:

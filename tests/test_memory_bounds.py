@@ -227,3 +227,17 @@ def test_a_stage_that_fits_after_its_retry_gives_the_evidence_of_one_that_fitted
     assert retried.targets == fitted.targets
     for name, value in fitted.features.items():
         assert retried.features[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+
+
+def test_out_of_memory_outside_a_chunked_step_is_inconclusive_too(tiny_dir, monkeypatch):
+    import cbpt_guard.classifier as classifier_module
+
+    def text_tower_out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(classifier_module, "class_embeddings", text_tower_out_of_memory)
+    result = CliRunner().invoke(cli, ["check", str(tiny_dir), "--json"])
+    assert result.exit_code == 3, result.output
+    detection = next(step for step in json.loads(result.stdout)["steps"] if step["name"] == "detection")
+    assert detection["state"] == "skipped"
+    assert detection["reason"].startswith("detection ran out of device memory (CUDA out of memory. Tried to allocate")

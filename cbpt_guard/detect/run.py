@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from cbpt_guard.chunking import reports_out_of_memory
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier
 from cbpt_guard.detect import calibration as calib
 from cbpt_guard.detect.budget import DetectBudget, InversionBudget, budget_differences, uncalibrated_reason
@@ -132,6 +133,7 @@ class Evidence:
         return found
 
 
+@reports_out_of_memory("detection")
 def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates: tuple[str, ...], *,
                     probes: ProbeSet | None = None, budget: DetectBudget = DetectBudget(), seed: int = 0,
                     text_embeddings: torch.Tensor | None = None, progress: Progress = silent,

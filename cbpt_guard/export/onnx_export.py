@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from cbpt_guard import __version__
+from cbpt_guard.chunking import reports_out_of_memory
 from cbpt_guard.classifier import ZeroShotClassifier
 from cbpt_guard.errors import ExportError, OnnxRuntimeMissingError, UsageError
 from cbpt_guard.export import parity, serve
@@ -112,6 +113,7 @@ class ParityError(ExportError):
         self.result = result
 
 
+@reports_out_of_memory("the export")
 def export_classifier(classifier: ZeroShotClassifier, out_path: str | Path, *, classes: tuple[str, ...],
                       provenance: dict[str, str], fp16: bool = False, tolerance: float | None = None,
                       parity_images: torch.Tensor | None = None, seed: int = 0,

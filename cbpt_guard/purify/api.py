@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cbpt_guard.chunking import reports_out_of_memory
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier
 from cbpt_guard.detect import calibration as calib
 from cbpt_guard.detect.outcome import Outcome, z_to_score
@@ -172,6 +173,7 @@ def dummy_triggers(evidence: Evidence, calibration: calib.Calibration) -> list[D
             for family in select_dummy_triggers(evidence.triggers, zs)]
 
 
+@reports_out_of_memory("purification")
 def purify_and_verify(model: torch.nn.Module, classes: tuple[str, ...], templates: tuple[str, ...],
                       evidence: Evidence, calibration: calib.Calibration, *, settings: PurifySettings,
                       data: ProbeSet | None = None, probes: ProbeSet | None = None,
