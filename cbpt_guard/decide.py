@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import TYPE_CHECKING
 
 from cbpt_guard.detect.outcome import Outcome
 from cbpt_guard.errors import ExitCode
@@ -39,6 +40,9 @@ from cbpt_guard.policy.schema import (
 )
 from cbpt_guard.verdict import PURIFIED_ADVICE, Action
 from cbpt_guard.verification import DummyCheck, Verification
+
+if TYPE_CHECKING:  # torch; the decision itself never needs it
+    from cbpt_guard.detect.run import DetectionReport
 
 # When causes disagree the most severe wins: a block is final, an incomplete run
 # is not worth purifying, and purification comes before any pass.
@@ -75,6 +79,13 @@ class DetectionOutcome:
     """The class triggered inputs drift to, when one stands out."""
     note: str | None = None
     """Why the result is inconclusive (a budget ran out, the evidence disagreed)."""
+
+    @classmethod
+    def from_report(cls, report: DetectionReport) -> DetectionOutcome:
+        """What a :class:`~cbpt_guard.detect.run.DetectionReport` concluded; its skipped steps are the note."""
+        note = "; ".join(f"{name}: {why}" for name, why in report.skipped) or None
+        return cls(result=report.outcome, score=report.score, threshold=report.threshold,
+                   target_class=report.suspected_target, note=note)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,13 +67,13 @@ class PurifySettings:
                    shots=section.shots)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PurificationRun:
     """Everything one purification produced and measured."""
 
     tier: str
     settings: PurifySettings
-    dummies: list[DummyTrigger]
+    dummies: tuple[DummyTrigger, ...]
     tuning: TuningResult
     before: ClassifierMetrics
     after: ClassifierMetrics
@@ -204,7 +204,7 @@ def purify_and_verify(model: torch.nn.Module, classes: tuple[str, ...], template
     recheck = detect(model, classes, templates, calibration=calibration, probes=probes, budget=detect_budget,
                      seed=seed + RECHECK_SEED_OFFSET, text_embeddings=tuning.class_embeddings, progress=progress,
                      label="re-detection of the purified classifier")
-    return PurificationRun(tier=split.tier, settings=settings, dummies=dummies, tuning=tuning, before=before,
+    return PurificationRun(tier=split.tier, settings=settings, dummies=tuple(dummies), tuning=tuning, before=before,
                            after=after, ca_drop=accuracy_drop(before, after), train_images=len(split.train),
                            held_out_images=len(split.held), recheck=recheck,
                            residual=residual_evidence(recheck, calibration, target))
