@@ -25,7 +25,7 @@ def inspect(path, *, arch=None, classes_file=None):
 
 
 def check(model, *, policy="strict", out_dir=None, probes=None, data=None, classes_file=None, arch=None, seed=0,
-          today=None, progress=None):
+          today=None, progress=None, repo_root=None):
     """Run the whole gate on a checkpoint and return its Verdict; see :func:`cbpt_guard.pipeline.check`.
 
     This is the call a model registry makes before promoting a version:
@@ -37,4 +37,4 @@ def check(model, *, policy="strict", out_dir=None, probes=None, data=None, class
     from cbpt_guard.pipeline import check as run_check
 
     return run_check(model, policy=policy, out_dir=out_dir, probes=probes, data=data, classes_file=classes_file,
-                     arch=arch, seed=seed, today=today, progress=progress)
+                     arch=arch, seed=seed, today=today, progress=progress, repo_root=repo_root)

@@ -297,7 +297,10 @@ def make_verdict(path: str, action: str = "pass", *, reasons: tuple[str, ...] | 
 
 
 class FakeCheck:
-    """A stand-in for :func:`cbpt_guard.check`: answers from a table of model path -> Verdict (or exception)."""
+    """A stand-in for :func:`cbpt_guard.check`: answers from a table of model path -> Verdict (or exception).
+
+    Like the real check, it writes the Verdict's reports into ``out_dir``.
+    """
 
     def __init__(self, answers: dict[str, object]):
         self.answers = answers
@@ -311,5 +314,9 @@ class FakeCheck:
         answer = self.answers[key]
         if isinstance(answer, BaseException):
             raise answer
+        if kwargs.get("out_dir") is not None:
+            from cbpt_guard.report import write_reports
+
+            write_reports(answer, kwargs["out_dir"], repo_root=kwargs.get("repo_root"))
         return answer
 

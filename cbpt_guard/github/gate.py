@@ -1,4 +1,4 @@
-"""Gate a list of checkpoints: check each, write its reports, and write the run's combined files.
+"""Gate a list of checkpoints: check each (the check writes its reports), and write the run's combined files.
 
 The check function is injected (default: :func:`cbpt_guard.check`), so the
 integration can be tested without running detection. A check that raises does not
@@ -18,7 +18,8 @@ from cbpt_guard.github.outcome import CheckpointOutcome
 from cbpt_guard.github.policy_overrides import PolicyOverrides, effective_policy
 
 CheckFn = Callable[..., object]
-"""``check(model, *, policy, out_dir, seed, progress, probes, data, classes_file) -> Verdict``, as cbpt_guard.check."""
+"""``check(model, *, policy, out_dir, seed, progress, repo_root, probes, data, classes_file) -> Verdict``, as
+cbpt_guard.check: it writes the Verdict's reports into ``out_dir``."""
 Progress = Callable[[str], None]
 
 
@@ -164,31 +165,36 @@ def headline_metrics(outcomes: Sequence[CheckpointOutcome]) -> dict[str, dict]:
 
 def _check_one(target: str, folder: Path, policy: str, settings: GateSettings, inputs: dict[str, str | None],
                check: CheckFn, progress: Progress | None) -> CheckpointOutcome:
-    """One checkpoint: the Verdict and its reports, or the error that prevented them."""
-    from cbpt_guard.report import write_reports
+    """One checkpoint: the Verdict and the reports its check wrote, or the error that prevented them.
+
+    The check writes the reports, once, with the SARIF paths relative to the
+    repository root; a failure to write them is its own fail-closed step in the
+    Verdict. The gate only lists what was written.
+    """
+    from cbpt_guard.report import REPORT_FILES
 
     folder.mkdir(parents=True, exist_ok=True)
     model = str(Path(settings.root) / target)
     try:
-        verdict = check(model, policy=policy, out_dir=str(folder), seed=settings.seed, progress=progress, **inputs)
+        verdict = check(model, policy=policy, out_dir=str(folder), seed=settings.seed, progress=progress,
+                        repo_root=settings.root, **inputs)
     except CbptError as error:
         return CheckpointOutcome(target, str(folder), error=str(error), error_exit_code=int(error.exit_code))
     except Exception as error:  # noqa: BLE001 - one crashing checkpoint must not hide the others' verdicts
         return CheckpointOutcome(target, str(folder), error=f"internal error: {type(error).__name__}: {error}",
                                  error_exit_code=int(ExitCode.TOOL_ERROR))
-    written = write_reports(verdict, str(folder), repo_root=settings.root)
-    return CheckpointOutcome(target, str(folder), verdict=verdict, reports=_by_format(written, folder))
+    return CheckpointOutcome(target, str(folder), verdict=verdict, reports=_by_format(REPORT_FILES, folder))
 
 
 def _by_format(written: dict[str, str], folder: Path) -> dict[str, str]:
-    """The renderer's written files keyed by format (json, html, md, sarif), as paths under ``folder``."""
+    """The reports found written under ``folder``, keyed by format (json, html, md, sarif)."""
     suffixes = {".json": "json", ".html": "html", ".md": "md", ".sarif": "sarif"}
     reports = {}
-    for path in written.values():
-        full = Path(path) if Path(path).is_absolute() or Path(path).parent != Path(".") else folder / path
-        kind = suffixes.get(full.suffix)
-        if kind:
-            reports[kind] = str(full)
+    for name in written.values():
+        path = folder / name
+        kind = suffixes.get(path.suffix)
+        if kind and path.is_file():
+            reports[kind] = str(path)
     return reports
 
 
