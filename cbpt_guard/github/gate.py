@@ -16,11 +16,11 @@ from pathlib import Path
 from cbpt_guard.errors import CbptError, ExitCode, UsageError
 from cbpt_guard.github.outcome import CheckpointOutcome
 from cbpt_guard.github.policy_overrides import PolicyOverrides, effective_policy
+from cbpt_guard.progress import Progress
 
 CheckFn = Callable[..., object]
 """``check(model, *, policy, out_dir, seed, progress, repo_root, probes, data, classes_file) -> Verdict``, as
 cbpt_guard.check: it writes the Verdict's reports into ``out_dir``."""
-Progress = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)
