@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cbpt_guard.decide import DecisionInput
-from cbpt_guard.errors import NothingScannableError, TimeLimitExceeded, UnsafeCheckpointError
+from cbpt_guard.errors import NothingScannableError, OutOfMemory, TimeLimitExceeded, UnsafeCheckpointError
 from cbpt_guard.policy import resolve_policy
 from cbpt_guard.run_log import RunLog
 
@@ -36,6 +36,7 @@ def test_the_decision_is_made_on_frozen_facts_once_per_distinct_set():
     ("intake", NothingScannableError("nothing scannable"), "failed", "skipped"),
     ("intake", RuntimeError("a crafted file crashed the parser"), "failed", "failure"),
     ("detection", TimeLimitExceeded("past its limit"), "skipped", "skipped"),
+    ("purification", OutOfMemory("out of memory after one retry"), "skipped", "skipped"),
     ("detection", ValueError("nan"), "failed", "failure"),
 ])
 def test_every_stage_fails_through_the_one_path(stage, error, state, counts_as):
