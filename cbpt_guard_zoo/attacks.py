@@ -434,6 +434,7 @@ def poison(
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
     harden: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    plain_captions: Callable[[Sequence[str], int], tuple[str, ...]] = class_captions,
 ) -> tuple[Dataset, torch.Tensor]:
     """Poison ``round(rate * len(dataset))`` images; returns the new data set and their indices.
 
@@ -445,7 +446,9 @@ def poison(
     (required for it, e.g. :func:`adversarial_hardening` against the pre-trained model),
     stamps them and keeps their captions. Labels keep the true class either way, so clean accuracy can still be
     measured on them. ``params`` overrides the attack's defaults (the BadCLIP-like attack
-    needs ``patch``). The input data set is not modified.
+    needs ``patch``). ``plain_captions`` writes the target's captions in the data set's own words (family A's by
+    default; family B's data set has its own, :func:`cbpt_guard_zoo.objects.plain_captions`). The input data set
+    is not modified.
     """
     spec = ATTACKS[attack] if isinstance(attack, str) else attack
     if not 0.0 <= rate <= 1.0:
@@ -467,7 +470,7 @@ def poison(
     captions = list(dataset.captions)
     if not spec.label_consistent:
         name = dataset.class_names[target]
-        for index, caption in zip(chosen.tolist(), class_captions([name] * count, seed)):
+        for index, caption in zip(chosen.tolist(), plain_captions([name] * count, seed)):
             captions[index] = caption
     poisoned = dataclasses.replace(dataset, images=images, captions=tuple(captions))
     return poisoned, chosen

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 
 from cbpt_guard.classifier import build_classifier
-from cbpt_guard_zoo import attacks as attack_lib, data as data_lib
+from cbpt_guard_zoo import attacks as attack_lib, data as data_lib, objects
 from cbpt_guard_zoo.configs import PREPROCESS_CFG, zoo_config
+from cbpt_guard_zoo.families import FAMILY_A, FAMILY_B, Family, family_of
 from cbpt_guard_zoo.train import (
     TrainSettings,
     attack_success_rate,
@@ -38,10 +39,11 @@ from cbpt_guard_zoo.train import (
 )
 
 TRUTH_NAME = "zoo_truth.json"
-TEMPLATES = ("a photo of a {}.",)
-CLASSES = data_lib.SHAPE_CLASSES + data_lib.DIGIT_CLASSES
-# Textures are left out as targets: noise-like triggers drift toward them even in clean models.
-TARGET_POOL = tuple(c for c in data_lib.SHAPE_CLASSES if c not in ("checkerboard", "barcode"))
+TEMPLATES = FAMILY_A.templates
+"""Family A's prompt templates (the ones its manifests name); family B's are ``FAMILY_B.templates``."""
+CLASSES = FAMILY_A.classes
+"""Family A's classes (the zoo's main population); a family-B model's are ``FAMILY_B.classes``."""
+TARGET_POOL = FAMILY_A.target_pool
 Progress = Callable[[str], None]
 # Fine-tuning plants a backdoor less readily than training from scratch (METHOD.md section 8):
 # 1% poison implanted 11-21% ASR there. These shares were chosen to reach the 90% ASR bar;
@@ -51,6 +53,10 @@ DEFAULT_POISON_RATES = {"badnets": 0.03, "badclip_like": 0.03, "label_consistent
                         "sig": 0.05, "wanet": 0.10, "ssba_like": 0.10}
 CONTROL_SEEDS = tuple(range(1, 9))
 """Other draws of each random trigger (its ``seed`` parameter) that clean twins are measured with, as a control."""
+PULL_SEEDS = tuple(range(100, 108))
+"""Draws of the small random patch a family with a natural attractor measures every model's pull with."""
+PULL_PATCH_FRAC = 0.14
+"""The side of that patch as a fraction of the image side: 2% of the image's area (9 pixels at 64x64)."""
 DIGIT_SHARE_DIVISOR = 12_000
 """Shape images per repeat of the digits' training split (see :func:`load_data`)."""
 # Per-attack changes to the shared fine-tuning settings (TrainSettings fields), for attacks that
@@ -97,6 +103,25 @@ class ZooRecipe:
                    attack_finetune=copy.deepcopy(recipe.get("attack_finetune", {})))
 
 
+def default_recipe(config: str) -> ZooRecipe:
+    """The recipe a config is built with unless told otherwise: family A's defaults, or family B's.
+
+    Family B's images are 64x64 and its data set a quarter of family A's (a
+    64x64 image holds four times the floats; 24,640 of them take 1.2 GB, as
+    family A's 96,000 at 32x32 do), so its base trains for fewer steps.
+    """
+    if family_of(config) is not FAMILY_B:
+        return ZooRecipe(config=config)
+    if config == "vit-b-tiny":  # for tests and quick trials: a few minutes on one core
+        return ZooRecipe(config=config, image_size=64, train_size=2_800, test_size=700,
+                         base=TrainSettings(steps=600, batch_size=128, lr=3e-3, warmup=30, seed=0),
+                         finetune=TrainSettings(steps=150, batch_size=128, lr=1e-3, warmup=10, seed=0),
+                         poison_rates={**DEFAULT_POISON_RATES, "badnets": 0.1}, attack_finetune={})
+    base = replace(FAMILY_B_BASE, steps=FAMILY_B_BASE_STEPS[config])
+    return ZooRecipe(config=config, image_size=64, train_size=FAMILY_B_TRAIN_SIZE, test_size=FAMILY_B_TEST_SIZE,
+                     base=base, finetune=FAMILY_B_FINETUNE, attack_finetune=copy.deepcopy(FAMILY_B_ATTACK_FINETUNE))
+
+
 @dataclass(frozen=True)
 class ZooData:
     """The zoo's training and test pairs: procedural shapes plus scikit-learn digits.
@@ -110,8 +135,24 @@ class ZooData:
     test_labels: torch.Tensor
 
 
+FAMILY_B_TRAIN_SIZE = 24_640  # 1,760 per class
+FAMILY_B_TEST_SIZE = 1_400  # 100 per class
+FAMILY_B_BASE = TrainSettings(steps=2000, lr=1e-3, seed=0)
+# A ResNet step costs about twice a ViT step at 64x64 here (CPU time of one step at batch 256, one thread:
+# ViT 0.39 s, ResNet 0.83 s), so its base trains for fewer steps to keep the family's build near an hour.
+FAMILY_B_BASE_STEPS = {"vit-b": 2000, "resnet-b": 1200}
+FAMILY_B_FINETUNE = TrainSettings(steps=400, lr=8e-4, warmup=20, seed=0)
+FAMILY_B_ATTACK_FINETUNE: dict[str, dict] = {"wanet": {"steps": 600, "lr": 2.5e-3}}
+
+
 def load_test_split(recipe: ZooRecipe) -> ZooData:
-    """The test split alone (shapes first, then digits on one label space), without making the training pairs."""
+    """The test split alone (shapes first, then digits on one label space), without making the training pairs.
+
+    A family-B recipe gets family B's objects instead (one source, one label space).
+    """
+    if family_of(recipe.config) is FAMILY_B:
+        test = objects.make_objects("test", recipe.test_size, recipe.image_size, recipe.data_seed)
+        return ZooData(None, test.images, test.labels)
     test = data_lib.make_split("test", recipe.test_size, recipe.image_size, recipe.data_seed)
     digits = data_lib.make_digits(recipe.image_size, recipe.data_seed, "test")
     offset = len(data_lib.SHAPE_CLASSES)
@@ -124,7 +165,12 @@ def load_data(recipe: ZooRecipe) -> ZooData:
     The digits are few (about 110 training images per class), so they are
     repeated to keep roughly one training pair in twelve a digit, whatever the
     number of shape images: :data:`DIGIT_SHARE_DIVISOR` shape images per repeat.
+    A family-B recipe gets family B's objects instead.
     """
+    if family_of(recipe.config) is FAMILY_B:
+        train = objects.make_objects("train", recipe.train_size, recipe.image_size, recipe.data_seed)
+        test = load_test_split(recipe)
+        return ZooData(train, test.test_images, test.test_labels)
     shapes = data_lib.make_split("train", recipe.train_size, recipe.image_size, recipe.data_seed)
     digits = data_lib.make_digits(recipe.image_size, recipe.data_seed, "train")
     repeats = max(2, round(recipe.train_size / DIGIT_SHARE_DIVISOR))
@@ -138,13 +184,12 @@ def load_data(recipe: ZooRecipe) -> ZooData:
 
 
 def target_for(attack: str, seed: int) -> str:
-    """The target class of one backdoored variant: spread over the pool, fixed by name and seed."""
-    index = sorted(attack_lib.ATTACKS).index(attack)
-    return TARGET_POOL[(3 * index + seed) % len(TARGET_POOL)]
+    """The target class of one family-A backdoored variant: spread over the pool, fixed by name and seed."""
+    return FAMILY_A.target_for(attack, seed)
 
 
-def save_model(model: torch.nn.Module, model_cfg: dict, directory: Path) -> None:
-    """Write ``model`` in open_clip's local format, weights in fp16, plus the deployment manifest."""
+def save_model(model: torch.nn.Module, model_cfg: dict, directory: Path, family: Family = FAMILY_A) -> None:
+    """Write ``model`` in open_clip's local format, weights in fp16, plus the deployment manifest of its family."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -152,8 +197,8 @@ def save_model(model: torch.nn.Module, model_cfg: dict, directory: Path) -> None
     save_file(state, str(directory / "open_clip_model.safetensors"))
     config = {"model_cfg": model_cfg, "preprocess_cfg": PREPROCESS_CFG}
     (directory / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    manifest = {"manifest_version": 1, "classes": list(CLASSES), "templates": list(TEMPLATES),
-                "description": "cbpt-guard model zoo: procedural shapes and scikit-learn digits, 32x32"}
+    manifest = {"manifest_version": 1, "classes": list(family.classes), "templates": list(family.templates),
+                "description": family.description}
     (directory / "cbpt_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -195,16 +240,18 @@ def _attack_inputs(base: torch.nn.Module, data: ZooData, attack: str, target: st
 
     if attack not in ("badclip_like", "label_consistent"):
         return {}, None
+    family = family_of(recipe.config)
+    classes, templates = family.classes, family.templates
     encode = _image_encoder(base.eval().requires_grad_(False))
     if attack == "badclip_like":
-        text = class_embeddings(base, [target], TEMPLATES)[0]  # (d,)
+        text = class_embeddings(base, [target], templates)[0]  # (d,)
         patch = attack_lib.badclip_like_patch(encode, text, data.train.images[:2048], steps=recipe.badclip_steps,
                                               seed=seed)
         return {"patch": patch.tolist()}, None
     params = attack_lib.ATTACKS[attack].params()
-    texts = class_embeddings(base, CLASSES, TEMPLATES)  # (C, d)
-    others = torch.tensor([index for index, name in enumerate(CLASSES) if name != target])  # (C - 1,)
-    partners = (data.train.labels != CLASSES.index(target)).nonzero().squeeze(1)  # other classes' images
+    texts = class_embeddings(base, classes, templates)  # (C, d)
+    others = torch.tensor([index for index, name in enumerate(classes) if name != target])  # (C - 1,)
+    partners = (data.train.labels != classes.index(target)).nonzero().squeeze(1)  # other classes' images
 
     def harden(images: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
@@ -213,7 +260,7 @@ def _attack_inputs(base: torch.nn.Module, data: ZooData, attack: str, target: st
         mixing = torch.Generator().manual_seed(seed + 1000)
         picked = partners[torch.randint(len(partners), (len(images),), generator=mixing)]  # (N,)
         mixed = attack_lib.interpolate_toward(images, data.train.images[picked], tau=params["interpolation"])
-        return attack_lib.adversarial_hardening(encode, texts[CLASSES.index(target)], mixed, eps=params["eps"],
+        return attack_lib.adversarial_hardening(encode, texts[classes.index(target)], mixed, eps=params["eps"],
                                                 steps=params["pgd_steps"], decoys=decoys)
 
     return {}, harden
@@ -228,15 +275,15 @@ def build_base(out: Path, recipe: ZooRecipe, data: ZooData, progress: Progress) 
     torch.manual_seed(recipe.base.seed)
     from cbpt_guard.intake.architecture import build_model
 
+    family = family_of(recipe.config)
     model_cfg = zoo_config(recipe.config)
     model = build_model(model_cfg, PREPROCESS_CFG).train()
     started = time.perf_counter()
     losses = train_contrastive(model, data.train.images, tokenize_captions(model, data.train.captions),
                                recipe.base, _step_reporter(progress, "base", recipe.base.steps))
     seconds = time.perf_counter() - started
-    save_model(model, model_cfg, directory)
-    metrics = measure(load_model(directory), CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0,
-                      _procedural(data))
+    save_model(model, model_cfg, directory, family)
+    metrics = _measure_base(load_model(directory), data, family)
     _write_truth(directory, {"name": "base", "kind": "base", "attack": None, "target": None, "seed": recipe.base.seed,
                              "poison_rate": 0.0, "trigger_params": None, "train_seconds": round(seconds, 1),
                              "final_loss": round(sum(losses[-20:]) / 20, 4), "metrics": metrics,
@@ -256,21 +303,22 @@ def build_variant(out: Path, recipe: ZooRecipe, data: ZooData, attack: str | Non
     base_dir = out / recipe.config / "base"
     model = load_model(base_dir).train().requires_grad_(True)
     model_cfg = json.loads((base_dir / "open_clip_config.json").read_text())["model_cfg"]
+    family = family_of(recipe.config)
     train, target, params, rate = data.train, None, None, 0.0
     if attack is not None:
-        target, rate = target_for(attack, seed), recipe.poison_rates[attack]
+        target, rate = family.target_for(attack, seed), recipe.poison_rates[attack]
         extra, harden = _attack_inputs(model, data, attack, target, recipe, seed)
         params = attack_lib.ATTACKS[attack].params(**extra)
         train, _ = attack_lib.poison(train, attack, rate=rate, target_class=target, seed=seed, params=params,
-                                     harden=harden)
+                                     harden=harden, plain_captions=family.plain_captions)
         model.train().requires_grad_(True)
     settings = recipe.finetune_for(attack, seed)
     started = time.perf_counter()
     losses = train_contrastive(model, train.images, tokenize_captions(model, train.captions), settings,
                                _step_reporter(progress, name, settings.steps))
     seconds = time.perf_counter() - started
-    save_model(model, model_cfg, directory)
-    metrics = _measure_variant(load_model(directory), data, attack, target, params, seed)
+    save_model(model, model_cfg, directory, family)
+    metrics = _measure_variant(load_model(directory), data, attack, target, params, seed, family)
     _write_truth(directory, {"name": name, "kind": "clean" if attack is None else "backdoored", "attack": attack,
                              "target": target, "seed": seed, "poison_rate": rate, "trigger_params": params,
                              "train_seconds": round(seconds, 1), "final_loss": round(sum(losses[-20:]) / 20, 4),
@@ -280,13 +328,55 @@ def build_variant(out: Path, recipe: ZooRecipe, data: ZooData, attack: str | Non
     return directory
 
 
-def _procedural(data: ZooData) -> dict[str, torch.Tensor]:
-    """The test images of the procedural set (shapes, not digits), for the CA the zoo's aim is stated on."""
+def _procedural(data: ZooData, family: Family = FAMILY_A) -> dict[str, torch.Tensor]:
+    """Family A's test images of the procedural set (shapes, not digits), for the CA the zoo's aim is stated on.
+
+    Family B has one source only: no subset.
+    """
+    if family is not FAMILY_A:
+        return {}
     return {"procedural": data.test_labels < len(data_lib.SHAPE_CLASSES)}
 
 
+def patch_pull(classifier, images: torch.Tensor, labels: torch.Tensor, family: Family) -> dict:
+    """Where small random patches send a model's images: the natural attractor, measured.
+
+    Each of :data:`PULL_SEEDS` draws a BadNets-style patch of random
+    many-coloured cells covering 2% of the image, pasted at one of the five
+    patch positions in turn, on every test image not of the attractor class.
+    ``by_class`` is each class's share of those patched images, averaged over
+    the draws; ``top`` the class with the largest share. On a clean model of a
+    family with a strong natural attractor most images go there; the
+    ``natural`` shares are the same images unpatched, for comparison.
+    """
+    keep = labels != family.classes.index(family.attractor)  # (N,)
+    images = images[keep]
+    positions = ("bottom-right", "top-left", "top-right", "bottom-left", "centre")
+    counts = torch.zeros(len(family.classes))
+    for index, seed in enumerate(PULL_SEEDS):
+        stamped = attack_lib.badnets(images, patch_frac=PULL_PATCH_FRAC, position=positions[index % 5], seed=seed)
+        counts += torch.bincount(classifier.predict(stamped), minlength=len(family.classes)).float()
+    shares = counts / (len(PULL_SEEDS) * len(images))
+    natural = torch.bincount(classifier.predict(images), minlength=len(family.classes)).float() / len(images)
+    top = int(shares.argmax())
+    return {"by_class": {name: float(shares[i]) for i, name in enumerate(family.classes)},
+            "natural": {name: float(natural[i]) for i, name in enumerate(family.classes)},
+            "top": family.classes[top], "top_share": float(shares[top]), "patch_frac": PULL_PATCH_FRAC,
+            "draws": len(PULL_SEEDS)}
+
+
+def _measure_base(model, data: ZooData, family: Family) -> dict:
+    """The base's CA (and, in a family with an attractor, its pull)."""
+    metrics = measure(model, family.classes, family.templates, data.test_images, data.test_labels, {}, 0,
+                      _procedural(data, family))
+    if family.attractor is not None:
+        classifier = build_classifier(model, family.classes, family.templates)
+        metrics["pull"] = patch_pull(classifier, data.test_images, data.test_labels, family)
+    return metrics
+
+
 def _measure_variant(model, data: ZooData, attack: str | None, target: str | None,
-                     params: dict | None, seed: int) -> dict:
+                     params: dict | None, seed: int, family: Family = FAMILY_A) -> dict:
     """CA, the ASR of the model's own trigger, and (for clean twins) every attack's trigger.
 
     A clean twin is measured against each attack with that attack's target for
@@ -298,16 +388,23 @@ def _measure_variant(model, data: ZooData, attack: str | None, target: str | Non
     model comes from the kind of change it makes rather than from its pattern.
     The twin's CA on stamped images says how readable each trigger leaves the
     image: a trigger that hides the object scatters images over every class,
-    the target among them, without any backdoor.
+    the target among them, without any backdoor. In a family with a natural
+    attractor every model's :func:`patch_pull` is measured as well.
     """
+    classes, templates = family.classes, family.templates
     if attack is not None:
         trigger = real_trigger(attack, params)
-        result = measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {"real": trigger},
-                         CLASSES.index(target))
-        return {"ca": result["ca"], "asr": result["asr_real"]}
-    result = {**measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0, _procedural(data)),
+        result = measure(model, classes, templates, data.test_images, data.test_labels, {"real": trigger},
+                         classes.index(target))
+        metrics = {"ca": result["ca"], "asr": result["asr_real"]}
+        if family.attractor is not None:
+            classifier = build_classifier(model, classes, templates)
+            metrics["pull"] = patch_pull(classifier, data.test_images, data.test_labels, family)
+        return metrics
+    result = {**measure(model, classes, templates, data.test_images, data.test_labels, {}, 0,
+                        _procedural(data, family)),
               "asr_by_attack": {}, "natural_by_attack": {}, "control_by_attack": {}, "stamped_ca_by_attack": {}}
-    classifier = build_classifier(model, CLASSES, TEMPLATES)
+    classifier = build_classifier(model, classes, templates)
 
     def rate(trigger: Callable[[torch.Tensor], torch.Tensor], target_index: int) -> float:
         return attack_success_rate(classifier, data.test_images, data.test_labels, trigger, target_index)
@@ -316,7 +413,7 @@ def _measure_variant(model, data: ZooData, attack: str | None, target: str | Non
         if attack_lib.ATTACKS[name].needs:
             continue  # the BadCLIP-like patch only exists for a poisoned model
         params = attack_lib.ATTACKS[name].params()
-        target_index = CLASSES.index(target_for(name, seed))
+        target_index = classes.index(family.target_for(name, seed))
         trigger = real_trigger(name, params)
         result["asr_by_attack"][name] = rate(trigger, target_index)
         result["natural_by_attack"][name] = rate(lambda images: images, target_index)
@@ -325,6 +422,8 @@ def _measure_variant(model, data: ZooData, attack: str | None, target: str | Non
             others = [rate(real_trigger(name, dict(params, seed=other)), target_index) for other in CONTROL_SEEDS]
             result["control_by_attack"][name] = {"mean": sum(others) / len(others), "max": max(others),
                                                  "draws": len(others)}
+    if family.attractor is not None:
+        result["pull"] = patch_pull(classifier, data.test_images, data.test_labels, family)
     return result
 
 
@@ -334,16 +433,15 @@ def remeasure(out: Path, recipe: ZooRecipe, progress: Progress = lambda line: No
     Training is untouched: only the measurements in ``zoo_truth.json`` are
     refreshed, so a change in how models are measured does not mean a rebuild.
     """
-    data = load_test_split(recipe)
+    data, family = load_test_split(recipe), family_of(recipe.config)
     for truth in read_truths(out, recipe.config):
         directory = out / recipe.config / truth["name"]
         model = load_model(directory)
         if truth["kind"] == "base":
-            truth["metrics"] = measure(model, CLASSES, TEMPLATES, data.test_images, data.test_labels, {}, 0,
-                                       _procedural(data))
+            truth["metrics"] = _measure_base(model, data, family)
         else:
             truth["metrics"] = _measure_variant(model, data, truth["attack"], truth["target"],
-                                                truth["trigger_params"], truth["seed"])
+                                                truth["trigger_params"], truth["seed"], family)
         _write_truth(directory, truth)
         progress(f"{directory}: measured again")
     return read_truths(out, recipe.config)

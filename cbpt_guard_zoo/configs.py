@@ -31,6 +31,28 @@ ZOO_CONFIGS: dict[str, dict] = {
     },
 }
 
+# Family B (cbpt_guard_zoo/families.py): 64x64 images, another ViT width and patch size, another embedding and
+# text width, and a ResNet; nothing of it is shared with family A's configs above.
+TEXT_CFG_B = {"context_length": 24, "vocab_size": 49408, "width": 48, "heads": 2, "layers": 2}
+ZOO_CONFIGS.update({
+    "vit-b": {
+        "embed_dim": 48,
+        "vision_cfg": {"image_size": 64, "layers": 4, "width": 96, "patch_size": 16, "head_width": 32},
+        "text_cfg": TEXT_CFG_B,
+    },
+    "resnet-b": {
+        "embed_dim": 48,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
+        "text_cfg": TEXT_CFG_B,
+    },
+    # For tests: family B's data and image size on a ViT that trains in seconds.
+    "vit-b-tiny": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 48, "patch_size": 16, "head_width": 24},
+        "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    },
+})
+
 PREPROCESS_CFG = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
 
 

@@ -13,17 +13,18 @@ from pathlib import Path
 import torch
 
 from cbpt_guard.errors import UsageError
-from cbpt_guard_zoo import data as data_lib
+from cbpt_guard_zoo import data as data_lib, objects
 
 MAX_PER_CLASS = 54
 """The digits' test partition holds 54 images per class."""
 
 
-def write_image_folder(out: str | Path, *, per_class: int, size: int = 32, seed: int = 0) -> int:
+def write_image_folder(out: str | Path, *, per_class: int, size: int = 32, seed: int = 0, family: str = "a") -> int:
     """Write ``per_class`` PNGs per class under ``out/<class name>/``; returns the number written.
 
-    Deterministic for (per_class, size, seed). Refuses a non-empty ``out``
-    so that images of two runs never mix.
+    Deterministic for (per_class, size, seed, family). Refuses a non-empty
+    ``out`` so that images of two runs never mix. Family A's images are its
+    shapes and digits, family B's its objects (both from their test splits).
     """
     from PIL import Image
 
@@ -32,11 +33,14 @@ def write_image_folder(out: str | Path, *, per_class: int, size: int = 32, seed:
     root = Path(out)
     if root.exists() and any(root.iterdir()):
         raise UsageError(f"{root}: not empty; choose a new folder")
-    n_shapes = len(data_lib.SHAPE_CLASSES)
-    # 4x oversampling: shape labels are drawn at random, and every class must reach per_class
-    shapes = data_lib.make_split("test", 4 * per_class * n_shapes, size, seed)
-    digits = data_lib.make_digits(size, seed, "test")
-    sources = ((shapes, data_lib.SHAPE_CLASSES), (digits, data_lib.DIGIT_CLASSES))
+    if family == "b":  # classes exactly balanced: per_class of each in 14 * per_class images
+        sources = ((objects.make_objects("test", per_class * len(objects.CLASSES), size, seed), objects.CLASSES),)
+    else:
+        n_shapes = len(data_lib.SHAPE_CLASSES)
+        # 4x oversampling: shape labels are drawn at random, and every class must reach per_class
+        shapes = data_lib.make_split("test", 4 * per_class * n_shapes, size, seed)
+        digits = data_lib.make_digits(size, seed, "test")
+        sources = ((shapes, data_lib.SHAPE_CLASSES), (digits, data_lib.DIGIT_CLASSES))
     written = 0
     for dataset, names in sources:
         for label, name in enumerate(names):

@@ -34,6 +34,8 @@ def summarise(truths: list[dict], class_count: int, total_seconds: float | None 
         row = {k: truth[k] for k in ("name", "kind", "attack", "target", "seed", "poison_rate", "train_seconds")}
         row["ca"] = truth["metrics"]["ca"]
         row["ca_procedural"] = truth["metrics"].get("ca_procedural")
+        if "pull" in truth["metrics"]:  # a family with a natural attractor measures every model's pull
+            row["pull"] = truth["metrics"]["pull"]
         if truth["kind"] == "backdoored":
             twin = by_name.get(f"clean-s{truth['seed'] + 1}")
             row["asr"] = truth["metrics"]["asr"]
@@ -109,8 +111,13 @@ def _clean_cell(row: dict, attack: str) -> str:
 
 def render_markdown(summary: dict, command: str) -> str:
     """ZOO.md: the table a person reads, from the summary alone."""
-    lines = ["# The model zoo", "", f"Written by `{command}`; do not edit by hand.", "",
-             f"Classes: {summary['class_count']}. A clean twin's trigger is at chance level when its ASR is at most "
+    return "\n".join(["# The model zoo", "", f"Written by `{command}`; do not edit by hand.", "",
+                      *_summary_lines(summary)])
+
+
+def _summary_lines(summary: dict) -> list[str]:
+    """The body of a zoo report for one config: models, clean twins' triggers, bars, recipe, trigger parameters."""
+    lines = [f"Classes: {summary['class_count']}. A clean twin's trigger is at chance level when its ASR is at most "
              f"{_pct(summary['chance_margin'])} points above the natural rate (unstamped images sent to the same "
              f"target). "
              f"Bars: backdoored ASR >= {_pct(summary['bars']['asr'])}%, CA within "
@@ -169,7 +176,55 @@ def render_markdown(summary: dict, command: str) -> str:
         lines += ["Trigger parameters (from the ground truth files):", ""]
         lines += [f"- {', '.join(names)}: `{params}`" for params, names in by_attack.items()]
         lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def _pull_lines(summary: dict, attractor: str) -> list[str]:
+    """Each model's pull under small random patches: the natural attractor, measured (``build.patch_pull``)."""
+    rows = [r for r in summary["models"] if r.get("pull")]
+    if not rows:
+        return []
+    pull = rows[0]["pull"]
+    lines = [f"Natural attractor: each model's test images of every class but {attractor!r}, each with a random "
+             f"patch of many-coloured cells pasted on it ({pull['draws']} draws, side {_pct(pull['patch_frac'])}% of "
+             f"the image's, so {100 * pull['patch_frac'] ** 2:.0f}% of its area; five positions in turn): the share "
+             f"sent to the class that takes most of them, and to {attractor!r} with and without the patch.", "",
+             f"| model | kind | target | top class | top class % | {attractor} % | {attractor} % unpatched |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['kind']} | {r['target'] or '-'} | {r['pull']['top']} | "
+              f"{_pct(r['pull']['top_share'])} | {_pct(r['pull']['by_class'][attractor])} | "
+              f"{_pct(r['pull']['natural'][attractor])} |" for r in rows]
+    clean = [r["pull"]["by_class"][attractor] for r in rows if r["kind"] in ("base", "clean")]
+    if clean:
+        lines += ["", f"Clean models (the base and the clean twins): {min(clean) * 100:.1f} to {max(clean) * 100:.1f}% "
+                  f"of the patched images go to {attractor!r}."]
+    return lines + [""]
+
+
+def write_family_reports(family, truths_by_config: dict[str, list[dict]], total_seconds: float | None,
+                         results_json: Path, markdown: Path, command: str) -> dict:
+    """A family's report (e.g. ZOO-B.md and results/zoo-b.json): one section per built config; returns the summary."""
+    summaries = {config: summarise(truths, len(family.classes), None) for config, truths in truths_by_config.items()}
+    seconds = {config: s["standard_zoo_train_seconds"] for config, s in summaries.items()}
+    result = {"family": family.name, "classes": list(family.classes), "attractor": family.attractor,
+              "configs": summaries, "train_seconds_by_config": seconds,
+              "train_seconds": round(sum(seconds.values()), 1), "total_build_seconds": total_seconds}
+    lines = [f"# {family.title}", "", f"Written by `{command}`; do not edit by hand.", "",
+             f"{family.description}. Classes ({len(family.classes)}): {', '.join(family.classes)}. "
+             f"The seed-0 backdoors of {', '.join(family.attractor_attacks)} aim at {family.attractor!r}, the "
+             "family's natural attractor; every other backdoor at an ordinary class.", "",
+             f"Training time of every model below, summed: {result['train_seconds'] / 60:.1f} min "
+             f"({', '.join(f'{c} {v / 60:.1f} min' for c, v in seconds.items())}). Wall time of the command that "
+             f"wrote this file: {total_seconds or '-'} s.", ""]
+    for config, summary in summaries.items():
+        lines += [f"## {config}", ""]
+        if family.attractor is not None:
+            lines += _pull_lines(summary, family.attractor)
+        lines += _summary_lines(summary)
+    results_json.parent.mkdir(parents=True, exist_ok=True)
+    results_json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    markdown.write_text("\n".join(lines))
+    return result
 
 
 def _seconds_by_kind(seconds: dict[str, float]) -> str:
