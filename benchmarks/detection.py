@@ -137,6 +137,14 @@ def score_tier(raw: dict, truths: dict) -> dict:
             "decree_fpr": sum(r["decree_flagged"] for r in clean_rows) / len(clean_rows) if clean_rows else None}
 
 
+def zoo_domain(model_dir: Path):
+    """The model family of the zoo's clean twins (they share config and class list): the calibration's domain."""
+    from cbpt_guard.detect.domain import domain_of_loaded
+    from cbpt_guard.intake import load_checkpoint
+
+    return domain_of_loaded(load_checkpoint(model_dir))
+
+
 def scaling(zoo: Path, budget: DetectBudget) -> list[dict]:
     """Seconds of one detection run as the class count and the image size grow."""
     loaded = load_checkpoint(next(p for p in sorted(zoo.iterdir()) if (p / TRUTH_NAME).is_file()))
@@ -226,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key}: {entry['seconds']} s", file=sys.stderr, flush=True)
     tiers = {tier: score_tier({n: cache[f"{tier}/{n}"] for n in truths}, truths) for tier in args.tiers.split(",")}
     if args.write_calibration and "zero-data" in tiers:  # valid only at the budget the references ran at
-        fitted = dataclasses.replace(tiers["zero-data"]["calibration"], budget=scoring_settings(budget))
+        clean = sorted(n for n, t in truths.items() if t["kind"] == "clean")
+        fitted = dataclasses.replace(tiers["zero-data"]["calibration"], budget=scoring_settings(budget),
+                                     domain=zoo_domain(args.zoo / clean[0]),
+                                     reference_sha256={n: cache[f"zero-data/{n}"]["weights_sha256"] for n in clean})
         args.write_calibration.write_text(fitted.to_json())
     seconds = [cache[f"zero-data/{n}"]["seconds"] for n in truths if f"zero-data/{n}" in cache]
     results = {"zoo": str(args.zoo), "budget": {"families": list(budget.families), "probes": budget.probes,

@@ -6,8 +6,10 @@ from pathlib import Path
 
 from cbpt_guard.detect import calibration as calib
 from cbpt_guard.detect.budget import scoring_settings
+from cbpt_guard.detect.domain import domain_differences, domain_of_loaded
 from cbpt_guard.detect.run import DetectBudget, DetectionReport, check_calibrated, detect, gather_evidence
 from cbpt_guard.progress import Progress, silent
+from cbpt_guard.errors import UsageError
 from cbpt_guard.intake import load_checkpoint
 from cbpt_guard.probes import folder_probes
 
@@ -39,14 +41,27 @@ def detect_checkpoint(path: str | Path, *, arch: str | None = None, classes_file
 
 def calibrate_models(paths: list[str | Path], *, budget: DetectBudget = DetectBudget(), seed: int = 0,
                      progress: Progress = silent) -> calib.Calibration:
-    """Run the detector over clean reference models and fit the calibration to what they show."""
-    references, targets = {}, {}
+    """Run the detector over clean reference models and fit the calibration to what they show.
+
+    The calibration records the references' family (``detect.domain``) and
+    their weights' digests; references of two families are refused, since
+    one set of statistics cannot describe both.
+    """
+    references, targets, digests, family = {}, {}, {}, None
     for path in paths:
         progress(f"calibrating on {path}")
         loaded = load_checkpoint(path)
         loaded.report.require_classes(path, remedy="add cbpt_manifest.json")
+        domain = domain_of_loaded(loaded)
+        differences = domain_differences(family, domain) if family else []
+        if differences:  # before this reference's detection run: the refusal costs one model load
+            raise UsageError(f"{path}: another model family than {paths[0]} ({'; '.join(differences)}): "
+                             "calibrate each family on its own clean models")
+        family = family or domain
         evidence = gather_evidence(loaded.model, loaded.report.classes, loaded.report.templates, budget=budget,
                                    seed=seed, progress=progress)
         references[str(path)] = evidence.features
         targets[str(path)] = evidence.targets
-    return calib.fit(references, reference_targets=targets, budget=scoring_settings(budget))
+        digests[str(path)] = loaded.report.checkpoint_sha256
+    return calib.fit(references, reference_targets=targets, budget=scoring_settings(budget), domain=family,
+                     reference_sha256=digests)

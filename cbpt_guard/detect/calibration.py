@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cbpt_guard.detect.domain import Domain
 from cbpt_guard.detect.findings import AnomalyFinding, FamilyFinding
 from cbpt_guard.detect.outcome import z_to_score
 from cbpt_guard.errors import UsageError
@@ -61,6 +62,14 @@ class Calibration:
 
     Scores are comparable only at this budget: a run at another is refused as
     uncalibrated (``detect.run.check_calibrated``)."""
+    domain: Domain | None = None
+    """The model family the references belong to (``detect.domain``); None: not recorded (an older file).
+
+    A model outside it is scored reference-free and reported as uncalibrated
+    for its family; a calibration with no domain counts as fitted on another
+    family (``detect.domain.domain_differences``)."""
+    reference_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Per reference, the SHA-256 of its weights file: which models the statistics came from."""
 
     def to_json(self) -> str:
         """The calibration file's text."""
@@ -70,7 +79,9 @@ class Calibration:
                            "attractors": {k: list(v) for k, v in sorted(self.attractors.items())},
                            "attractor_margin": self.attractor_margin,
                            "budget": self.budget,
+                           "domain": self.domain.as_dict() if self.domain else None,
                            "references": list(self.references),
+                           "reference_sha256": dict(sorted(self.reference_sha256.items())),
                            "reference_scores": list(self.reference_scores)}, indent=2) + "\n"
 
 
@@ -136,7 +147,8 @@ def score(features: dict[str, float], calibration: Calibration,
 
 def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0,
         reference_targets: dict[str, dict[str, str]] | None = None,
-        attractor_margin: float | None = None, budget: dict | None = None) -> Calibration:
+        attractor_margin: float | None = None, budget: dict | None = None, domain: Domain | None = None,
+        reference_sha256: dict[str, str] | None = None) -> Calibration:
     """Fit clean statistics; the threshold is the score of a family ``z_margin`` spreads out.
 
     ``reference_targets`` (per reference, per family: the class its inverted
@@ -147,7 +159,9 @@ def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0,
     one of that family's attractors, discounted by ``attractor_margin`` z units
     (default ``z_margin``: evidence toward an attractor must reach twice the
     threshold's distance from the clean mean). ``budget`` records the
-    detection settings the references ran at (``detect.budget.scoring_settings``).
+    detection settings the references ran at (``detect.budget.scoring_settings``),
+    ``domain`` the model family they belong to and ``reference_sha256`` their
+    weights' digests (``detect.domain``).
     """
     names = sorted(set.intersection(*(set(f) for f in reference_features.values())))
     stats = {}
@@ -163,7 +177,8 @@ def fit(reference_features: dict[str, dict[str, float]], z_margin: float = 3.0,
         attractors[family] = tuple(sorted(votes))
     margin = z_margin if attractor_margin is None else attractor_margin
     fitted = Calibration(stats, threshold, tuple(sorted(reference_features)), typical_targets=typical,
-                         attractors=attractors, attractor_margin=margin if attractors else 0.0, budget=budget)
+                         attractors=attractors, attractor_margin=margin if attractors else 0.0, budget=budget,
+                         domain=domain, reference_sha256=dict(reference_sha256 or {}))
     scores = sorted(round(score(features, fitted, (reference_targets or {}).get(name))[0], 6)
                     for name, features in reference_features.items())
     return dataclasses.replace(fitted, reference_scores=tuple(scores))
@@ -216,8 +231,10 @@ def load_calibration(path: str | Path) -> Calibration:
         budget = document.get("budget")
         if budget is not None and not isinstance(budget, dict):
             raise ValueError("budget must be an object")
+        domain = Domain.from_dict(document["domain"]) if document.get("domain") is not None else None
+        digests = {str(k): str(v) for k, v in document.get("reference_sha256", {}).items()}
         return Calibration(stats, threshold, tuple(map(str, document.get("references", []))), str(source), typical,
-                           scores, attractors, margin, budget)
+                           scores, attractors, margin, budget, domain, digests)
     except FileNotFoundError:
         raise UsageError(f"{source}: no such calibration file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError,
