@@ -178,8 +178,9 @@ def measure(classifier, probes, searches, classes: tuple[str, ...], *, draws: in
     """Score one model reference-free from its patch searches: ``searches`` is ``[(source, aim, trigger), ...]``.
 
     Each trigger is a patch trigger (``mask()`` and a call that stamps).
-    ``aim`` is the class index a targeted search was aimed at; None (a
-    label-free search) takes the class most stamped probes land on. Random
+    ``aim`` is the class index a targeted search was aimed at; the class
+    most stamped probes land on counts too (a search aimed at one class can
+    find a shortcut to another), and is all a label-free search (None) has. Random
     reach is measured once per patch side in pixels, on the first
     ``probe_count`` probes.
     """
@@ -202,11 +203,12 @@ def measure(classifier, probes, searches, classes: tuple[str, ...], *, draws: in
         with torch.no_grad():
             stamped = classifier.predict(trigger(pixels))  # (n,)
             area = float(trigger.mask().mean())
-        target = int(torch.bincount(stamped, minlength=len(classes)).argmax()) if aim is None else int(aim)
-        others = clean != target
-        reach = float((stamped[others] == target).float().mean()) if others.any() else 0.0
-        reaches.append(Reach(classes[target], source, round(area, 6), round(reach, 6),
-                             round(float(random_at(area)[target]), 6)))
+        landed = int(torch.bincount(stamped, minlength=len(classes)).argmax())
+        for target in dict.fromkeys([landed] if aim is None else [int(aim), landed]):  # aimed, then where it landed
+            others = clean != target
+            reach = float((stamped[others] == target).float().mean()) if others.any() else 0.0
+            reaches.append(Reach(classes[target], source, round(area, 6), round(reach, 6),
+                                 round(float(random_at(area)[target]), 6)))
     patch_area = next((r.area for r in reaches if r.source == "patch"), reaches[0].area if reaches else 0.0)
     baseline = random_at(patch_area) if reaches else torch.zeros(len(classes))
     return score_reaches(reaches, len(classes), {c: float(baseline[i]) for i, c in enumerate(classes)})
