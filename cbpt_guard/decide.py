@@ -26,6 +26,7 @@ import dataclasses
 import datetime as dt
 from typing import TYPE_CHECKING
 
+from cbpt_guard.detect.domain import domain_outcome
 from cbpt_guard.detect.outcome import Outcome
 from cbpt_guard.errors import ExitCode
 from cbpt_guard.figures import score_text
@@ -79,13 +80,22 @@ class DetectionOutcome:
     """The class triggered inputs drift to, when one stands out."""
     note: str | None = None
     """Why the result is inconclusive (a budget ran out, the evidence disagreed)."""
+    uncalibrated: str | None = None
+    """Set when the model is outside its calibration's family ("uncalibrated for this model family: ..."):
+    ``result`` and ``score`` are then another family's statistics and the decision rests on the
+    reference-free score (:func:`cbpt_guard.detect.domain.domain_outcome`)."""
+    reference_free_score: float | None = None
+    reference_free_found: bool = False
+    """Whether the reference-free score is itself conclusive evidence (``detect.reference_free``)."""
 
     @classmethod
     def from_report(cls, report: DetectionReport) -> DetectionOutcome:
         """What a :class:`~cbpt_guard.detect.run.DetectionReport` concluded; its skipped steps are the note."""
         note = "; ".join(f"{name}: {why}" for name, why in report.skipped) or None
+        free = report.reference_free or {}
         return cls(result=report.outcome, score=report.score, threshold=report.threshold,
-                   target_class=report.suspected_target, note=note)
+                   target_class=report.suspected_target, note=note, uncalibrated=report.uncalibrated,
+                   reference_free_score=free.get("score"), reference_free_found=bool(free.get("found")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +234,12 @@ def _weigh_completeness(evidence: DecisionInput, policy: Policy, tally: _Tally) 
     if evidence.detection is None:
         tally.fail_closed.append(on_skip)
         tally.reasons.append(f"detection did not run: {on_skip.value}")
+    elif evidence.detection.uncalibrated is not None:
+        tally.reasons.append(f"{evidence.detection.uncalibrated}{_reference_free_text(evidence.detection)}")
+        if _result(evidence.detection) is Outcome.INCONCLUSIVE:
+            tally.fail_closed.append(on_skip)
+            tally.reasons.append(f"detection was inconclusive (no reference-free evidence, and no calibration for "
+                                 f"this model family to tell a clean model from a backdoored one): {on_skip.value}")
     elif evidence.detection.result is Outcome.INCONCLUSIVE:
         note = f" ({evidence.detection.note})" if evidence.detection.note else ""
         tally.fail_closed.append(on_skip)
@@ -237,11 +253,14 @@ def _weigh_detection(evidence: DecisionInput, policy: Policy, today: dt.date, ta
     tally.expired = tuple(w for w in scoped if w.is_expired(today))
     active = tuple(w for w in scoped if not w.is_expired(today))
     detection = evidence.detection
-    found = detection is not None and detection.result is Outcome.FOUND
-    if detection is not None and detection.result is Outcome.NOT_FOUND:
+    found = detection is not None and _result(detection) is Outcome.FOUND
+    if detection is not None and _result(detection) is Outcome.NOT_FOUND:
         tally.reasons.append(f"{Outcome.NOT_FOUND}{_score_text(detection, '<')}")
-    if found:
+    if found and detection.uncalibrated is not None:
+        tally.reasons.append(f"{Outcome.FOUND} by the reference-free score{_reference_free_text(detection)}")
+    elif found:
         tally.reasons.append(f"{Outcome.FOUND}{_score_text(detection, '>=')}")
+    if found:
         for waiver in tally.expired:
             tally.reasons.append(f"waiver {waiver.id} expired on {waiver.expires.isoformat()}: "
                                  "its finding is active again")
@@ -303,6 +322,25 @@ def worst_wording(dummy: DummyCheck, suspected: str | None) -> str:
     if suspected is None or dummy.target == suspected:
         return f"the {dummy.family} trigger toward {dummy.target!r}"
     return f"the {dummy.family} trigger toward {dummy.target!r}, not the suspected {suspected!r}"
+
+
+def _result(detection: DetectionOutcome) -> Outcome:
+    """Detection's result once the model's family is known: outside its calibration's, the reference-free one."""
+    return domain_outcome(detection.result, detection.uncalibrated, detection.reference_free_found)
+
+
+def _reference_free_text(detection: DetectionOutcome) -> str:
+    """`` (reference-free score 0.71 >= 0.50; suspected target 'cat')`` or ``< 0.50``, from what is known."""
+    from cbpt_guard.detect.reference_free import FOUND_AT
+
+    if detection.reference_free_score is None:
+        return " (no reference-free score: too few classes examined)"
+    relation = ">=" if detection.reference_free_score >= FOUND_AT else "<"
+    if detection.reference_free_found:
+        after = f"; suspected target {detection.target_class!r}" if detection.target_class else ""
+    else:
+        after = ", toward a natural attractor: not conclusive" if relation == ">=" else ""
+    return f" (reference-free score {detection.reference_free_score:.2f} {relation} {FOUND_AT:.2f}{after})"
 
 
 def _score_text(detection: DetectionOutcome, relation: str) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cbpt_guard.decide import Decision, DetectionOutcome, verification_misses
+from cbpt_guard.detect.domain import domain_of_loaded
 from cbpt_guard.detect.stage import DetectionStage, detect_budget, run_detection, uncalibrated_budget
 from cbpt_guard.errors import CbptError, TimeLimitExceeded, UncalibratedBudgetError, UsageError
 from cbpt_guard.export.stage import ONNX_FILE, failed_export_info, run_export
@@ -153,7 +154,7 @@ def _detection(log: RunLog, loaded, inputs: UserImages) -> DetectionStage | None
     """Invert triggers under the policy's budget; a run past its time limit is a required step skipped."""
     detection = _stage(log, "detection",
                        lambda: run_detection(loaded.model, loaded.report, inputs.probes, log.policy, seed=log.seed,
-                                             progress=log.progress),
+                                             progress=log.progress, domain=domain_of_loaded(loaded)),
                        reason=lambda stage: stage.report.outcome.value)
     if detection is not None:
         log.detection = detection.info

@@ -144,6 +144,25 @@ class FamilyEvidence(_Frozen):
     """PNG data URIs: clean, stamped, and mask/pattern, perturbation or flow."""
 
 
+class ReferenceFreeInfo(_Frozen):
+    """The reference-free score (``cbpt_guard.detect.reference_free``): from this model alone, no references."""
+
+    score: float | None
+    """In [0, 1]: how much more specifically (beyond random patches of the same size) the most specific class
+    is reached than the other classes examined; None when too few classes were examined."""
+    target: str | None
+    found: bool
+    """Whether it is itself conclusive evidence (at least ``found_at``, not a natural attractor's pull)."""
+    found_at: float
+    specific: dict[str, float]
+    """Per examined class, its specific reach."""
+    attractors: tuple[str, ...]
+    """Classes random patches already reach at several times chance: the model's natural attractors."""
+    note: str
+    reaches: tuple[dict, ...] = ()
+    """Each patch search: class, source, area, reach, the random patches' reach, specific reach."""
+
+
 class DetectionInfo(_Frozen):
     """Detection's outcome and evidence (METHOD.md sections 3 and 4)."""
 
@@ -162,6 +181,11 @@ class DetectionInfo(_Frozen):
     seed: int
     budget: dict
     skipped: tuple[tuple[str, str], ...] = ()
+    reference_free: ReferenceFreeInfo | None = None
+    """Reported beside the calibrated score; the decision rests on it when ``uncalibrated`` is set."""
+    uncalibrated: str | None = None
+    """"uncalibrated for this model family: ..." with what differs and the command that fixes it; None when the
+    model belongs to the family its calibration was fitted on."""
 
 
 class Metrics(_Frozen):

@@ -347,3 +347,45 @@ def test_decision_is_frozen():
     decision = decide(evidence(), policy(), today=TODAY)
     with pytest.raises(dataclasses.FrozenInstanceError):
         decision.action = B  # type: ignore[misc]
+
+
+# Outside its calibration's family: the calibrated result is another family's statistics speaking.
+OTHER_FAMILY = "uncalibrated for this model family: built-in default.json was fitted on another family (x)"
+
+
+def uncalibrated(result: Outcome, rf_score: float | None, rf_found: bool, target: str | None = None):
+    return DetectionOutcome(result=result, score=1.0, threshold=0.9987, target_class=target,
+                            uncalibrated=OTHER_FAMILY, reference_free_score=rf_score, reference_free_found=rf_found)
+
+
+@pytest.mark.parametrize("name", ["strict", "balanced"])
+@pytest.mark.parametrize("detection, action", [
+    # the other family's score says "found", the reference-free score found nothing: inconclusive, never a finding
+    (uncalibrated(Outcome.FOUND, 0.2, False), Action.INCONCLUSIVE),
+    # ... and a "no evidence" there is no pass either
+    (uncalibrated(Outcome.NOT_FOUND, 0.2, False), Action.INCONCLUSIVE),
+    (uncalibrated(Outcome.NOT_FOUND, None, False), Action.INCONCLUSIVE),
+    # a score over the bar toward a natural attractor is not conclusive
+    (uncalibrated(Outcome.FOUND, 0.7, False), Action.INCONCLUSIVE),
+    # conclusive reference-free evidence is a finding, acted on as the policy says (both purify first)
+    (uncalibrated(Outcome.NOT_FOUND, 0.8, True, "cat"), Action.PURIFY),
+])
+def test_a_model_outside_its_calibrations_family_rests_on_the_reference_free_score(name, detection, action):
+    loaded = resolve_policy(name).policy
+    decision = decide(DecisionInput(checkpoint_digest=DIGEST, data_tier=DataTier.ZERO_DATA, detection=detection),
+                      loaded, today=TODAY)
+    assert decision.action is action
+    assert decision.exit_code == (ExitCode.INCONCLUSIVE if action is Action.INCONCLUSIVE else ExitCode.BLOCKED)
+    assert any(reason.startswith("uncalibrated for this model family") for reason in decision.reasons)
+    if action is Action.PURIFY:
+        assert "backdoor evidence found by the reference-free score (reference-free score 0.80 >= 0.50; " \
+               "suspected target 'cat')" in decision.reasons
+    else:
+        assert not any(reason.startswith(str(Outcome.FOUND)) for reason in decision.reasons)
+
+
+def test_in_family_detection_is_decided_as_before_whatever_the_reference_free_score():
+    calibrated = dataclasses.replace(NOT_FOUND, reference_free_score=0.9, reference_free_found=True)
+    decision = decide(DecisionInput(checkpoint_digest=DIGEST, data_tier=DataTier.ZERO_DATA, detection=calibrated),
+                      policy(), today=TODAY)
+    assert decision.action is Action.PASS

@@ -85,6 +85,8 @@ def format_verdict(verdict) -> str:
         target = f", suspected target {d.suspected_target!r}" if d.suspected_target else ""
         lines.append(f"detection: {d.outcome} (score {text.score(d.score)}, threshold {text.score(d.threshold)}"
                      f"{target})")
+        if d.uncalibrated:
+            lines.append(f"{text.UNCALIBRATED}: {text.reference_free(d) or 'no reference-free score'} decides")
     if verdict.purification:
         p = verdict.purification
         before, after = p.before, p.after

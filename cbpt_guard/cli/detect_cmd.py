@@ -99,6 +99,13 @@ def format_detection(report) -> str:
     lines = [f"{report.outcome} (score {report.score:.3f}, threshold {report.threshold:.3f})"]
     if report.suspected_target:
         lines.append(f"suspected target class: {report.suspected_target}")
+    if report.uncalibrated:
+        lines.append(report.uncalibrated)
+    if report.reference_free:
+        free = report.reference_free
+        state = "none" if free["score"] is None else f"{free['score']:.2f} toward {free['target']!r}"
+        lines.append(f"reference-free score: {state} ({'conclusive' if free['found'] else 'not conclusive'}; "
+                     f"{free['note']})")
     lines.append(f"probes: {report.probe_count} ({report.probe_tier}); seed {report.seed}; {report.seconds:.1f} s")
     for f in report.families:
         state = "collapsed" if f.collapsed else "no collapse"

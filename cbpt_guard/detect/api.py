@@ -36,7 +36,7 @@ def detect_checkpoint(path: str | Path, *, arch: str | None = None, classes_file
     report.require_classes(path)
     probes = folder_probes(probes_dir, report.image_size[0], limit=budget.probes, seed=seed) if probes_dir else None
     return detect(loaded.model, report.classes, report.templates, calibration=calibration, probes=probes,
-                  budget=budget, seed=seed, progress=progress)
+                  budget=budget, seed=seed, progress=progress, domain=domain_of_loaded(loaded))
 
 
 def calibrate_models(paths: list[str | Path], *, budget: DetectBudget = DetectBudget(), seed: int = 0,

@@ -34,6 +34,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+from cbpt_guard.detect.outcome import Outcome
+
 UNCALIBRATED = "uncalibrated for this model family"
 """The words every report uses for a model outside its calibration's domain."""
 
@@ -135,3 +137,17 @@ def uncalibrated_statement(source: str, differences: list[str]) -> str:
     """The sentence a report shows for an out-of-domain model: what differs and the command that fixes it."""
     return (f"{UNCALIBRATED}: {source} was fitted on another family ({'; '.join(differences)}), so the decision "
             f"rests on the reference-free score; fit a calibration for this family with `{fix_command()}`")
+
+
+def domain_outcome(calibrated: Outcome, uncalibrated: str | None, reference_free_found: bool) -> Outcome:
+    """What detection concludes once the model's family is known: the one rule, pure, shared by ``decide``.
+
+    In the calibration's family (``uncalibrated`` None) the calibrated outcome
+    stands. Outside it the calibrated outcome is another family's statistics
+    speaking and counts for nothing either way: conclusive reference-free
+    evidence is a finding, anything else is inconclusive (never "no evidence",
+    never a finding built on the other family's clean models).
+    """
+    if uncalibrated is None:
+        return calibrated
+    return Outcome.FOUND if reference_free_found else Outcome.INCONCLUSIVE

@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict
 
 from cbpt_guard.chunking import reports_out_of_memory
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier
-from cbpt_guard.detect import calibration as calib
+from cbpt_guard.detect import calibration as calib, reference_free as ref_free
 from cbpt_guard.detect.budget import DetectBudget, InversionBudget, budget_differences, uncalibrated_reason
+from cbpt_guard.detect.domain import Domain, domain_differences, domain_outcome, uncalibrated_statement
 from cbpt_guard.detect.evidence import class_anomaly, family_evidence
 from cbpt_guard.detect.findings import AnomalyFinding, FamilyFinding
 from cbpt_guard.detect.inversion import InversionResult, invert
@@ -89,6 +90,11 @@ class DetectionReport(BaseModel):
     skipped: tuple[tuple[str, str], ...]
     probe_files_skipped: tuple[tuple[str, str], ...]
     seconds: float
+    reference_free: dict | None = None
+    """The reference-free score (``detect.reference_free``): its value, class, bar and what it rests on."""
+    uncalibrated: str | None = None
+    """Set when the model is outside the calibration's family: the statement every report shows, with the
+    command that fits a calibration for it; the outcome then rests on the reference-free score."""
 
 
 def _family_images(trigger, probes: torch.Tensor) -> dict[str, str]:
@@ -123,6 +129,8 @@ class Evidence:
     skipped: tuple[tuple[str, str], ...]
     seconds: float
     triggers: Mapping[str, Trigger]
+    reference_free: ref_free.ReferenceFreeScore | None = None
+    """The reference-free score of the patch searches; None when no patch search ran."""
 
     @property
     def targets(self) -> dict[str, str]:
@@ -158,7 +166,7 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
     if probes is None:
         probes = procedural_probes(budget.probes, classifier.image_size, seed)
     pixels = probes.images[: budget.probes]
-    families, triggers, skipped = [], {}, []
+    families, triggers, skipped, aimed = [], {}, [], []
     for offset, family in enumerate(budget.families):
         result = invert(classifier, pixels, family, budget.inversion, seed + 1000 * offset, progress=progress,
                         stage=f"{label}: {family} inversion", deadline=deadline)
@@ -173,7 +181,7 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
                                  suspect=classes[found.suspect_index], anomaly_index=found.anomaly_index)
         if budget.targeted_classes > 0:
             cheapest = list(found.ranking[: budget.targeted_classes])
-            result = _targeted(classifier, pixels, cheapest, classes, budget, seed, progress, label, deadline)
+            result, aimed = _targeted(classifier, pixels, cheapest, classes, budget, seed, progress, label, deadline)
             families.append(_record(classifier, pixels, TARGETED, result, classes))
             triggers[TARGETED] = result.trigger
     else:
@@ -181,13 +189,20 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
     if budget.targeted_classes == 0 or budget.anomaly_steps == 0:
         why = "disabled by the budget" if budget.targeted_classes == 0 else "needs the per-class anomaly's ranking"
         skipped.append((f"detection.{TARGETED}", f"targeted inversion {why}"))
+    searches = [("patch", None, triggers["patch"])] if "patch" in triggers else []
+    searches += [(TARGETED, c, trigger) for c, trigger in aimed]
+    reference_free = ref_free.measure(classifier, pixels, searches, tuple(classes), seed=seed) if searches else None
     return Evidence(tuple(classes), probes, len(pixels), tuple(families), anomaly, calib.features_of(families, anomaly),
-                    tuple(skipped), time.perf_counter() - started, triggers)
+                    tuple(skipped), time.perf_counter() - started, triggers, reference_free)
 
 
 def _targeted(classifier: ZeroShotClassifier, pixels: torch.Tensor, candidates: list[int], classes: tuple[str, ...],
-              budget: DetectBudget, seed: int, progress: Progress, label: str, deadline: Deadline) -> InversionResult:
+              budget: DetectBudget, seed: int, progress: Progress, label: str,
+              deadline: Deadline) -> tuple[InversionResult, list[tuple[int, Trigger]]]:
     """Of the patch inversions aimed (text term) at each candidate class, the one that reaches its class best.
+
+    Every candidate's trigger is returned beside it, by class index: the
+    reference-free score compares how specifically each class is reached.
 
     The label-free families look for whatever pattern collapses features most
     cheaply; on a small model that is often a universal pattern rather than a
@@ -208,7 +223,8 @@ def _targeted(classifier: ZeroShotClassifier, pixels: torch.Tensor, candidates: 
         reached = float((classifier.predict(result.trigger(pixels)) == c).float().mean())  # share sent to c
         scored.append((-reached, _effective_size(result), rank, result))
     best = min(scored)[3]
-    return replace(best, seconds=sum(entry[3].seconds for entry in scored))  # the stage's time, all candidates
+    aimed = [(candidates[entry[2]], entry[3].trigger) for entry in scored]
+    return replace(best, seconds=sum(entry[3].seconds for entry in scored)), aimed  # the stage's time, all candidates
 
 
 def _effective_size(result: InversionResult) -> float:
@@ -229,8 +245,17 @@ def _record(classifier: ZeroShotClassifier, pixels: torch.Tensor, family: str, r
                          seconds=round(result.seconds, 2), images=_family_images(result.trigger, pixels))
 
 
-def judge(evidence: Evidence, calibration: calib.Calibration, budget: DetectBudget, seed: int) -> DetectionReport:
-    """Score gathered evidence against a calibration and word the verdict."""
+def judge(evidence: Evidence, calibration: calib.Calibration, budget: DetectBudget, seed: int,
+          domain: Domain | None = None) -> DetectionReport:
+    """Score gathered evidence against a calibration and word the verdict.
+
+    ``domain`` is the checked model's family. Outside the calibration's the
+    calibrated score is still reported, but the outcome rests on the
+    reference-free score (:func:`cbpt_guard.detect.domain.domain_outcome`)
+    and the report carries the "uncalibrated for this model family"
+    statement. None (a caller that checks no family, such as verification's
+    re-run on the same model) keeps the calibrated outcome.
+    """
     value, zs = calib.score(evidence.features, calibration, evidence.targets)
     family_reports = tuple(FamilyReport(**asdict(f), z=zs.get(f.family)) for f in evidence.families)
     anomaly_report = AnomalyReport(**asdict(evidence.anomaly), z=zs.get("anomaly")) if evidence.anomaly else None
@@ -240,19 +265,26 @@ def judge(evidence: Evidence, calibration: calib.Calibration, budget: DetectBudg
     else:
         outcome = Outcome.INCONCLUSIVE if skipped else Outcome.NOT_FOUND
     suspect = calib.suspected_target(zs, evidence.targets, calibration) if outcome is Outcome.FOUND else None
+    differences = domain_differences(calibration.domain, domain) if domain is not None else []
+    uncalibrated = uncalibrated_statement(calibration.source, differences) if differences else None
+    free = evidence.reference_free
+    if uncalibrated:
+        outcome = domain_outcome(outcome, uncalibrated, bool(free and free.found))
+        suspect = free.target if outcome is Outcome.FOUND else None
     return DetectionReport(
         outcome=outcome, score=value, threshold=calibration.threshold, suspected_target=suspect,
         classes=evidence.classes, probe_tier=evidence.probes.tier, probe_count=evidence.probe_count,
         probe_source=evidence.probes.source, seed=seed, budget=_budget_dict(budget), calibration=calibration.source,
         families=family_reports, anomaly=anomaly_report, features=evidence.features, skipped=skipped,
-        probe_files_skipped=tuple(evidence.probes.skipped), seconds=round(evidence.seconds, 2))
+        probe_files_skipped=tuple(evidence.probes.skipped), seconds=round(evidence.seconds, 2),
+        reference_free=free.as_dict() if free else None, uncalibrated=uncalibrated)
 
 
 def detect(model: torch.nn.Module, classes: tuple[str, ...], templates: tuple[str, ...], *,
            calibration: calib.Calibration, probes: ProbeSet | None = None, budget: DetectBudget = DetectBudget(),
            seed: int = 0, text_embeddings: torch.Tensor | None = None, progress: Progress = silent,
-           label: str = "detection") -> DetectionReport:
-    """Gather evidence and judge it. Deterministic for a seed.
+           label: str = "detection", domain: Domain | None = None) -> DetectionReport:
+    """Gather evidence and judge it (``domain``: the model's family, see :func:`judge`). Deterministic for a seed.
 
     Nothing that was skipped is ever reported as clean: a run with a skipped
     step and no evidence is "inconclusive". A calibration fitted at another
@@ -261,7 +293,7 @@ def detect(model: torch.nn.Module, classes: tuple[str, ...], templates: tuple[st
     check_calibrated(calibration, budget)
     evidence = gather_evidence(model, classes, templates, probes=probes, budget=budget, seed=seed,
                                text_embeddings=text_embeddings, progress=progress, label=label)
-    return judge(evidence, calibration, budget, seed)
+    return judge(evidence, calibration, budget, seed, domain)
 
 
 def check_calibrated(calibration: calib.Calibration, budget: DetectBudget) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from cbpt_guard.detect.budget import DetectBudget, budget_differences, uncalibrated_reason
 from cbpt_guard.detect.calibration import Calibration, builtin_calibration, load_calibration
+from cbpt_guard.detect.domain import Domain
 from cbpt_guard.policy import LoadedPolicy
 from cbpt_guard.progress import Progress
 from cbpt_guard.verdict import DetectionInfo, FamilyEvidence
@@ -66,15 +67,20 @@ class DetectionStage:
     info: DetectionInfo
 
 
-def run_detection(model, report, probes, loaded: LoadedPolicy, *, seed: int, progress: Progress) -> DetectionStage:
-    """Invert triggers on the checkpoint ``report`` describes, at the policy's budget; judge them by its calibration."""
+def run_detection(model, report, probes, loaded: LoadedPolicy, *, seed: int, progress: Progress,
+                  domain: Domain | None = None) -> DetectionStage:
+    """Invert triggers on the checkpoint ``report`` describes, at the policy's budget; judge them by its calibration.
+
+    ``domain`` is the checkpoint's model family: outside the calibration's, the
+    outcome rests on the reference-free score (:func:`cbpt_guard.detect.run.judge`).
+    """
     from cbpt_guard.detect.run import gather_evidence, judge
 
     budget = detect_budget(loaded)
     calibration = policy_calibration(loaded)
     evidence = gather_evidence(model, report.classes, report.templates, probes=probes, budget=budget, seed=seed,
                                progress=progress)
-    detection = judge(evidence, calibration, budget, seed)
+    detection = judge(evidence, calibration, budget, seed, domain)
     return DetectionStage(evidence, calibration, detection, detection_info(detection, calibration))
 
 
@@ -91,4 +97,5 @@ def detection_info(report: DetectionReport, calibration: Calibration) -> Detecti
                          anomaly_index=report.anomaly.anomaly_index if report.anomaly else None,
                          anomaly_suspect=report.anomaly.suspect if report.anomaly else None,
                          features=dict(report.features), seed=report.seed, budget=report.budget,
-                         skipped=report.skipped)
+                         skipped=report.skipped, reference_free=report.reference_free,
+                         uncalibrated=report.uncalibrated)

@@ -92,7 +92,11 @@ def _backdoor(verdict: Verdict) -> list[Finding]:
     if detection is None or detection.outcome != Outcome.FOUND:
         return []
     message = (f"Backdoor evidence found in {_quote(verdict.checkpoint.path)}: score {text.score(detection.score)} "
-               f">= threshold {text.score(detection.threshold)}")
+               f"{'>=' if detection.score >= detection.threshold else '<'} threshold {text.score(detection.threshold)}")
+    if text.reference_free(detection) is not None:
+        message += f"; {text.reference_free(detection)}"
+    if detection.uncalibrated:
+        message += f"; {text.one_line(detection.uncalibrated, 600)}"
     if detection.suspected_target is not None:
         message += f"; suspected target class {_quote(detection.suspected_target)}"
     collapsed = [f"{text.one_line(f.family, 40)} (to {_quote(f.target)}, {text.pct(f.concentration, 0)} of "

@@ -121,6 +121,7 @@ def context(verdict: Verdict) -> dict:
     return {
         "v": verdict,
         "headline": text.headline(verdict),
+        "reference_free": text.reference_free(verdict.detection) if verdict.detection is not None else None,
         "action_word": text.ACTION_WORDS[verdict.decision.action],
         "enforced_word": text.ACTION_WORDS[verdict.decision.enforced],
         "findings": found,

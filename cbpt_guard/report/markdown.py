@@ -123,6 +123,11 @@ def _detection_cell(verdict: Verdict) -> str:
             f"{text.score(detection.threshold)}")
     if detection.suspected_target is not None:
         cell += f"; suspected target **{escape_markdown(detection.suspected_target, 120)}**"
+    free = text.reference_free(detection)
+    if free is not None:
+        cell += f"; {escape_markdown(free, 200)}"
+    if detection.uncalibrated:
+        cell += f"; **{escape_markdown(detection.uncalibrated, 600)}**"
     return cell
 
 

@@ -11,6 +11,7 @@ import math
 import re
 from typing import NamedTuple
 
+from cbpt_guard.detect.domain import UNCALIBRATED
 from cbpt_guard.detect.outcome import Outcome, z_to_score
 from cbpt_guard.figures import score_text
 from cbpt_guard.verdict import PURIFIED_ADVICE, DetectionInfo, FamilyEvidence, Verdict  # noqa: F401 - re-exported
@@ -145,6 +146,10 @@ def purified_level(verdict: Verdict) -> str:
 GLOSSARY: dict[str, str] = {
     "backdoor score": "How unusual this checkpoint's evidence is next to clean models of its family, from 0 to 1. "
                       "At or above the threshold it counts as backdoor evidence.",
+    "reference-free score": "A second score from this model alone, no clean references needed: how much more "
+                            "specifically a small pattern reaches one class than random patterns of its size do, "
+                            "next to the model's other classes. It decides for a model outside its calibration's "
+                            "family; 0.5 or more toward a class that is not a natural attractor is evidence.",
     "threshold": "The score the policy counts as evidence, set so that the clean reference models stay below it "
                  "(a calibration) or fixed by the policy.",
     "calibration": "The clean reference models whose scores define what normal looks like, and the threshold "
@@ -172,6 +177,17 @@ GLOSSARY: dict[str, str] = {
 """Plain meanings of the words the reports use, for the HTML report's glossary and tooltips."""
 
 
+def reference_free(detection: DetectionInfo) -> str | None:
+    """``reference-free score 0.71 (toward 'cat', conclusive)``, the same in every format; None when not measured."""
+    free = detection.reference_free
+    if free is None:
+        return None
+    if free.score is None:
+        return f"reference-free score: none ({one_line(free.note, 200)})"
+    verdict = "conclusive" if free.found else f"not conclusive, bar {free.found_at:.2f}"
+    return f"reference-free score {free.score:.2f} (toward {one_line(free.target or '', 80)!r}, {verdict})"
+
+
 def headline(verdict: Verdict) -> str:
     """One sentence that says what the run found, built only from the Verdict (the same in every format).
 
@@ -181,6 +197,8 @@ def headline(verdict: Verdict) -> str:
     if verdict.checkpoint.unsafe_findings:
         parts.append("unsafe serialisation found")
     detection = verdict.detection
+    if detection is not None and detection.uncalibrated:
+        parts.append(UNCALIBRATED)  # every format's headline: the score beside it is not this family's
     if detection is None:
         parts.append("detection did not run")
     elif detection.outcome == Outcome.INCONCLUSIVE:
