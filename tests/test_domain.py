@@ -101,6 +101,7 @@ def test_malformed_domain_is_a_usage_error(tmp_path):
 
 
 def test_uncalibrated_statement_names_the_difference_and_the_fix():
-    text = uncalibrated_statement("built-in default.json", ["image size 64 (fitted on 32)"])
+    text = uncalibrated_statement("built-in default.json", ["image size 64 (fitted on 32)"],
+                                  "cbpt-guard calibrate CLEAN_MODEL [CLEAN_MODEL ...] --out calibration.json")
     assert text.startswith(UNCALIBRATED) and "image size 64 (fitted on 32)" in text
     assert "cbpt-guard calibrate CLEAN_MODEL" in text

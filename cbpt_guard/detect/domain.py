@@ -126,17 +126,11 @@ def domain_differences(fitted: Domain | None, model: Domain) -> list[str]:
     return out
 
 
-def fix_command(out: str = "calibration.json") -> str:
-    """The command that fits a calibration for a model's own family (clean models of that family)."""
-    return (f"cbpt-guard calibrate CLEAN_MODEL [CLEAN_MODEL ...] --out {out}  "
-            "(clean models of this family, at this budget), then name it in the policy (detection.calibration) "
-            "or pass --calibration")
-
-
-def uncalibrated_statement(source: str, differences: list[str]) -> str:
-    """The sentence a report shows for an out-of-domain model: what differs and the command that fixes it."""
+def uncalibrated_statement(source: str, differences: list[str], command: str) -> str:
+    """The sentence a report shows for an out-of-domain model: what differs and ``command``, the one that fixes it."""
     return (f"{UNCALIBRATED}: {source} was fitted on another family ({'; '.join(differences)}), so the decision "
-            f"rests on the reference-free score; fit a calibration for this family with `{fix_command()}`")
+            f"rests on the reference-free score; fit a calibration on clean models of this family with `{command}` "
+            "and name it in the policy (detection.calibration) or pass --calibration")
 
 
 def domain_outcome(calibrated: Outcome, uncalibrated: str | None, reference_free_found: bool) -> Outcome:

@@ -13,7 +13,13 @@ from pydantic import BaseModel, ConfigDict
 from cbpt_guard.chunking import reports_out_of_memory
 from cbpt_guard.classifier import ZeroShotClassifier, build_classifier
 from cbpt_guard.detect import calibration as calib, reference_free as ref_free
-from cbpt_guard.detect.budget import DetectBudget, InversionBudget, budget_differences, uncalibrated_reason
+from cbpt_guard.detect.budget import (
+    DetectBudget,
+    InversionBudget,
+    budget_differences,
+    calibrate_command,
+    uncalibrated_reason,
+)
 from cbpt_guard.detect.domain import Domain, domain_differences, domain_outcome, uncalibrated_statement
 from cbpt_guard.detect.evidence import class_anomaly, family_evidence
 from cbpt_guard.detect.findings import AnomalyFinding, FamilyFinding
@@ -266,7 +272,8 @@ def judge(evidence: Evidence, calibration: calib.Calibration, budget: DetectBudg
         outcome = Outcome.INCONCLUSIVE if skipped else Outcome.NOT_FOUND
     suspect = calib.suspected_target(zs, evidence.targets, calibration) if outcome is Outcome.FOUND else None
     differences = domain_differences(calibration.domain, domain) if domain is not None else []
-    uncalibrated = uncalibrated_statement(calibration.source, differences) if differences else None
+    uncalibrated = (uncalibrated_statement(calibration.source, differences, calibrate_command(budget))
+                    if differences else None)
     free = evidence.reference_free
     if uncalibrated:
         outcome = domain_outcome(outcome, uncalibrated, bool(free and free.found))

@@ -137,8 +137,9 @@ def _steps(verdict: Verdict) -> list[Finding]:
         found.append(Finding(rule, "error", "Detection did not run, so the run cannot vouch for the checkpoint.",
                              key="detection"))
     elif not found and detection is not None and detection.outcome == Outcome.INCONCLUSIVE:
-        found.append(Finding(rule, "error", "Detection was inconclusive, so the run cannot vouch for the checkpoint.",
-                             key="detection"))
+        why = f" ({text.one_line(detection.uncalibrated, NAME_LIMIT * 4)})" if detection.uncalibrated else ""
+        found.append(Finding(rule, "error", f"Detection was inconclusive{why}, so the run cannot vouch for the "
+                             "checkpoint.", key="detection"))
     return found
 
 
