@@ -129,7 +129,10 @@ def calibrate_command(paths, out_path, seed, steps, probe_count, families, batch
     """Run the detector over clean reference models PATHS and write the calibration file.
 
     The file records the budget (every flag but --time-limit): detection and
-    policies use it only at that same budget.
+    policies use it only at that same budget. It also records the model family
+    (architecture, image size, embedding width, class list) and each reference's
+    weights digest: a model of another family is scored reference-free and
+    reported as uncalibrated for its family. All PATHS must be of one family.
     """
     from pathlib import Path
 
@@ -139,5 +142,7 @@ def calibrate_command(paths, out_path, seed, steps, probe_count, families, batch
                          anomaly_classes)
     calibration = calibrate_models(list(paths), budget=budget, seed=seed, progress=progress_printer())
     Path(out_path).write_text(calibration.to_json())
+    family = calibration.domain
     click.echo(f"wrote {out_path}: {len(calibration.references)} clean references, "
-               f"threshold {calibration.threshold:.4f}")
+               f"threshold {calibration.threshold:.4f}; family {family.architecture}, {family.image_size} px, "
+               f"embedding width {family.embed_dim}, {family.class_count} classes")
