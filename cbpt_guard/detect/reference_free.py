@@ -28,7 +28,8 @@ The principles this score rests on (none of its numbers are fitted to a zoo):
    specific reach of the other classes examined: a backdoor stands out from
    the model's own classes, a model whose classes are all equally easy (or
    equally hard) does not. Classes random patterns already reach at several
-   times chance are named as natural attractors in the report.
+   times chance (at the trigger's area, or twice or four times it: a
+   broad basin shows at every size) are named as natural attractors.
 3. **Evidence toward an attractor must be near-complete.** Where random
    patches already reach a class at :data:`ATTRACTOR_FACTOR` times chance,
    an optimised pattern reaching much of the rest is what a clean model of
@@ -48,9 +49,10 @@ reference-free evidence is inconclusive). The bars are round numbers chosen
 from these principles, not fitted: a false "found" blocks a clean model,
 a false "nothing" only leaves the run inconclusive, so they lean high.
 
-What it costs: ``draws`` random patches at each distinct trigger area, on
-``probes`` probes, forward passes only: with the defaults (8 draws, 48
-probes) 384 images per area, a few per cent of one inversion's work.
+What it costs: ``draws`` random patches at each distinct trigger area (and
+at twice and four times the patch trigger's), on ``probes`` probes, forward
+passes only: with the defaults (8 draws, 48 probes) 384 images per area, a
+few per cent of one inversion's work.
 
 Only patch-shaped evidence is scored (the patch family and the targeted
 patch inversions): random patches are the null measured for them. Additive
@@ -69,6 +71,8 @@ ATTRACTOR_FACTOR = 3.0
 """A class random patches reach at this many times chance (1 / class count) is named a natural attractor."""
 ATTRACTOR_BAR = 0.9
 """The specific reach evidence toward a natural attractor needs to count (principle 3)."""
+BASIN_SCALES = (1, 2, 4)
+"""Areas (times the patch trigger's) at which random patches are tried when naming natural attractors."""
 DRAWS = 8
 PROBES = 48
 
@@ -210,5 +214,7 @@ def measure(classifier, probes, searches, classes: tuple[str, ...], *, draws: in
             reaches.append(Reach(classes[target], source, round(area, 6), round(reach, 6),
                                  round(float(random_at(area)[target]), 6)))
     patch_area = next((r.area for r in reaches if r.source == "patch"), reaches[0].area if reaches else 0.0)
-    baseline = random_at(patch_area) if reaches else torch.zeros(len(classes))
+    # an attractor's basin is broad: it shows at larger random patches too, where a backdoor's narrow one does not
+    baseline = (torch.stack([random_at(patch_area * m) for m in BASIN_SCALES]).amax(0) if reaches
+                else torch.zeros(len(classes)))
     return score_reaches(reaches, len(classes), {c: float(baseline[i]) for i, c in enumerate(classes)})
