@@ -99,3 +99,16 @@ def test_model_of_another_family_under_the_real_strict_policy(other_family, tmp_
     result = CliRunner().invoke(cli, ["check", str(other_family), "--policy", "strict", "--out", str(out)])
     verdict = json.loads((out / "verdict.json").read_text())
     _assert_uncalibrated(verdict, result.exit_code)
+
+
+def test_detect_names_the_other_family_and_exits_3(other_family, tmp_path):
+    from cbpt_guard.detect.budget import DetectBudget, InversionBudget
+
+    budget = DetectBudget(inversion=InversionBudget(steps=STEPS, batch_size=BATCH))
+    calibration = tmp_path / "shipped-at-budget.json"
+    calibration.write_text(dataclasses.replace(calib.builtin_calibration(), budget=scoring_settings(budget)).to_json())
+    result = CliRunner().invoke(cli, ["detect", str(other_family), "--calibration", str(calibration), "--json",
+                                      "--steps", str(STEPS), "--batch-size", str(BATCH)])
+    report = json.loads(result.stdout)
+    assert report["uncalibrated"].startswith(UNCALIBRATED) and report["reference_free"]["found"] is False
+    assert (report["outcome"], result.exit_code) == ("inconclusive", ExitCode.INCONCLUSIVE)
