@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "policy": ("cbpt_guard.cli.policy_cmd:policy_group", "Validate or show a policy file."),
     "purify": ("cbpt_guard.cli.purify_cmd:purify_command", "Purify by class-wise prompt tuning and verify."),
     "report": ("cbpt_guard.cli.report_cmd:report_command", "Render a saved Verdict as HTML, Markdown, SARIF or JSON."),
+    "sweep": ("cbpt_guard.cli.sweep_cmd:sweep_command",
+              "Check every checkpoint of a folder, list, hub mirror or MLflow registry on Ray; one report."),
 }
 
 

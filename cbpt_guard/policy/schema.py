@@ -311,6 +311,22 @@ class ExportSettings(_Section):
     """Largest absolute logit difference between ONNX Runtime and PyTorch in float32 (fp16 uses its own bar)."""
 
 
+class SweepSettings(_Section):
+    """How ``cbpt-guard sweep`` runs each model's check on Ray: its share of a GPU and its budgets.
+
+    A model whose check runs past ``time_budget_s`` or grows its worker past
+    ``memory_budget_mb`` is stopped and recorded as a required step skipped
+    (``evidence.on_required_skipped``), never as clean. ``check`` ignores this section.
+    """
+
+    gpus_per_model: Annotated[Float, Field(gt=0.0, le=8.0)] = 1.0
+    """GPUs one check asks Ray for where the cluster has GPUs (a fraction shares one); CPU-only clusters ask none."""
+    time_budget_s: Annotated[Float, Field(gt=0, le=86_400)] = 7200.0
+    """Wall-clock budget of one model's whole check (intake to reports) inside a sweep."""
+    memory_budget_mb: Annotated[Int, Field(ge=64, le=4_194_304)] | None = None
+    """Resident memory a check's worker may reach; also reserved from Ray's scheduler. None: no budget."""
+
+
 class Waiver(_Section):
     """A signed-off exception: the backdoor finding on one checkpoint is accepted until a date."""
 
@@ -340,6 +356,7 @@ class Policy(_Section):
     verification: VerificationBars = VerificationBars()
     decision: DecisionRules = DecisionRules()
     export: ExportSettings = ExportSettings()
+    sweep: SweepSettings = SweepSettings()
     waivers: tuple[Waiver, ...] = ()
 
     @field_validator("version")
