@@ -142,7 +142,8 @@ class _Runner:
             self.slots = max(1, int(resources.get("CPU", 1)))
             gpus = self.gpus_per_model if resources.get("GPU", 0) > 0 else 0
             self.intake_remote = ray.remote(num_cpus=1, max_retries=0)(intake_batch)
-            check_kwargs = dict(num_cpus=1, num_gpus=gpus, max_retries=0)
+            # a check is the heavy part: SPREAD places them over the cluster's nodes rather than filling one first
+            check_kwargs = dict(num_cpus=1, num_gpus=gpus, max_retries=0, scheduling_strategy="SPREAD")
             if self.options.memory_budget_mb is not None:
                 check_kwargs["memory"] = self.options.memory_budget_mb * 2**20
             self.check_remote = ray.remote(**check_kwargs)(check_model)

@@ -150,8 +150,10 @@ def _mlflow(staging: Path, tracking_uri: str | None, uri: str | None) -> list[tu
         done = target / ".downloaded"
         if not done.is_file():
             target.mkdir(parents=True, exist_ok=True)
-            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(target),
-                                                tracking_uri=tracking_uri)
+            # the version's own artifact URI, resolved through this client: a models:/ URI would be resolved
+            # against the process-wide registry instead
+            source = client.get_model_version_download_uri(name, version)
+            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target), tracking_uri=tracking_uri)
             done.write_text("")
         found.append((f"{name}/{version}", str(_checkpoint_in(target)), "mlflow"))
     return found
