@@ -228,3 +228,30 @@ def test_help_lists_sweep_and_loads_neither_torch_nor_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert "hub:DIR" in out.stdout and out.stdout.strip().endswith("False False")
+
+
+def test_the_kuberay_job_and_the_registry_workflow_call_the_sweep_with_options_it_accepts():
+    import re
+    import shlex
+
+    import yaml
+
+    from cbpt_guard.cli.sweep_cmd import sweep_command
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "sweep"
+    job = yaml.safe_load((docs / "rayjob.yaml").read_text())
+    assert job["kind"] == "RayJob" and job["apiVersion"] == "ray.io/v1"
+    assert job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"][
+        "limits"]["nvidia.com/gpu"] == "1"
+    workflow = yaml.safe_load((docs / "registry-sweep.yml").read_text())
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    assert all(re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", s["uses"]) for s in steps if "uses" in s)
+    assert not [s for s in steps if "${{" in s.get("run", "")]  # secrets reach the command through env only
+    assert all(s["if"].startswith("always()") for s in steps if "upload" in s.get("uses", ""))
+    commands = [job["spec"]["entrypoint"]] + [s["run"] for s in steps if "cbpt-guard sweep" in s.get("run", "")]
+    assert len(commands) == 2
+    for command in commands:
+        args = shlex.split(command)
+        assert args[:2] == ["cbpt-guard", "sweep"]
+        context = sweep_command.make_context("sweep", args[2:])  # raises on an unknown option
+        assert context.params["out_dir"] and context.params["sources"]

@@ -328,7 +328,8 @@ def _init_ray(ray, options: RayOptions) -> None:
         except Exception as error:  # noqa: BLE001 - an unreachable cluster is the caller's to fix, not a verdict
             raise UsageError(f"cannot join the Ray cluster at {options.address}: {_first_line(error)}") from None
         return
-    ray.init(num_cpus=options.num_cpus, num_gpus=options.num_gpus, **kwargs)
+    # "local": a new Ray of this machine, never a cluster that `ray start` left running here
+    ray.init(address="local", num_cpus=options.num_cpus, num_gpus=options.num_gpus, **kwargs)
 
 
 def _abs(path) -> str | None:

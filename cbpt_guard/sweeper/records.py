@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-SEVERITY = {0: 0, 3: 1, 2: 2, 1: 3}
+SEVERITY = {0: 0, 4: 1, 3: 2, 2: 3, 1: 4}
 """Exit codes ranked by how bad they are for the sweep's own exit code: a block is worst, then a tool error,
 then an inconclusive model, then a pass. The sweep exits with the worst code among its models."""
 
