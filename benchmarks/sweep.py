@@ -279,9 +279,9 @@ def write_report(results: dict, out: Path) -> None:
         f"| the sweep again over its finished folder | {res['finished_rerun_wall_s']:.1f} s | | |",
         "",
         f"- Wall time ratio, sequential / sweep: **{ratio:.2f}x** (goal: at least 1, the sweep no slower).",
-        f"- Resume overhead: killed run + resumed run - uninterrupted sweep = {overhead:+.1f} s; the resumed sweep "
-        f"checked {res['resume_rescanned']} models again (those not stored when it was killed: "
-        f"{results['checks'] - res['checks_stored_at_kill']} model checks and any intake batch in flight), and a "
+        f"- Resume overhead: killed run + resumed run - uninterrupted sweep = {overhead:+.1f} s (the resumed run "
+        f"starts Ray and its workers again); the resumed sweep checked {res['resume_rescanned']} of "
+        f"{results['checks']} distinct models that pass intake (those not stored when it was killed), and a "
         f"sweep over the finished folder checked {res['finished_rerun_rescanned']} "
         f"({res['finished_rerun_wall_s']:.1f} s: hashing the hub and reading the store, no Ray started).",
         f"- Decisions: the sweep and the sequential checks agree on {agree} of {len(seq['decisions'])} "
@@ -292,6 +292,9 @@ def write_report(results: dict, out: Path) -> None:
         "|---|---|---|",
     ]
     lines += [f"| {kind} | {action} | {n} |" for (kind, action), n in sorted(by_kind.items())]
+    if by_kind.get(("backdoored", "pass")):
+        lines += ["", "At this small budget detection does not find the BadNets backdoor of examples/backdoored "
+                      "(the ready policies' budget does: README.md); both runs say so alike."]
     lines += [
         "",
         "Where the time goes: each sequential check is a new process that imports torch and open_clip before it "
@@ -310,10 +313,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "sweep-bench")
-    parser.add_argument("--zoo", type=int, default=4, help="distinct copies of the two examples")
-    parser.add_argument("--duplicates", type=int, default=2)
-    parser.add_argument("--malicious", type=int, default=27)
-    parser.add_argument("--broken", type=int, default=27)
+    parser.add_argument("--zoo", type=int, default=2, help="distinct copies of the two examples, alternately")
+    parser.add_argument("--duplicates", type=int, default=2, help="byte-identical copies of those copies")
+    parser.add_argument("--malicious", type=int, default=28)
+    parser.add_argument("--broken", type=int, default=28)
     parser.add_argument("--cpus", type=int, default=2)
     args = parser.parse_args()
     work = args.work.resolve()

@@ -255,3 +255,19 @@ def test_the_kuberay_job_and_the_registry_workflow_call_the_sweep_with_options_i
         assert args[:2] == ["cbpt-guard", "sweep"]
         context = sweep_command.make_context("sweep", args[2:])  # raises on an unknown option
         assert context.params["out_dir"] and context.params["sources"]
+
+
+def test_the_policy_sets_each_checks_gpu_share_and_budgets_and_rejects_impossible_ones(tmp_path):
+    from test_sweep import POLICY
+
+    from cbpt_guard.policy import load_policy
+    from cbpt_guard.policy.schema import PolicyError
+
+    (tmp_path / "tiny-cal.json").write_text("{}")
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY + "sweep: {gpus_per_model: 0.25, time_budget_s: 60, memory_budget_mb: 2048}\n")
+    settings = load_policy(path).policy.sweep
+    assert (settings.gpus_per_model, settings.time_budget_s, settings.memory_budget_mb) == (0.25, 60.0, 2048)
+    path.write_text(POLICY + "sweep: {gpus_per_model: 0}\n")
+    with pytest.raises(PolicyError, match="gpus_per_model"):
+        load_policy(path)

@@ -76,6 +76,9 @@ def run_sweep(sources: list[str], *, policy: str | Path, out_dir: str | Path, ra
     if classes_file is not None and not Path(classes_file).is_file():
         raise UsageError(f"--classes {classes_file!r} is not a file")
     ray = _import_ray()
+    if ray.is_initialized() and ray_options != RayOptions():
+        raise UsageError("Ray is already initialised in this process: the sweep runs on it as it is, so "
+                         "address, CPU and GPU counts and a runtime environment cannot be set for it")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     candidates = discover(list(sources), staging=out / SOURCES_DIR, tracking_uri=tracking_uri)
@@ -234,7 +237,8 @@ class _Runner:
                  "enforced": decision["enforced"], "exit_code": decision["exit_code"],
                  "reasons": list(decision["reasons"]), "score": detection.get("score"),
                  "threshold": detection.get("threshold"), "suspected_target": detection.get("suspected_target"),
-                 "seconds": outcome.seconds, "node": outcome.node, "attempts": attempt, "report": "report.html"
+                 "seconds": outcome.seconds, "node": outcome.node, "gpus": list(outcome.gpus), "attempts": attempt,
+                 "report": "report.html"
                  if "report.html" in outcome.files else None, "digest": candidate.digest, "name": candidate.name}
         self.store.put(self.keys[candidate.digest], entry, outcome.files)
         self.entries[candidate.digest] = entry
@@ -302,7 +306,8 @@ def _results(candidates: list[Candidate], primaries: dict[str, Candidate], entri
             status=status, stage=entry["stage"], action=entry["action"], enforced=entry["enforced"],
             exit_code=int(entry["exit_code"]), reasons=tuple(entry["reasons"]), score=entry.get("score"),
             threshold=entry.get("threshold"), suspected_target=entry.get("suspected_target"),
-            seconds=entry.get("seconds"), report=report, node=entry.get("node"), attempts=entry.get("attempts", 0),
+            seconds=entry.get("seconds"), report=report, node=entry.get("node"), gpus=tuple(entry.get("gpus", ())),
+            attempts=entry.get("attempts", 0),
             duplicate_of=primary.name if primary is not candidate else None))
     from cbpt_guard.sweeper.records import SEVERITY
 

@@ -60,7 +60,8 @@ class ModelResult:
     or ``failed`` (the worker died twice or a budget ran out: no verdict, the
     policy's fail-closed decision instead). ``stage`` is the last stage reached:
     ``intake`` for a model that did not pass safe intake, else ``detection``.
-    ``report`` is the model's report.html relative to the sweep's output folder.
+    ``report`` is the model's report.html relative to the sweep's output folder;
+    ``node`` and ``gpus`` say where its check ran (the Ray node, the GPUs Ray gave it).
     """
 
     name: str
@@ -79,6 +80,7 @@ class ModelResult:
     seconds: float | None = None
     report: str | None = None
     node: str | None = None
+    gpus: tuple[str, ...] = ()
     attempts: int = 0
     duplicate_of: str | None = None
 

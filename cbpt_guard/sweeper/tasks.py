@@ -59,6 +59,8 @@ class TaskOutcome:
     files: dict[str, bytes] = field(default_factory=dict)
     node: str = ""
     seconds: float = 0.0
+    gpus: tuple[str, ...] = ()
+    """The GPUs Ray assigned to the task (none on a CPU-only cluster)."""
 
 
 def intake_batch(items: list[tuple[str, str]], options: CheckOptions) -> list[TaskOutcome]:
@@ -117,7 +119,7 @@ def _check(digest: str, path: str, options: CheckOptions, stage: str, started: f
         out = folder / "out"
         files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
         return TaskOutcome(digest, "checked", stage, verdict_json=verdict.to_json(), files=files, node=_node(),
-                           seconds=round(time.perf_counter() - started, 3))
+                           seconds=round(time.perf_counter() - started, 3), gpus=_gpus())
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -207,6 +209,16 @@ def resident_mb() -> float | None:
         return psutil.Process().memory_info().rss / 2**20
     except Exception:  # noqa: BLE001 - no way to measure: the budget cannot be applied, the check still runs
         return None
+
+
+def _gpus() -> tuple[str, ...]:
+    """The GPU ids Ray gave this task (it also sets CUDA_VISIBLE_DEVICES to them), or none outside Ray."""
+    try:
+        import ray
+
+        return tuple(str(gpu) for gpu in ray.get_gpu_ids())
+    except Exception:  # noqa: BLE001 - outside a Ray worker
+        return ()
 
 
 def _node() -> str:
