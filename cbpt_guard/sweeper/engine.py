@@ -83,12 +83,15 @@ def run_sweep(sources: list[str], *, policy: str | Path, out_dir: str | Path, ra
     out.mkdir(parents=True, exist_ok=True)
     candidates = discover(list(sources), staging=out / SOURCES_DIR, tracking_uri=tracking_uri)
     settings = loaded.policy.sweep
+    today = today or dt.date.today()
     policy_arg = str(Path(policy).resolve()) if Path(str(policy)).is_file() else str(policy)
     options = CheckOptions(policy=policy_arg, data=_abs(data), probes=_abs(probes), classes_file=_abs(classes_file),
                            arch=arch, seed=seed, mode=mode, time_budget_s=settings.time_budget_s,
-                           memory_budget_mb=settings.memory_budget_mb)
+                           memory_budget_mb=settings.memory_budget_mb, today=today.isoformat())
+    # a waiver that has expired since a verdict was stored changes the decision: its expiry is part of the key
+    expired = sorted(w.id for w in loaded.policy.waivers if w.is_expired(today))
     keyed = {"seed": seed, "arch": arch, "mode": mode, "data": folder_digest(data), "probes": folder_digest(probes),
-             "classes": folder_digest(classes_file)}
+             "classes": folder_digest(classes_file), "waivers_expired": expired}
     calibration = calibration_digest(loaded)
     store = ResultStore(out / STORE_DIR)
     primaries: dict[str, Candidate] = {}
@@ -103,7 +106,7 @@ def run_sweep(sources: list[str], *, policy: str | Path, out_dir: str | Path, ra
     reused = set(entries)
     todo = [primaries[d] for d in primaries if d not in entries]
     if todo:
-        runner = _Runner(ray, ray_options, options, store, keys, loaded, today or dt.date.today(), progress,
+        runner = _Runner(ray, ray_options, options, store, keys, loaded, today, progress,
                          len(candidates), len(primaries), len(reused), started, settings.gpus_per_model)
         entries.update(runner.run(todo))
     results = _results(candidates, primaries, entries, reused, keys)
@@ -206,7 +209,8 @@ class _Runner:
                                     self.ray.exceptions.OutOfMemoryError))
         if system and attempt < ATTEMPTS:
             if stage == "intake":
-                self._submit_intake(what, attempt + 1)
+                for candidate in what:  # one model per task now, so a model that kills workers takes no other down
+                    self._submit_intake([candidate], attempt + 1)
             else:
                 self._submit_check(what, attempt + 1)
             return

@@ -15,6 +15,7 @@ runs out, and the outcome says which (the policy then decides, failing closed).
 from __future__ import annotations
 
 import _thread
+import datetime as dt
 import os
 import shutil
 import tempfile
@@ -39,6 +40,8 @@ class CheckOptions:
     mode: str | None = None
     time_budget_s: float | None = None
     memory_budget_mb: int | None = None
+    today: str | None = None
+    """The sweep's date (ISO), against which every check weighs waivers' expiry."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,16 @@ def intake_batch(items: list[tuple[str, str]], options: CheckOptions) -> list[Ta
     outcomes = []
     for digest, path in items:
         started = time.perf_counter()
+        watchdog = _Watchdog(options.time_budget_s, options.memory_budget_mb)
         try:
-            cbpt_guard.inspect(path, arch=options.arch, classes_file=options.classes_file)
+            with watchdog:
+                cbpt_guard.inspect(path, arch=options.arch, classes_file=options.classes_file)
+        except KeyboardInterrupt:
+            if watchdog.reason is None:
+                raise
+            outcomes.append(TaskOutcome(digest, "budget", "intake", watchdog.reason, node=_node(),
+                                        seconds=round(time.perf_counter() - started, 3)))
+            continue
         except UsageError as error:
             outcomes.append(TaskOutcome(digest, "unjudgeable", "intake", str(error), node=_node(),
                                         seconds=round(time.perf_counter() - started, 3)))
@@ -104,7 +115,8 @@ def _check(digest: str, path: str, options: CheckOptions, stage: str, started: f
             with watchdog:
                 verdict = cbpt_guard.check(path, policy=options.policy, out_dir=folder / "out", probes=options.probes,
                                            data=options.data, classes_file=options.classes_file, arch=options.arch,
-                                           seed=options.seed, mode=options.mode)
+                                           seed=options.seed, mode=options.mode,
+                                           today=dt.date.fromisoformat(options.today) if options.today else None)
         except KeyboardInterrupt:
             if watchdog.reason is None:
                 raise  # a real interrupt (Ray cancelling the task), not a budget
