@@ -271,3 +271,16 @@ def test_the_policy_sets_each_checks_gpu_share_and_budgets_and_rejects_impossibl
     path.write_text(POLICY + "sweep: {gpus_per_model: 0}\n")
     with pytest.raises(PolicyError, match="gpus_per_model"):
         load_policy(path)
+
+
+def test_a_sweep_that_finds_nothing_is_inconclusive_and_still_writes_its_report(tmp_path):
+    pytest.importorskip("ray")
+    import cbpt_guard
+
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "README.md").write_text("no checkpoints here")
+    result = cbpt_guard.sweep(tmp_path / "hub", policy="strict", out_dir=tmp_path / "out")
+    assert result.results == () and result.exit_code == 3  # nothing judged is never a pass
+    assert "exit 3" in (tmp_path / "out" / "summary.md").read_text()
+    with pytest.raises(UsageError, match="unknown mode"):
+        cbpt_guard.sweep(tmp_path / "hub", policy="strict", out_dir=tmp_path / "out", mode="lenient")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from cbpt_guard import __version__
 from cbpt_guard.errors import UsageError
-from cbpt_guard.policy import DataTier, resolve_policy
+from cbpt_guard.policy import DataTier, Mode, resolve_policy
 from cbpt_guard.sweeper.identity import calibration_digest, folder_digest, store_key
 from cbpt_guard.sweeper.records import Candidate, ModelResult, StageCounts, SweepResult, worst_exit_code
 from cbpt_guard.sweeper.sources import discover
@@ -70,6 +70,11 @@ def run_sweep(sources: list[str], *, policy: str | Path, out_dir: str | Path, ra
     """
     started = time.perf_counter()
     loaded = resolve_policy(policy)
+    if mode is not None:
+        try:
+            mode = Mode(mode).value
+        except ValueError:
+            raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(m.value for m in Mode)}") from None
     for name, folder in (("--data", data), ("--probes", probes)):
         if folder is not None and not Path(folder).is_dir():
             raise UsageError(f"{name} {folder!r} is not a folder")
@@ -256,7 +261,7 @@ class _Runner:
         skipped = () if stage_failure else (SkippedStep(stage, reason, True),)
         policy = self.loaded.policy
         if self.options.mode is not None:
-            policy = policy.model_copy(update={"mode": self.options.mode})
+            policy = policy.model_copy(update={"mode": Mode(self.options.mode)})
         decision = decide(DecisionInput(checkpoint_digest=candidate.digest, data_tier=DataTier(policy.data.tier),
                                         detection=None, skipped=skipped, failures=failures), policy, today=self.today)
         entry = {"status": "failed", "stage": stage, "action": decision.action.value,
