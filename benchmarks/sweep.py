@@ -345,7 +345,7 @@ def main() -> None:
         raise SystemExit("a malicious payload ran: the benchmark's results are void")
     from cbpt_guard.sweeper.records import worst_exit_code
 
-    argv = " ".join(a if a != str(args.out) else str(args.out) for a in sys.argv[1:])
+    argv = " ".join(sys.argv[1:])
     results = {"argv": argv, "machine": f"{platform.system()} {platform.machine()}, {len(os.sched_getaffinity(0))} "
                f"CPUs, Python {platform.python_version()}", "load_before": load_before,
                "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()), "kinds": kinds, "unique": unique,
