@@ -27,7 +27,7 @@ def inspect(path, *, arch=None, classes_file=None):
 
 
 def check(model, *, policy="strict", out_dir=None, probes=None, data=None, classes_file=None, arch=None, seed=0,
-          today=None, progress=None, repo_root=None, mode=None):
+          today=None, progress=None, repo_root=None, mode=None, device=None):
     """Run the whole gate on a checkpoint and return its Verdict; see :func:`cbpt_guard.pipeline.check`.
 
     This is the call a model registry makes before promoting a version:
@@ -35,12 +35,14 @@ def check(model, *, policy="strict", out_dir=None, probes=None, data=None, class
     errors (:class:`cbpt_guard.errors.UsageError`); everything else, failures
     included, is recorded in the returned :class:`cbpt_guard.verdict.Verdict`,
     whose ``decision.exit_code`` is the gate's answer. ``mode`` (enforce, warn,
-    dry-run) replaces the policy's own for this run. Never prints.
+    dry-run) replaces the policy's own for this run, ``device`` (auto, cpu,
+    cuda) its ``run.device``. Never prints.
     """
     from cbpt_guard.pipeline import check as run_check
 
     return run_check(model, policy=policy, out_dir=out_dir, probes=probes, data=data, classes_file=classes_file,
-                     arch=arch, seed=seed, today=today, progress=progress, repo_root=repo_root, mode=mode)
+                     arch=arch, seed=seed, today=today, progress=progress, repo_root=repo_root, mode=mode,
+                     device=device)
 
 
 def sweep(sources, *, policy="strict", out_dir, address=None, num_cpus=None, num_gpus=None, runtime_env=None,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cbpt_guard.chunking import Chunker, bounds, images_at_once
+from cbpt_guard.device import autocast, device_of
 
 
 @functools.lru_cache(maxsize=4)
@@ -38,11 +39,18 @@ def preprocess_of(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[floa
 
 @torch.no_grad()
 def class_embeddings(model: torch.nn.Module, classes: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-    """Unit class embeddings from hand-written prompts, averaged over templates. Returns (C, d)."""
+    """Unit class embeddings from hand-written prompts, averaged over templates. Returns (C, d) on the model's device.
+
+    Always float32, also on a GPU: these embeddings are the classifier that is
+    judged and exported, so they are not rounded to the encoders' autocast dtype.
+    """
     tokenize = tokenizer(context_length_of(model))
+    device = device_of(model)
     rows = []
     for name in classes:
-        tokens = tokenize([template.format(name) for template in templates])  # (T, ctx)
+        with torch.device("cpu"):  # the tokenizer's tensors are CPU data, moved like any other input
+            tokens = tokenize([template.format(name) for template in templates])  # (T, ctx)
+        tokens = tokens.to(device)
         features = F.normalize(model.encode_text(tokens), dim=-1)  # (T, d)
         rows.append(F.normalize(features.mean(dim=0), dim=-1))
     return torch.stack(rows)  # (C, d)
@@ -52,16 +60,20 @@ class ZeroShotClassifier(torch.nn.Module):
     """image -> f_I -> normalise -> product with the class embeddings -> logit scale -> logits.
 
     The model is frozen; gradients flow to the input pixels (for trigger
-    inversion) but never into a weight.
+    inversion) but never into a weight. The classifier lives on the model's
+    device (its buffers are made there), and every stage that is handed it
+    makes its own tensors on :attr:`device`.
     """
 
     def __init__(self, model: torch.nn.Module, text_embeddings: torch.Tensor):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
+        device = device_of(model)
         mean, std = preprocess_of(model)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("text", F.normalize(text_embeddings.detach().float(), dim=-1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, device=device).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, device=device).view(1, 3, 1, 1), persistent=False)
+        text = F.normalize(text_embeddings.detach().to(device).float(), dim=-1)  # (C, d)
+        self.register_buffer("text", text, persistent=False)
         self.register_buffer("scale", model.logit_scale.detach().exp().reshape(()), persistent=False)
 
     @property
@@ -70,9 +82,20 @@ class ZeroShotClassifier(torch.nn.Module):
         size = self.model.visual.image_size
         return int(size[0] if isinstance(size, (tuple, list)) else size)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model, and so every tensor a stage makes for this classifier, lives."""
+        return self.scale.device
+
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Unit image features of pixels in [0, 1]. (N, 3, H, W) -> (N, d)."""
-        return F.normalize(self.model.encode_image((pixels - self.mean) / self.std), dim=-1)
+        """Unit image features of pixels in [0, 1]. (N, 3, H, W) -> (N, d), float32.
+
+        On a GPU the encoder runs under autocast (:mod:`cbpt_guard.device`);
+        its output is cast back to float32 before it is normalised.
+        """
+        with autocast(self.device):
+            encoded = self.model.encode_image((pixels - self.mean) / self.std)  # (N, d)
+        return F.normalize(encoded.float(), dim=-1)
 
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
         """(N, d) unit features -> (N, C) logits."""

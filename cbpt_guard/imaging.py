@@ -12,7 +12,7 @@ def png_data_uri(image: torch.Tensor, scale: int = 4) -> str:
     """A (3, H, W) or (1, H, W) image in [0, 1] as a ``data:image/png;base64,...`` URI, upscaled ``scale``x."""
     from PIL import Image
 
-    pixels = image.detach().float().clamp(0, 1)
+    pixels = image.detach().float().cpu().clamp(0, 1)
     if pixels.shape[0] == 1:
         pixels = pixels.expand(3, -1, -1)
     pixels = pixels.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)

@@ -29,10 +29,11 @@ from typing import TypeVar
 from cbpt_guard.decide import Decision, DetectionOutcome, verification_misses
 from cbpt_guard.detect.domain import domain_of_loaded
 from cbpt_guard.detect.stage import DetectionStage, detect_budget, run_detection, uncalibrated_budget
+from cbpt_guard.device import RunDevice, resolve
 from cbpt_guard.errors import CbptError, TimeLimitExceeded, UncalibratedBudgetError, UsageError
 from cbpt_guard.export.stage import ONNX_FILE, failed_export_info, run_export
 from cbpt_guard.intake.checkpoint_info import checkpoint_info, unloaded_checkpoint
-from cbpt_guard.policy import Mode, resolve_policy
+from cbpt_guard.policy import LoadedPolicy, Mode, resolve_policy
 from cbpt_guard.progress import Progress, silent
 from cbpt_guard.purify.stage import PROMPTS_DIR, PurificationStage, run_purification
 from cbpt_guard.report import REPORT_FILES
@@ -48,8 +49,12 @@ T = TypeVar("T")
 def check(model: str | Path, *, policy: str | Path = "strict", out_dir: str | Path | None = None,
           probes: str | Path | None = None, data: str | Path | None = None, classes_file: str | Path | None = None,
           arch: str | None = None, seed: int = 0, today: dt.date | None = None,
-          progress: Progress | None = None, mode: str | Mode | None = None, repo_root: str | None = None) -> Verdict:
+          progress: Progress | None = None, mode: str | Mode | None = None, repo_root: str | None = None,
+          device: str | None = None) -> Verdict:
     """Check the checkpoint at ``model`` under ``policy`` (a ready-policy name or a YAML path).
+
+    ``device`` (auto, cpu, cuda) replaces the policy's ``run.device``; every
+    stage runs there and the Verdict records the device that really ran.
 
     ``mode`` (enforce, warn, dry-run) replaces the policy's own mode for this run;
     the Verdict keeps the policy's (``policy.mode``) beside the one applied
@@ -70,7 +75,8 @@ def check(model: str | Path, *, policy: str | Path = "strict", out_dir: str | Pa
     """
     started = time.perf_counter()
     loaded_policy = resolve_policy(policy)
-    log = RunLog(loaded_policy, seed, today or dt.date.today(), progress or silent, _mode(mode))
+    log = RunLog(loaded_policy, seed, today or dt.date.today(), progress or silent, _mode(mode),
+                 device=run_device(loaded_policy, device))
     out = Path(out_dir) if out_dir is not None else None
     check_folders(probes, data)
     uncalibrated = uncalibrated_budget(loaded_policy)  # a cheap file comparison: before any model is loaded
@@ -100,6 +106,11 @@ def check(model: str | Path, *, policy: str | Path = "strict", out_dir: str | Pa
     if out is not None:
         verdict = _write_reports(log, verdict, out, repo_root)
     return verdict
+
+
+def run_device(loaded: LoadedPolicy, device: str | None) -> RunDevice:
+    """The device of a run: ``device`` if given, else the policy's ``run.device``; a usage error if it is absent."""
+    return resolve(device if device is not None else loaded.policy.run.device.value)
 
 
 def _mode(mode: str | Mode | None) -> Mode | None:
@@ -137,16 +148,20 @@ def _stage(log: RunLog, name: str, work: Callable[[], T], *, reason: Callable[[T
 def _intake(log: RunLog, model: str | Path, arch: str | None, classes_file):
     """Load the checkpoint safely; an unsafe or unscannable one ends the run's looking, not the run."""
     log.progress(f"intake: {model}")
-    loaded = _stage(log, "intake", lambda: _load(model, arch, classes_file))
+    if log.device.is_cuda:
+        log.progress(f"device: {log.device.name} ({log.device.gpu_name}, {log.device.precision})")
+    loaded = _stage(log, "intake", lambda: _load(model, arch, classes_file, log.device))
     log.checkpoint = checkpoint_info(model, loaded.report) if loaded is not None else unloaded_checkpoint(model)
     return loaded
 
 
-def _load(model: str | Path, arch: str | None, classes_file):
+def _load(model: str | Path, arch: str | None, classes_file, device: RunDevice):
+    """Load the checkpoint and move its model to the run's device: every stage follows the model from here on."""
     from cbpt_guard.intake import load_checkpoint
 
     loaded = load_checkpoint(model, arch=arch, classes_file=classes_file)
     loaded.report.require_classes(model)
+    loaded.model.to(device.torch())
     return loaded
 
 
@@ -226,23 +241,24 @@ def _write_reports(log: RunLog, verdict: Verdict, out: Path, repo_root: str | No
 def purify_checkpoint(model: str | Path, *, data: str | Path | None = None, probes: str | Path | None = None,
                       policy: str | Path = "strict", shots: int | None = None, out_dir: str | Path | None = None,
                       classes_file: str | Path | None = None, arch: str | None = None, seed: int = 0,
-                      progress: Progress | None = None) -> PurificationInfo:
+                      progress: Progress | None = None, device: str | None = None) -> PurificationInfo:
     """Detect, then purify and verify whatever detection found, whatever a policy would decide.
 
     The stand-alone purification behind ``cbpt-guard purify``: the policy
     supplies the budgets, CBPT settings and bars (``shots`` overrides its
-    few-shot count). Unlike :func:`check`, any stage error is raised.
+    few-shot count), and ``device`` replaces its ``run.device``. Unlike
+    :func:`check`, any stage error is raised.
     """
     loaded_policy = resolve_policy(policy)
     if shots is not None:
         section = loaded_policy.policy.purification.model_copy(update={"shots": shots})
         loaded_policy = replace(loaded_policy, policy=loaded_policy.policy.model_copy(update={"purification": section}))
-    log = RunLog(loaded_policy, seed, dt.date.today(), progress or silent)
+    log = RunLog(loaded_policy, seed, dt.date.today(), progress or silent, device=run_device(loaded_policy, device))
     check_folders(probes, data)
     uncalibrated = uncalibrated_budget(loaded_policy)
     if uncalibrated:
         raise UncalibratedBudgetError(uncalibrated)
-    loaded = _load(model, arch, classes_file)
+    loaded = _load(model, arch, classes_file, log.device)
     inputs = load_user_images(loaded.report, probes, data, probe_limit=detect_budget(loaded_policy).probes, seed=seed)
     log.data = data_info(probes, data, inputs)
     detection = _detection(log, loaded, inputs)

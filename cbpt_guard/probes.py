@@ -90,15 +90,16 @@ def procedural_probes(n: int, size: int, seed: int = 0) -> ProbeSet:
     """
     if n < 2 or size < 8:
         raise UsageError(f"need at least 2 probes of side >= 8, got {n} of side {size}")
-    gen = torch.Generator().manual_seed(seed)
-    twelfth = n // 12
-    images = torch.cat([_clutter(n - 2 * twelfth, size, gen), _dead_leaves(twelfth, size, gen),
-                        _smooth_noise(twelfth, size, gen)])
-    images = images[torch.randperm(n, generator=gen)]
-    gain = 0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=gen)
-    gamma = torch.exp(0.25 * torch.randn(n, 1, 1, 1, generator=gen))
-    noise = 0.03 * torch.randn(images.shape, generator=gen)
-    return ProbeSet(((images.clamp(0, 1) ** gamma) * gain + noise).clamp(0, 1), "zero-data")
+    with torch.device("cpu"):  # drawn on the CPU whatever the run's device: a seed gives the same probes everywhere
+        gen = torch.Generator().manual_seed(seed)
+        twelfth = n // 12
+        images = torch.cat([_clutter(n - 2 * twelfth, size, gen), _dead_leaves(twelfth, size, gen),
+                            _smooth_noise(twelfth, size, gen)])
+        images = images[torch.randperm(n, generator=gen)]
+        gain = 0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=gen)
+        gamma = torch.exp(0.25 * torch.randn(n, 1, 1, 1, generator=gen))
+        noise = 0.03 * torch.randn(images.shape, generator=gen)
+        return ProbeSet(((images.clamp(0, 1) ** gamma) * gain + noise).clamp(0, 1), "zero-data")
 
 
 def _load_image(path: Path, size: int) -> torch.Tensor:
@@ -200,4 +201,4 @@ def fewshot_folder(directory: str | Path, size: int, classes: tuple[str, ...], *
         skipped += missed
     if not images:
         raise NothingScannableError(f"{root}: no readable images", tuple(skipped))
-    return ProbeSet(torch.stack(images), "few-shot", torch.tensor(labels), tuple(skipped), str(root))
+    return ProbeSet(torch.stack(images), "few-shot", torch.tensor(labels, device="cpu"), tuple(skipped), str(root))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from cbpt_guard import __version__
 from cbpt_guard.decide import Decision, DecisionInput, DetectionOutcome, SkippedStep, StageFailure, decide
+from cbpt_guard.device import CPU, RunDevice
 from cbpt_guard.errors import (
     CbptError,
     OnnxRuntimeMissingError,
@@ -32,6 +33,7 @@ from cbpt_guard.verdict import (
     DecisionInfo,
     DetectionInfo,
     ExportInfo,
+    GpuInfo,
     PolicyInfo,
     PurificationInfo,
     StepInfo,
@@ -53,6 +55,8 @@ class RunLog:
     today: dt.date
     progress: Progress
     mode: Mode | None = None
+    device: RunDevice = CPU
+    """Where every stage computes (the model is moved there after intake); the Verdict records it."""
     """The mode given in place of the policy's (``check --mode``); the Verdict records both."""
     steps: dict[str, StepInfo] = field(default_factory=dict)
     failures: list[StageFailure] = field(default_factory=list)
@@ -137,7 +141,8 @@ class RunLog:
         if self.unsafe and checkpoint is not None:
             checkpoint = checkpoint.model_copy(update={"unsafe_findings": tuple(self.unsafe)})
         return Verdict(
-            evaluated_on=self.today.isoformat(), seed=self.seed, device="cpu", checkpoint=checkpoint,
+            evaluated_on=self.today.isoformat(), seed=self.seed, device=self.device.name, gpu=_gpu(self.device),
+            checkpoint=checkpoint,
             policy=PolicyInfo(name=policy.name, source=policy.source, sha256=policy.sha256,
                               mode=policy.policy.mode.value,
                               mode_override=self.mode.value if self.mode is not None else None,
@@ -154,6 +159,13 @@ class RunLog:
     def ordered_steps(self) -> tuple[StepInfo, ...]:
         """The steps recorded so far, in the pipeline's order."""
         return tuple(self.steps[name] for name in STAGES if name in self.steps)
+
+
+def _gpu(device: RunDevice) -> GpuInfo | None:
+    if not device.is_cuda:
+        return None
+    return GpuInfo(name=device.gpu_name or "unknown", memory_gib=device.gpu_memory_gib or 0.0,
+                   precision=device.precision)
 
 
 def _versions() -> Versions:

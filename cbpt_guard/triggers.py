@@ -57,8 +57,9 @@ class PatchTrigger(Trigger):
 
     def __init__(self, side: int, generator: torch.Generator | None = None, mask_init: float = -3.0):
         super().__init__()
-        self.mask_logit = torch.nn.Parameter(mask_init + 0.1 * torch.randn(1, 1, side, side, generator=generator))
-        self.pattern_logit = torch.nn.Parameter(torch.randn(1, 3, side, side, generator=generator))
+        mask = mask_init + 0.1 * torch.randn(1, 1, side, side, generator=generator, device="cpu")
+        self.mask_logit = torch.nn.Parameter(mask)
+        self.pattern_logit = torch.nn.Parameter(torch.randn(1, 3, side, side, generator=generator, device="cpu"))
 
     def mask(self) -> torch.Tensor:
         """(1, 1, H, W) in [0, 1]."""
@@ -85,7 +86,7 @@ class AdditiveTrigger(Trigger):
     def __init__(self, side: int, eps: float = 0.12, generator: torch.Generator | None = None):
         super().__init__()
         self.eps = eps
-        self.raw = torch.nn.Parameter(0.5 * torch.randn(1, 3, side, side, generator=generator))
+        self.raw = torch.nn.Parameter(0.5 * torch.randn(1, 3, side, side, generator=generator, device="cpu"))
 
     def delta(self) -> torch.Tensor:
         """(1, 3, H, W) in [-eps, eps]."""
@@ -111,8 +112,8 @@ class WarpTrigger(Trigger):
     def __init__(self, side: int, grid: int = 4, max_shift: float = 0.25, generator: torch.Generator | None = None):
         super().__init__()
         self.side, self.max_shift = side, max_shift
-        self.control = torch.nn.Parameter(0.5 * torch.randn(1, 2, grid, grid, generator=generator))
-        axis = torch.linspace(-1, 1, side)
+        self.control = torch.nn.Parameter(0.5 * torch.randn(1, 2, grid, grid, generator=generator, device="cpu"))
+        axis = torch.linspace(-1, 1, side, device="cpu")
         y, x = torch.meshgrid(axis, axis, indexing="ij")
         self.register_buffer("identity", torch.stack([x, y], dim=-1).unsqueeze(0), persistent=False)  # (1,H,W,2)
 
@@ -149,10 +150,13 @@ class WarpTrigger(Trigger):
 FAMILIES = {"patch": PatchTrigger, "additive": AdditiveTrigger, "warp": WarpTrigger}
 
 
-def make_trigger(family: str, side: int, seed: int) -> Trigger:
-    """A freshly initialised trigger of ``family`` for images of side ``side``."""
+def make_trigger(family: str, side: int, seed: int, device: torch.device | str = "cpu") -> Trigger:
+    """A freshly initialised trigger of ``family`` for images of side ``side``, on ``device``.
+
+    Drawn on the CPU's generator, then moved: a seed gives the same trigger on every device.
+    """
     generator = torch.Generator().manual_seed(seed)
-    return FAMILIES[family](side, generator=generator)
+    return FAMILIES[family](side, generator=generator).to(device)
 
 
 def trigger_from_state(family: str, side: int, state: dict[str, torch.Tensor]) -> Trigger:

@@ -267,6 +267,15 @@ class DecisionInfo(_Frozen):
     exit_code: int
 
 
+class GpuInfo(_Frozen):
+    """The GPU a run computed on (cbpt_guard/device.py): what it is, and at what precision its encoders ran."""
+
+    name: str
+    memory_gib: float
+    precision: str
+    """E.g. ``bfloat16 autocast, TF32 matmuls``: what is and is not bit-stable there is in docs/device.md."""
+
+
 class Versions(_Frozen):
     """Versions of the tool and of the libraries that produced the numbers."""
 
@@ -286,6 +295,9 @@ class Verdict(_Frozen):
     """The day (YYYY-MM-DD) waivers were judged against."""
     seed: int
     device: str
+    """What really ran: ``cpu`` or ``cuda:N`` (whatever was asked for)."""
+    gpu: GpuInfo | None = None
+    """The GPU behind a ``cuda`` device; None on the CPU."""
     checkpoint: CheckpointInfo
     policy: PolicyInfo
     versions: Versions

@@ -98,3 +98,17 @@ def shared_detection(monkeypatch):
 
     monkeypatch.setattr(run, "gather_evidence", gather)
     monkeypatch.setattr(api, "gather_evidence", gather)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skipped, with the reason, on a machine without it."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none is visible)")
+    for item in gpu:
+        item.add_marker(skip)

@@ -246,11 +246,6 @@ def test_check_refuses_an_unknown_mode():
     assert result.exit_code == ExitCode.USAGE
 
 
-def test_check_has_no_device_option_that_would_do_nothing():
-    result = _run("check", "model", "--device", "cuda")
-    assert result.exit_code == ExitCode.USAGE and "--device" in result.output
-
-
 # -- one meaning of --probes -------------------------------------------------------------------------
 
 

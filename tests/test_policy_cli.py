@@ -44,7 +44,7 @@ def test_validate_invalid_policy_prints_each_problem_and_exits_4(run, tmp_path):
     assert result.stderr.splitlines() == [
         f"{path}:4: detection.score_threshold: Input should be a valid number",
         f"{path}:5: exprot: unknown key (did you mean 'export'?); allowed here: version, description, mode, data, "
-        "detection, evidence, purification, verification, decision, export, sweep, waivers",
+        "detection, evidence, purification, verification, decision, export, run, sweep, waivers",
     ]
 
 

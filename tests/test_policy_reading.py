@@ -125,11 +125,11 @@ def test_a_misspelt_key_is_shown_with_did_you_mean_and_not_hidden_behind_the_mis
         load_policy(path)
     assert str(caught.value) == (f"{path}:2: modee: unknown key (did you mean 'mode'?); allowed here: version, "
                                  "description, mode, data, detection, evidence, purification, verification, decision, "
-                                 "export, sweep, waivers (and 1 more)")
+                                 "export, run, sweep, waivers (and 1 more)")
     result = _run("check", tmp_path / "model", "--policy", path)
     assert result.exit_code == ExitCode.USAGE
     assert result.stderr.splitlines() == [
         f"cbpt-guard: error: {path}:1: mode: required key is missing",
         f"cbpt-guard: error: {path}:2: modee: unknown key (did you mean 'mode'?); allowed here: version, description, "
-        "mode, data, detection, evidence, purification, verification, decision, export, sweep, waivers",
+        "mode, data, detection, evidence, purification, verification, decision, export, run, sweep, waivers",
     ]

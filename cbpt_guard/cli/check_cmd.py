@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cbpt_guard.cli.device_option import device_option
 from cbpt_guard.cli.outdir import OVERWRITE_HELP, prepare_run_out_dir
 from cbpt_guard.cli.progress import progress_printer
 from cbpt_guard.policy.schema import Mode
@@ -31,7 +32,9 @@ _SYMBOL = {"pass": "PASS", "purified": "PURIFIED", "purify": "PURIFY", "inconclu
 @click.option("--arch", metavar="NAME", help="open_clip architecture of a single weights file.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice in the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the Verdict as JSON instead of a summary.")
-def check_command(path, policy, out_dir, overwrite, mode, probes_dir, data_dir, classes_file, arch, seed, as_json):
+@device_option(policy=True)
+def check_command(path, policy, out_dir, overwrite, mode, probes_dir, data_dir, classes_file, arch, seed, as_json,
+                  device):
     """Check the checkpoint at PATH under a policy: detect, decide, purify, verify, export, report.
 
     \b
@@ -47,7 +50,7 @@ def check_command(path, policy, out_dir, overwrite, mode, probes_dir, data_dir, 
     prepare_run_out_dir(out_dir, overwrite=overwrite, policy=policy, probes=probes_dir, data=data_dir)
     verdict = check(path, policy=policy, out_dir=out_dir, probes=probes_dir, data=data_dir,
                     classes_file=classes_file, arch=arch, seed=seed, progress=progress_printer(),
-                    mode=mode)
+                    mode=mode, device=device)
     click.echo(verdict.to_json() if as_json else format_verdict(verdict))
     if out_dir is None:
         click.echo(NOTHING_WRITTEN, err=True)

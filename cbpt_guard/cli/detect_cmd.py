@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cbpt_guard.cli.device_option import device_option
 from cbpt_guard.cli.progress import progress_printer
 from cbpt_guard.errors import ExitCode
 
@@ -71,9 +72,10 @@ def make_budget(steps, probe_count, families, time_limit, anomaly_steps, targete
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration file (default: built-in).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the detection report as JSON.")
+@device_option(policy=False)
 @budget_options
-def detect_command(path, arch, classes_file, probes_dir, calibration, seed, as_json, steps, probe_count, families,
-                   batch_size, time_limit, anomaly_steps, targeted_classes, anomaly_classes):
+def detect_command(path, arch, classes_file, probes_dir, calibration, seed, as_json, device, steps, probe_count,
+                   families, batch_size, time_limit, anomaly_steps, targeted_classes, anomaly_classes):
     """Look for a backdoor in PATH without labelled data.
 
     Exit 0 when no evidence was found, 1 when backdoor evidence was found,
@@ -87,7 +89,8 @@ def detect_command(path, arch, classes_file, probes_dir, calibration, seed, as_j
     budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes, batch_size,
                          anomaly_classes)
     report = detect_checkpoint(path, arch=arch, classes_file=classes_file, probes_dir=probes_dir,
-                               calibration_path=calibration, budget=budget, seed=seed, progress=progress_printer())
+                               calibration_path=calibration, budget=budget, seed=seed, progress=progress_printer(),
+                               device=device)
     click.echo(report.model_dump_json(indent=2) if as_json else format_detection(report))
     code = {Outcome.FOUND: ExitCode.BLOCKED, Outcome.INCONCLUSIVE: ExitCode.INCONCLUSIVE,
             Outcome.NOT_FOUND: ExitCode.PASS}
@@ -123,9 +126,10 @@ def format_detection(report) -> str:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Calibration file to write.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@device_option(policy=False)
 @budget_options
-def calibrate_command(paths, out_path, seed, steps, probe_count, families, batch_size, time_limit, anomaly_steps,
-                      targeted_classes, anomaly_classes):
+def calibrate_command(paths, out_path, seed, device, steps, probe_count, families, batch_size, time_limit,
+                      anomaly_steps, targeted_classes, anomaly_classes):
     """Run the detector over clean reference models PATHS and write the calibration file.
 
     The file records the budget (every flag but --time-limit): detection and
@@ -140,7 +144,7 @@ def calibrate_command(paths, out_path, seed, steps, probe_count, families, batch
 
     budget = make_budget(steps, probe_count, families, time_limit, anomaly_steps, targeted_classes, batch_size,
                          anomaly_classes)
-    calibration = calibrate_models(list(paths), budget=budget, seed=seed, progress=progress_printer())
+    calibration = calibrate_models(list(paths), budget=budget, seed=seed, progress=progress_printer(), device=device)
     Path(out_path).write_text(calibration.to_json())
     family = calibration.domain
     click.echo(f"wrote {out_path}: {len(calibration.references)} clean references, "

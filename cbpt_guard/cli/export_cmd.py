@@ -7,6 +7,7 @@ import re
 
 import click
 
+from cbpt_guard.cli.device_option import device_option
 from cbpt_guard.cli.outdir import prepare_out_file
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -32,8 +33,9 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 @click.option("--arch", metavar="NAME", help="open_clip architecture of a single weights file.")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False, path_type=str),
               help="Class names file; overrides the directory's manifest.")
+@device_option(policy=False)
 def export_command(model_path, prompts_path, out_path, overwrite, fp16, tolerance, images_dir, policy_sha256, seed,
-                   as_json, arch, classes_file):
+                   as_json, arch, classes_file, device):
     """Export MODEL's zero-shot classifier to ONNX and check it against PyTorch.
 
     The graph takes pixels in [0, 1] (N, 3, S, S) and returns logits (N, C);
@@ -47,19 +49,26 @@ def export_command(model_path, prompts_path, out_path, overwrite, fp16, toleranc
     prepare_out_file(out_path, overwrite=overwrite)
     result = run_export(model_path, prompts_path=prompts_path, out_path=out_path, fp16=fp16, tolerance=tolerance,
                         images_dir=images_dir, policy_sha256=policy_sha256, seed=seed, arch=arch,
-                        classes_file=classes_file)
+                        classes_file=classes_file, device=device)
     click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) if as_json
                else format_result(result))
 
 
 def run_export(model_path, *, prompts_path, out_path, fp16, tolerance, images_dir, policy_sha256, seed, arch,
-               classes_file):
-    """Load the checkpoint (and prompts), build the classifier, and export it; returns the ExportResult."""
+               classes_file, device=None):
+    """Load the checkpoint (and prompts), build the classifier on ``device``, and export it; returns the ExportResult.
+
+    The trace and the PyTorch side of the parity check run in float32 (no
+    autocast, no TF32) wherever the model is.
+    """
     from cbpt_guard.classifier import build_classifier
+    from cbpt_guard.device import resolve
     from cbpt_guard.export import export_classifier
     from cbpt_guard.intake import load_checkpoint
 
+    where = resolve(device).torch()
     loaded = load_checkpoint(model_path, arch=arch, classes_file=classes_file)
+    loaded.model.to(where)
     report = loaded.report
     provenance = {"source_checkpoint_sha256": report.checkpoint_sha256}
     if policy_sha256:

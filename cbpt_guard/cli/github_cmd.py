@@ -48,8 +48,9 @@ def gate_options(command):
                           "repository root."),
         click.option("--classes", metavar="FILE",
                      help="Class names file (one per line or JSON) replacing each checkpoint's manifest list."),
-        click.option("--device", type=click.Choice(_DEVICES), default="auto", show_default=True,
-                     help="cpu hides any GPU; cuda requires one."),
+        click.option("--device", type=click.Choice(_DEVICES), default=None,
+                     help="Where every check computes: auto (a CUDA GPU when present), cpu (also hides any GPU), or "
+                          "cuda (exit 4 without one). Default: the policy's run.device (auto)."),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--out", "out_dir", default="cbpt-guard-report", show_default=True,
                      type=click.Path(file_okay=False), help="Folder for the reports."),
@@ -210,12 +211,14 @@ def _settings(policy, policy_sha256, mode, purify, export, seed, out_dir, probes
 
 
 def _run(settings, device, **kwargs):
-    """Apply the device choice, then run the gate."""
+    """Apply the device choice, then run the gate with every check on that device."""
+    import dataclasses
+
     from cbpt_guard.github.pr import run_pull_request
 
     _drop_secrets(os.environ)
     _apply_device(device)
-    return run_pull_request(settings, progress=progress_printer(), **kwargs)
+    return run_pull_request(dataclasses.replace(settings, device=device), progress=progress_printer(), **kwargs)
 
 
 def _drop_secrets(env) -> None:
@@ -233,15 +236,17 @@ def _drop_secrets(env) -> None:
             env.pop(name, None)
 
 
-def _apply_device(device: str) -> None:
-    """``cpu``: hide every GPU from this process (before torch loads); ``cuda``: insist on one."""
+def _apply_device(device: str | None) -> None:
+    """``cpu``: hide every GPU from this process (before torch loads); ``cuda``: insist on one, before any work.
+
+    The checks themselves run on the device through ``check(device=...)``.
+    """
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     elif device == "cuda":
-        import torch
+        from cbpt_guard.device import resolve
 
-        if not torch.cuda.is_available():
-            raise UsageError("device cuda was asked for, but no CUDA device is available")
+        resolve(device)
 
 
 def _report(run, github_output: str | None, *, annotate: bool = False) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cbpt_guard.cli.device_option import device_option
 from cbpt_guard.cli.outdir import OVERWRITE_HELP, prepare_run_out_dir
 from cbpt_guard.cli.progress import progress_printer
 
@@ -25,7 +26,9 @@ from cbpt_guard.cli.progress import progress_printer
 @click.option("--arch", metavar="NAME")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the purification record as JSON.")
-def purify_command(path, data_dir, probes_dir, shots, policy, out_dir, overwrite, classes_file, arch, seed, as_json):
+@device_option(policy=True)
+def purify_command(path, data_dir, probes_dir, shots, policy, out_dir, overwrite, classes_file, arch, seed, as_json,
+                   device):
     """Purify the checkpoint at PATH by class-wise prompt tuning; no weight changes.
 
     Detection runs first and supplies the dummy triggers; the purified
@@ -36,7 +39,8 @@ def purify_command(path, data_dir, probes_dir, shots, policy, out_dir, overwrite
 
     prepare_run_out_dir(out_dir, overwrite=overwrite, policy=policy, probes=probes_dir, data=data_dir)
     info = purify_checkpoint(path, data=data_dir, probes=probes_dir, policy=policy, shots=shots, out_dir=out_dir,
-                             classes_file=classes_file, arch=arch, seed=seed, progress=progress_printer())
+                             classes_file=classes_file, arch=arch, seed=seed, progress=progress_printer(),
+                             device=device)
     if info is None:
         raise click.ClickException("nothing to purify: detection did not run")
     if as_json:

@@ -147,7 +147,7 @@ def _screened(classifier: ZeroShotClassifier, probes: torch.Tensor, *, steps: in
     baseline = torch.tensor([costs[c] for c in reference], device="cpu") if len(reference) >= 3 else found.costs
     median = baseline.median()
     spread = max(float((baseline - median).abs().median()), float((found.costs - median).abs().median()))
-    mad = torch.tensor(max(spread, 1e-3))
+    mad = torch.tensor(max(spread, 1e-3), device="cpu")
     index = float((median - costs[suspect]) / (MAD_SCALE * mad))
     covered = set(searched)
     unsearched = [c for c in order if c not in covered]
@@ -201,7 +201,7 @@ def _search(classifier: ZeroShotClassifier, probes: torch.Tensor, targets: Seque
             costs, _, _ = objective(start, end)
             costs.sum().backward()
 
-    meter = Meter(progress, stage, steps, deadline)
+    meter = Meter(progress, stage, steps, deadline, work=count * images)  # G x N stamped images per step
     for step in range(1, steps + 1):
         chunker.run(one_step)
         optimiser.step()

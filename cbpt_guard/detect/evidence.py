@@ -37,6 +37,7 @@ class FamilyEvidence:
 def family_evidence(classifier: ZeroShotClassifier, probes: torch.Tensor, family: str, trigger: Trigger,
                     collapsed: bool, size: float, collapse_cos: float) -> FamilyEvidence:
     """Target concentration, normalised entropy and inverted-trigger ASR of ``trigger`` on ``probes``."""
+    probes = probes.to(classifier.device)
     with torch.no_grad():
         clean_pred = classifier.predict(probes)  # (N,)
         stamped_pred = classifier.predict(trigger(probes))  # (N,)

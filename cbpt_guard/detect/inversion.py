@@ -34,7 +34,7 @@ import torch
 from cbpt_guard.chunking import Chunker, bounds, images_at_once
 from cbpt_guard.classifier import ZeroShotClassifier
 from cbpt_guard.detect.budget import InversionBudget
-from cbpt_guard.progress import Deadline, Meter, Progress
+from cbpt_guard.progress import FORWARD_ONLY, Deadline, Meter, Progress
 from cbpt_guard.triggers import Trigger, make_trigger
 
 __all__ = ["InversionBudget", "InversionResult", "info_nce", "invert", "mean_pairwise_cosine"]
@@ -60,7 +60,7 @@ def info_nce(triggered: torch.Tensor, clean: torch.Tensor, temperature: float) -
     triggered, clean: (B, d) unit features of the same B probes. Returns a scalar.
     """
     batch = triggered.shape[0]
-    self_mask = torch.eye(batch, dtype=torch.bool)
+    self_mask = torch.eye(batch, dtype=torch.bool, device=triggered.device)
     sim_pos = (triggered @ triggered.T / temperature).masked_fill(self_mask, float("-inf"))  # (B, B)
     sim_neg = triggered @ clean.T / temperature  # (B, B)
     log_prob = torch.cat([sim_pos, sim_neg], dim=1).log_softmax(dim=1)[:, :batch]  # (B, B)
@@ -72,6 +72,16 @@ def mean_pairwise_cosine(features: torch.Tensor) -> float:
     n = features.shape[0]
     gram = features @ features.T  # (N, N)
     return float((gram.sum() - gram.diagonal().sum()) / (n * (n - 1)))
+
+
+def step_work(budget: InversionBudget) -> float:
+    """One inversion step's image passes, the re-checks spread over the steps (:mod:`cbpt_guard.progress`)."""
+    return budget.batch_size + budget.check_size / budget.check_every * FORWARD_ONLY
+
+
+def inversion_work(budget: InversionBudget, probes: int) -> float:
+    """A whole inversion's image passes: its steps, the probes' clean features, and the evidence read after it."""
+    return budget.steps * step_work(budget) + 3 * probes * FORWARD_ONLY
 
 
 def invert(classifier: ZeroShotClassifier, probes: torch.Tensor, family: str, budget: InversionBudget,
@@ -86,18 +96,20 @@ def invert(classifier: ZeroShotClassifier, probes: torch.Tensor, family: str, bu
     ``progress`` hears about it as ``stage`` (default: "<family> inversion").
     """
     started = time.perf_counter()
+    device = classifier.device
+    probes = probes.to(device)
     generator = torch.Generator().manual_seed(seed)
-    trigger = make_trigger(family, probes.shape[-1], seed)
+    trigger = make_trigger(family, probes.shape[-1], seed, device)
     optimiser = torch.optim.Adam(trigger.parameters(), lr=budget.lr)
     stage = stage or f"{family} inversion"
     clean = classifier.in_chunks(probes, classifier.features, len(probes), stage)  # (N, d)
     check = probes[: budget.check_size]
     penalty, best, history = budget.penalty_init, None, []
-    meter = Meter(progress, stage, budget.steps, deadline)
+    meter = Meter(progress, stage, budget.steps, deadline, work=step_work(budget))
     chunker = Chunker(images_at_once(classifier, min(budget.batch_size, len(probes)), grad=True), stage)
     step = 0
     for step in range(1, budget.steps + 1):
-        index = torch.randperm(len(probes), generator=generator)[: budget.batch_size]
+        index = torch.randperm(len(probes), generator=generator, device="cpu")[: budget.batch_size].to(device)
         batch, weight = probes[index], penalty
         loss = chunker.run(lambda size, batch=batch, index=index, weight=weight: _step_gradients(
             classifier, trigger, batch, clean[index], weight, budget, toward, size))

@@ -23,12 +23,12 @@ from cbpt_guard.detect.budget import (
 from cbpt_guard.detect.domain import Domain, domain_differences, domain_outcome, uncalibrated_statement
 from cbpt_guard.detect.evidence import class_anomaly, family_evidence
 from cbpt_guard.detect.findings import AnomalyFinding, FamilyFinding
-from cbpt_guard.detect.inversion import InversionResult, invert
+from cbpt_guard.detect.inversion import InversionResult, inversion_work, invert
 from cbpt_guard.detect.outcome import Outcome
 from cbpt_guard.errors import ClassListError, UncalibratedBudgetError
 from cbpt_guard.imaging import png_data_uri
 from cbpt_guard.probes import ProbeSet, procedural_probes
-from cbpt_guard.progress import Deadline, Progress, silent
+from cbpt_guard.progress import FORWARD_ONLY, Deadline, Progress, silent
 from cbpt_guard.triggers import Trigger
 
 __all__ = ["AnomalyFinding", "DetectBudget", "DetectionReport", "Evidence", "FamilyFinding", "InversionBudget",
@@ -165,13 +165,14 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
         raise ClassListError("detection needs the deployment's class names (none were given)")
     started = time.perf_counter()
     deadline = Deadline(budget.time_limit_s, what=label,
-                        hint="give it more time (the policy's detection.budget.time_limit_s, or --time-limit)")
+                        hint="give it more time (the policy's detection.budget.time_limit_s, or --time-limit)",
+                        planned=planned_work(budget, len(classes)))
     torch.manual_seed(seed)
     classifier = (build_classifier(model, classes, templates) if text_embeddings is None
                   else ZeroShotClassifier(model, text_embeddings))
     if probes is None:
         probes = procedural_probes(budget.probes, classifier.image_size, seed)
-    pixels = probes.images[: budget.probes]
+    pixels = probes.images[: budget.probes].to(classifier.device)  # (N, 3, S, S), on the model's device
     families, triggers, skipped, aimed = [], {}, [], []
     for offset, family in enumerate(budget.families):
         result = invert(classifier, pixels, family, budget.inversion, seed + 1000 * offset, progress=progress,
@@ -200,6 +201,20 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
     reference_free = ref_free.measure(classifier, pixels, searches, tuple(classes), seed=seed) if searches else None
     return Evidence(tuple(classes), probes, len(pixels), tuple(families), anomaly, calib.features_of(families, anomaly),
                     tuple(skipped), time.perf_counter() - started, triggers, reference_free)
+
+
+def planned_work(budget: DetectBudget, classes: int) -> float:
+    """The image passes a detection at ``budget`` makes over ``classes`` classes, for its time estimate.
+
+    Forward and backward count 1, forward only :data:`~cbpt_guard.progress.FORWARD_ONLY`.
+    """
+    probes = budget.probes
+    work = len(budget.families) * inversion_work(budget.inversion, probes)
+    if budget.anomaly_steps > 0:
+        work += (budget.anomaly_steps + FORWARD_ONLY) * classes * budget.anomaly_probes
+        aimed = replace(budget.inversion, steps=max(1, budget.inversion.steps // 2))
+        work += budget.targeted_classes * inversion_work(aimed, probes)
+    return work
 
 
 def _targeted(classifier: ZeroShotClassifier, pixels: torch.Tensor, candidates: list[int], classes: tuple[str, ...],

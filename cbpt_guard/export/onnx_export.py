@@ -48,6 +48,7 @@ import torch
 from cbpt_guard import __version__
 from cbpt_guard.chunking import reports_out_of_memory
 from cbpt_guard.classifier import ZeroShotClassifier
+from cbpt_guard.device import exact
 from cbpt_guard.errors import ExportError, OnnxRuntimeMissingError, UsageError
 from cbpt_guard.export import parity, serve
 from cbpt_guard.progress import Meter, Progress
@@ -191,10 +192,10 @@ def trace_to_onnx(classifier: ZeroShotClassifier, example: torch.Tensor):
     if weight_bytes > MAX_PROTO_BYTES:
         raise ExportError(f"the {tower} image tower holds {weight_bytes / 2**30:.1f} GiB of weights; ONNX files "
                           f"over 2 GiB need external data, which this exporter does not write")
-    device = classifier.scale.device
+    device = classifier.device
     buffer = io.BytesIO()
     try:
-        with _tracing_context():
+        with _tracing_context(), exact():  # the graph is float32, whatever autocast the run's encoders used
             torch.onnx.export(classifier.eval(), (example.to(device),), buffer, dynamo=False,
                               input_names=[serve.INPUT_NAME], output_names=[serve.OUTPUT_NAME],
                               dynamic_axes={serve.INPUT_NAME: {0: "batch"}, serve.OUTPUT_NAME: {0: "batch"}},
@@ -325,7 +326,7 @@ def _tower_name(classifier: ZeroShotClassifier) -> str:
 
 @contextlib.contextmanager
 def _tracing_context():
-    """What a clean trace needs, undone afterwards: no MHA fast path, no tracer chatter on stdout or in warnings.
+    """What a clean trace needs, undone afterwards: no MHA fast path, no tracer chatter, CPU as the default device.
 
     Process-wide state is touched (the MHA fast-path flag, file descriptor 1),
     so exports must not run concurrently with other torch work in threads.
@@ -335,7 +336,8 @@ def _tracing_context():
     log_enabled = is_logging() if is_logging is not None else None
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with warnings.catch_warnings(), _native_stdout_muted():
+        # the exporter's own helper tensors are CPU data whatever default device the caller's process set
+        with warnings.catch_warnings(), _native_stdout_muted(), torch.device("cpu"):
             # Shape asserts inside F.multi_head_attention_forward compare traced sizes; harmless,
             # and the parity check (which also runs other batch sizes) is the real guard.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)

@@ -22,7 +22,6 @@ cbpt_guard.export.parity``) stays torch-free.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
@@ -118,7 +117,7 @@ def parity_images(image_size: int, *, seed: int = 0, real: torch.Tensor | None =
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    random = torch.rand(RANDOM_IMAGES, 3, image_size, image_size, generator=generator)  # (R, 3, S, S)
+    random = torch.rand(RANDOM_IMAGES, 3, image_size, image_size, generator=generator, device="cpu")  # (R, 3, S, S)
     if real is None:
         from cbpt_guard.probes import procedural_probes
 
@@ -169,12 +168,17 @@ def check_parity(classifier: ZeroShotClassifier, onnx_path: str | Path, *, rando
 
 
 def torch_logits(classifier: ZeroShotClassifier, pixels: torch.Tensor, batch: int = BATCH) -> np.ndarray:
-    """(N, C) float32 logits of the PyTorch classifier, in batches of ``batch`` (:func:`batch_bounds`), TF32 off."""
+    """(N, C) float32 logits of the PyTorch classifier in batches of ``batch`` (:func:`batch_bounds`), exact float32.
+
+    On CUDA without autocast or TF32 (:func:`cbpt_guard.device.exact`).
+    """
     import torch
 
-    device = classifier.scale.device
+    from cbpt_guard.device import exact
+
+    device = classifier.device
     bounds = batch_bounds(len(pixels), batch)
-    with torch.no_grad(), _exact_fp32():
+    with torch.no_grad(), exact():
         chunks = [classifier(pixels[a:b].to(device)).float().cpu() for a, b in zip(bounds, bounds[1:])]  # (b, C)
     return torch.cat(chunks).numpy()
 
@@ -188,19 +192,6 @@ def batch_bounds(count: int, batch: int = BATCH) -> list[int]:
     (:mod:`cbpt_guard.chunking`); the child is told the same figure.
     """
     return [0, *range(1, count, max(1, batch)), count] if count > 1 else [0, count]
-
-
-@contextlib.contextmanager
-def _exact_fp32():
-    """Switch off TF32 for matmuls and cuDNN while the reference runs (a no-op on the CPU)."""
-    import torch
-
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def run_onnxruntime(onnx_path: str | Path, arrays: dict[str, np.ndarray], threads: int | None = None,

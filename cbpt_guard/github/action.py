@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from cbpt_guard.device import DEVICE_CHOICES
 from cbpt_guard.errors import UsageError
 from cbpt_guard.github.client import DEFAULT_API_URL, Connection
 from cbpt_guard.github.context import parse_repo, pull_request_from_event
@@ -30,7 +31,7 @@ SECRET_VARIABLES = ("CBPT_TOKEN", "GITHUB_TOKEN", "GH_TOKEN", "ACTIONS_RUNTIME_T
 """Environment variables that may hold a credential; removed from the environment before any file is parsed."""
 MODES = tuple(mode.value for mode in Mode)
 """The policy modes an input may override with; the policy schema's own enum, so the two cannot drift."""
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = DEVICE_CHOICES
 SCANS = ("full", "intake")
 
 

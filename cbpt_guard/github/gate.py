@@ -46,6 +46,8 @@ class GateSettings:
     """A class-names file that replaces each checkpoint's manifest class list."""
     policy_sha256: str | None = None
     """The SHA-256 the policy file must have (see :mod:`cbpt_guard.github.trusted_policy`)."""
+    device: str | None = None
+    """auto, cpu or cuda for every checkpoint; None leaves it to the policy's ``run.device``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,8 +178,9 @@ def _check_one(target: str, folder: Path, policy: str, settings: GateSettings, i
     folder.mkdir(parents=True, exist_ok=True)
     model = str(Path(settings.root) / target)
     try:
+        device = {"device": settings.device} if settings.device is not None else {}
         verdict = check(model, policy=policy, out_dir=str(folder), seed=settings.seed, progress=progress,
-                        repo_root=settings.root, **inputs)
+                        repo_root=settings.root, **inputs, **device)
     except CbptError as error:
         return CheckpointOutcome(target, str(folder), error=str(error), error_exit_code=int(error.exit_code))
     except Exception as error:  # noqa: BLE001 - one crashing checkpoint must not hide the others' verdicts

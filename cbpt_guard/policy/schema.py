@@ -72,6 +72,16 @@ class Mode(str, enum.Enum):
     """Rehearse a policy: record what enforce would do and exit 0."""
 
 
+class Device(str, enum.Enum):
+    """Where a run computes (cbpt_guard/device.py); the Verdict records what really ran."""
+
+    AUTO = "auto"
+    """A CUDA GPU when one is visible, else the CPU."""
+    CPU = "cpu"
+    CUDA = "cuda"
+    """A CUDA GPU, or a usage error (exit 4) when there is none."""
+
+
 class DataTier(str, enum.Enum):
     """The images the defender brings, weakest first (METHOD.md section 2)."""
 
@@ -311,6 +321,11 @@ class ExportSettings(_Section):
     """Largest absolute logit difference between ONNX Runtime and PyTorch in float32 (fp16 uses its own bar)."""
 
 
+class RunSettings(_Section):
+    """How the run computes; never what it decides (the CLI's ``--device`` overrides ``device``)."""
+
+    device: Device = Device.AUTO
+
 class SweepSettings(_Section):
     """How ``cbpt-guard sweep`` runs each model's check on Ray: its share of a GPU and its budgets.
 
@@ -356,6 +371,7 @@ class Policy(_Section):
     verification: VerificationBars = VerificationBars()
     decision: DecisionRules = DecisionRules()
     export: ExportSettings = ExportSettings()
+    run: RunSettings = RunSettings()
     sweep: SweepSettings = SweepSettings()
     waivers: tuple[Waiver, ...] = ()
 

@@ -134,16 +134,23 @@ class _Split:
     held_labels: torch.Tensor | None  # (M,) or None
     tier: str
 
+    def to(self, device: torch.device) -> _Split:
+        """The same split on ``device`` (the model's): images and labels are made on the CPU, then moved."""
+        def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.to(device)
+
+        return _Split(move(self.train), move(self.train_labels), move(self.held), move(self.held_labels), self.tier)
+
 
 def split_labelled(data: ProbeSet, shots: int, seed: int) -> _Split:
     """Per class, ``shots`` images (a seeded choice) to tune on and the rest held out for clean accuracy."""
     if data.labels is None:
         raise UsageError("few-shot purification needs labelled images (an ImageFolder)")
     generator = torch.Generator().manual_seed(seed)
-    train, held = [], []
+    train, held = [], []  # indices into the CPU-held data, drawn on the CPU
     for label in sorted(set(data.labels.tolist())):
         index = torch.nonzero(data.labels == label).flatten()  # (n_c,)
-        index = index[torch.randperm(len(index), generator=generator)]
+        index = index[torch.randperm(len(index), generator=generator, device="cpu")]
         train.append(index[:shots])
         held.append(index[shots:])
     train_index, held_index = torch.cat(train).sort().values, torch.cat(held).sort().values
@@ -158,7 +165,7 @@ def split_unlabelled(probes: ProbeSet | None, image_size: int, seed: int) -> _Sp
     """Zero-shot tiers: the user's unlabelled probes halved, or fresh procedural probes, with no labels."""
     if probes is not None and len(probes.images) >= 4:
         generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(probes.images), generator=generator)
+        order = torch.randperm(len(probes.images), generator=generator, device="cpu")
         half = len(order) // 2
         return _Split(probes.images[order[:half]], None, probes.images[order[half:]], None, probes.tier)
     images = procedural_probes(2 * ZERO_SHOT_TRAIN, image_size, seed + 7).images  # a set detection never saw
@@ -190,6 +197,7 @@ def purify_and_verify(model: torch.nn.Module, classes: tuple[str, ...], template
     image_size = original.image_size
     split = split_labelled(data, settings.shots, seed) if data is not None else \
         split_unlabelled(probes, image_size, seed)
+    split = split.to(original.device)
     train_labels = split.train_labels if split.train_labels is not None else pseudo_labels(original, split.train)
     dummies = dummy_triggers(evidence, calibration)
     progress(f"prompt tuning on {len(split.train)} {split.tier} images against {len(dummies)} dummy trigger(s)")

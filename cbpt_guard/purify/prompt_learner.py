@@ -29,13 +29,13 @@ def prompt_tokens(classnames: Sequence[str], context_ids: Sequence[int], context
     cut off the class name or the end-of-text token the encoder pools at.
     """
     tokenize = tokenizer(context_length)
-    rows = torch.zeros(len(classnames), context_length, dtype=torch.long)  # (n_cls, ctx_len), 0 is padding
+    rows = torch.zeros(len(classnames), context_length, dtype=torch.long, device="cpu")  # (n_cls, ctx_len), 0: padding
     for row, name in enumerate(classnames):
         ids = [tokenize.sot_token_id, *context_ids, *tokenize.encode(f"{name}."), tokenize.eot_token_id]
         if len(ids) > context_length:
             raise UsageError(f"class name {name!r} with {len(context_ids)} context tokens needs {len(ids)} tokens; "
                              f"the model's context length is {context_length}")
-        rows[row, : len(ids)] = torch.tensor(ids)
+        rows[row, : len(ids)] = torch.tensor(ids, device="cpu")
     return rows
 
 
@@ -67,7 +67,8 @@ class ClassPromptLearner(torch.nn.Module):
         with torch.no_grad():
             frozen = embedding(tokens).detach()  # (n_cls, ctx_len, width)
             context = frozen[0, 1 : 1 + n_ctx].clone()  # (n_ctx, width), the same in every row
-            noise = 0.02 * torch.randn(extra, context.shape[1], generator=torch.Generator().manual_seed(seed))
+            generator = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same context on every device
+            noise = 0.02 * torch.randn(extra, context.shape[1], generator=generator, device="cpu")
             context[len(init_ids) :] = noise.to(context)  # (extra, width), CoOp's std for random context
         self.ctx = torch.nn.Parameter(context.unsqueeze(0).repeat(len(self.classnames), 1, 1))  # (n_cls, n_ctx, width)
         self.register_buffer("prefix", frozen[:, :1].clone(), persistent=False)  # (n_cls, 1, width): [SOT]

@@ -66,7 +66,7 @@ class EmbeddingTextEncoder(torch.nn.Module):
         """The position pooled in each of ``count`` prompts, as open_clip's ``text_global_pool`` picks it. (count,)."""
         if self.pool_type in ("first", "last"):
             index = 0 if self.pool_type == "first" else self.context_length - 1
-            return torch.full((count,), index, dtype=torch.long)  # (n,)
+            return torch.full((count,), index, dtype=torch.long, device="cpu")  # (n,), moved by the caller
         if tokens is None:
             raise UsageError(f"{self.pool_type!r} pooling needs the token ids or the pooled positions")
         if self.pool_type == "argmax":  # the end-of-text id is the largest in the CLIP vocabulary

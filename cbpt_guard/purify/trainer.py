@@ -104,7 +104,7 @@ def attractors(classifier: ZeroShotClassifier, stamped: torch.Tensor, share: flo
     predictions = classifier.logits_from_features(stamped.flatten(0, 1)).argmax(dim=-1).view(count, size)  # (K, N)
     histogram = _class_counts(predictions, classes)  # (K, C)
     found = histogram >= share * size / classes  # (K, C)
-    found[torch.arange(count), histogram.argmax(dim=1)] = True
+    found[torch.arange(count, device=found.device), histogram.argmax(dim=1)] = True
     return found
 
 
@@ -236,11 +236,11 @@ def tune_prompts(model: torch.nn.Module, classnames: Sequence[str], templates: S
     generator = torch.Generator().manual_seed(seed)
     batch_size = len(images) if batch_size is None else min(batch_size, len(images))
     curves: dict[str, list[float]] = {name: [] for name in ("total", "clean", "backdoor", "drift", "distill")}
-    order = torch.empty(0, dtype=torch.long)
+    order = torch.empty(0, dtype=torch.long, device="cpu")  # batch orders: drawn on the CPU, then moved
     meter = Meter(progress, "purification: prompt tuning", steps)
     for step in range(1, steps + 1):
         if len(order) < batch_size:  # a fresh permutation per epoch
-            order = torch.randperm(len(images), generator=generator)
+            order = torch.randperm(len(images), generator=generator, device="cpu")
         index, order = order[:batch_size].to(device), order[batch_size:]  # (B,)
         text = learner.class_embeddings(encoder)  # (C, d)
         views = stamped[:, index].flatten(0, 1)  # (K * B, d), trigger-major
