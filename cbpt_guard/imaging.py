@@ -8,9 +8,17 @@ import io
 import torch
 
 
-def png_data_uri(image: torch.Tensor, scale: int = 4) -> str:
-    """A (3, H, W) or (1, H, W) image in [0, 1] as a ``data:image/png;base64,...`` URI, upscaled ``scale``x."""
+def png_data_uri(image: torch.Tensor, scale: int | None = None) -> str:
+    """A (3, H, W) or (1, H, W) image in [0, 1] as a ``data:image/png;base64,...`` URI, upscaled ``scale``x.
+
+    By default a 32-pixel image (or smaller) is shown 4x, a larger one at most
+    128 pixels a side upscaled, never shrunk: a 224-pixel image stays 224.
+    """
     from PIL import Image
+
+    if scale is None:
+        side = max(image.shape[-2:])
+        scale = 4 if side <= 32 else max(1, 128 // side)
 
     pixels = image.detach().float().cpu().clamp(0, 1)
     if pixels.shape[0] == 1:

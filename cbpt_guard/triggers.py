@@ -11,6 +11,14 @@ sigmoids or tanh so that Adam can optimise them freely (METHOD.md section 3):
 - :class:`WarpTrigger`: a smooth displacement field from a small control grid,
   applied with ``grid_sample``. Covers WaNet-style warps.
 
+Images larger than :data:`PARAMETER_SIDE` (a 224-pixel CLIP's) keep the
+parameter count and the optimisation of a 32-pixel model, whose budget was
+tuned: the patch's mask and pattern and the additive perturbation live on a
+32 x 32 grid, upsampled to the image by repeating each cell (so a patch keeps
+hard edges, and a size, a mask's mean or a perturbation's RMS, is the same at
+either resolution), and the warp's size is counted in pixels of a 32-pixel
+image. A 32-pixel model's triggers are exactly what they always were.
+
 ``size()`` is the differentiable quantity the inversion penalises;
 ``amplified()`` stamps a stronger copy of the trigger, in the family's own
 parameter space (purification trains against it); ``state()`` /
@@ -24,6 +32,21 @@ import abc
 
 import torch
 import torch.nn.functional as F
+
+PARAMETER_SIDE = 32
+"""The side of the grid a trigger of a larger image is parameterised on (see the module docstring)."""
+
+
+def parameter_side(side: int) -> int:
+    """The side of a trigger's parameter grid for images of side ``side``: the image's, at most ``PARAMETER_SIDE``."""
+    return min(side, PARAMETER_SIDE)
+
+
+def to_image_side(grid: torch.Tensor, side: int) -> torch.Tensor:
+    """A parameter grid (1, c, g, g) upsampled to the image (nearest), (1, c, side, side); itself when g is the side."""
+    if grid.shape[-1] == side:
+        return grid
+    return F.interpolate(grid, size=(side, side), mode="nearest")
 
 
 class Trigger(torch.nn.Module, abc.ABC):
@@ -51,23 +74,27 @@ class Trigger(torch.nn.Module, abc.ABC):
 
 
 class PatchTrigger(Trigger):
-    """``A(x) = (1 - m) * x + m * p``: mask m (1, 1, H, W) and pattern p (1, 3, H, W), both in [0, 1]."""
+    """``A(x) = (1 - m) * x + m * p``: mask m (1, 1, H, W) and pattern p (1, 3, H, W), both in [0, 1].
+
+    Parameterised on a (g, g) grid, g = :func:`parameter_side` (the image's side up to 32 pixels).
+    """
 
     family = "patch"
 
     def __init__(self, side: int, generator: torch.Generator | None = None, mask_init: float = -3.0):
         super().__init__()
-        mask = mask_init + 0.1 * torch.randn(1, 1, side, side, generator=generator, device="cpu")
+        self.side, grid = side, parameter_side(side)
+        mask = mask_init + 0.1 * torch.randn(1, 1, grid, grid, generator=generator, device="cpu")  # (1, 1, g, g)
         self.mask_logit = torch.nn.Parameter(mask)
-        self.pattern_logit = torch.nn.Parameter(torch.randn(1, 3, side, side, generator=generator, device="cpu"))
+        self.pattern_logit = torch.nn.Parameter(torch.randn(1, 3, grid, grid, generator=generator, device="cpu"))
 
     def mask(self) -> torch.Tensor:
         """(1, 1, H, W) in [0, 1]."""
-        return torch.sigmoid(self.mask_logit)
+        return to_image_side(torch.sigmoid(self.mask_logit), self.side)
 
     def pattern(self) -> torch.Tensor:
         """(1, 3, H, W) in [0, 1]."""
-        return torch.sigmoid(self.pattern_logit)
+        return to_image_side(torch.sigmoid(self.pattern_logit), self.side)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         mask = self.mask()
@@ -79,18 +106,18 @@ class PatchTrigger(Trigger):
 
 
 class AdditiveTrigger(Trigger):
-    """``A(x) = clip(x + delta)``, ``delta = eps * tanh(d)``, (1, 3, H, W)."""
+    """``A(x) = clip(x + delta)``, ``delta = eps * tanh(d)``, (1, 3, H, W); d on a (g, g) grid as the patch's."""
 
     family = "additive"
 
     def __init__(self, side: int, eps: float = 0.12, generator: torch.Generator | None = None):
         super().__init__()
-        self.eps = eps
-        self.raw = torch.nn.Parameter(0.5 * torch.randn(1, 3, side, side, generator=generator, device="cpu"))
+        self.eps, self.side, grid = eps, side, parameter_side(side)
+        self.raw = torch.nn.Parameter(0.5 * torch.randn(1, 3, grid, grid, generator=generator, device="cpu"))
 
     def delta(self) -> torch.Tensor:
         """(1, 3, H, W) in [-eps, eps]."""
-        return self.eps * torch.tanh(self.raw)
+        return to_image_side(self.eps * torch.tanh(self.raw), self.side)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels + self.delta()).clamp(0.0, 1.0)
@@ -143,8 +170,8 @@ class WarpTrigger(Trigger):
         return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
     def size(self) -> torch.Tensor:
-        """Mean displacement in pixels."""
-        return self.flow().norm(dim=-1).mean() * (self.side - 1) / 2
+        """Mean displacement in pixels (of a 32-pixel image, for larger ones: comparable across image sizes)."""
+        return self.flow().norm(dim=-1).mean() * (parameter_side(self.side) - 1) / 2
 
 
 FAMILIES = {"patch": PatchTrigger, "additive": AdditiveTrigger, "warp": WarpTrigger}

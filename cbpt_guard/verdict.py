@@ -330,6 +330,13 @@ class Verdict(_Frozen):
         return cls.model_validate(data)
 
     @property
+    def device_label(self) -> str:
+        """The device for a reader: ``cpu``, or ``cuda:0 (NVIDIA H100 80GB HBM3, 79.2 GiB, bfloat16 autocast, ...)``."""
+        if self.gpu is None:
+            return self.device
+        return f"{self.device} ({self.gpu.name}, {self.gpu.memory_gib:g} GiB, {self.gpu.precision})"
+
+    @property
     def passed(self) -> bool:
         """Whether the gate lets the model through (exit code 0); see :attr:`purified` for *what* passed."""
         return self.decision.exit_code == 0

@@ -243,7 +243,7 @@ def _details(verdict: Verdict) -> list[str]:
     timings = ", ".join(f"{escape_markdown(stage, 40)} {text.seconds(value)}"
                         for stage, value in text.ordered_timings(verdict)[:20]) or "not recorded"
     rows = [("Evaluated on", escape_markdown(verdict.evaluated_on, 20)),
-            ("Device", escape_markdown(verdict.device, 60)),
+            ("Device", escape_markdown(verdict.device_label, 160)),
             ("Seeds", seeds),
             ("Versions", "; ".join(f"{name} {escape_markdown(value, 40)}" for name, value in (
                 ("cbpt-guard", versions.cbpt_guard), ("Python", versions.python), ("torch", versions.torch),
