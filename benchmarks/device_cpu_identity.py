@@ -1,16 +1,18 @@
 """Is a CPU run's Verdict unchanged by the device layer? Run ``check`` with two source trees and compare the Verdicts.
 
     python benchmarks/device_cpu_identity.py --before /tmp/base-tree [--examples clean backdoored]
-        [--before-json clean=/tmp/before-clean.json ...]
+        [--before-json clean=/tmp/before-clean.json ...] [--after-json clean=/tmp/after-clean.json ...]
 
 ``--before`` is a checkout of the code to compare against (``git worktree add
 /tmp/base-tree <commit>``); this tree is the "after". Each example is checked
-with the default (strict) policy, seed 0, ``--device cpu`` where the tree
+(as ``examples/<name>`` from the tree's root, so the recorded path is the
+same) with the default (strict) policy, seed 0, ``--device cpu`` where the tree
 knows the flag, through ``cbpt-guard check --json``. The Verdicts are compared
 as JSON with ``timings`` left out: every value that differs is listed by its
 path, and so is every key one side has and the other lacks (the fields a newer
-Verdict adds, which the older schema cannot have). ``--before-json`` reuses a
-Verdict the old tree already wrote. Writes benchmarks/results/device_cpu_identity.json.
+Verdict adds, which the older schema cannot have). ``--before-json`` and
+``--after-json`` reuse Verdicts a tree already wrote with that command.
+Writes benchmarks/results/device_cpu_identity.json.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def run_check(tree: Path, example: str, device_flag: bool) -> dict:
     """The Verdict of ``cbpt-guard check examples/<example> --json`` run with ``tree``'s code."""
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "cbpt_guard", "check", str(HERE / "examples" / example), "--json"]
+    command = [sys.executable, "-m", "cbpt_guard", "check", f"examples/{example}", "--json"]  # the same path string
     if device_flag:
         command += ["--device", "cpu"]
     done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=False)
@@ -65,13 +67,16 @@ def main() -> None:
     parser.add_argument("--before", required=True, type=Path)
     parser.add_argument("--examples", nargs="+", default=["clean", "backdoored"])
     parser.add_argument("--before-json", nargs="*", default=[], metavar="EXAMPLE=FILE")
+    parser.add_argument("--after-json", nargs="*", default=[], metavar="EXAMPLE=FILE")
     args = parser.parse_args()
     reused = dict(item.split("=", 1) for item in args.before_json)
+    reused_after = dict(item.split("=", 1) for item in args.after_json)
     rows = {}
     for example in args.examples:
         before = (json.loads(Path(reused[example]).read_text()) if example in reused
                   else run_check(args.before, example, device_flag=False))
-        after = run_check(HERE, example, device_flag=True)
+        after = (json.loads(Path(reused_after[example]).read_text()) if example in reused_after
+                 else run_check(HERE, example, device_flag=True))
         before.pop("timings", None)
         after.pop("timings", None)
         changed, removed, added = differences(before, after)

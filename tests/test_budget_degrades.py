@@ -17,9 +17,8 @@ from click.testing import CliRunner
 from tiny_models import build_tiny, save_open_clip_dir
 
 from cbpt_guard.cli.main import cli
-from cbpt_guard.detect.run import DetectBudget, InversionBudget, gather_evidence, planned_work
+from cbpt_guard.detect.run import DetectBudget, InversionBudget, gather_evidence
 from cbpt_guard.errors import ExitCode, TimeLimitExceeded
-from cbpt_guard.progress import ESTIMATE_AFTER_STEPS, TOO_LARGE_FACTOR
 
 torch.set_num_threads(1)
 CLASSES = ["circle", "square", "triangle"]
@@ -94,6 +93,7 @@ def test_check_of_a_model_too_large_for_its_budget_is_inconclusive_with_the_reas
 
 def test_the_run_says_its_estimated_time_once_after_its_first_steps(tiny):
     from cbpt_guard.intake import load_checkpoint
+    from cbpt_guard.progress import ESTIMATE_AFTER_STEPS
 
     directory, _ = tiny
     loaded = load_checkpoint(directory)
@@ -119,6 +119,9 @@ def test_the_estimate_never_stops_a_run_that_fits(tiny, monkeypatch):
 
 
 def test_planned_work_counts_every_stage_of_the_budget():
+    from cbpt_guard.detect.run import planned_work
+    from cbpt_guard.progress import TOO_LARGE_FACTOR
+
     base = planned_work(SMALL, classes=3)
     assert planned_work(DetectBudget(**{**SMALL.__dict__, "anomaly_steps": 0}), classes=3) < base
     assert planned_work(SMALL, classes=300) > base  # the anomaly search grows with the classes

@@ -20,7 +20,6 @@ from tiny_models import build_tiny, save_open_clip_dir
 
 from cbpt_guard.cli.main import cli
 from cbpt_guard.detect.run import DetectBudget, InversionBudget, gather_evidence
-from cbpt_guard.device import device_of, resolve
 from cbpt_guard.errors import ExitCode, UsageError
 from cbpt_guard.pipeline import check, detect_budget
 
@@ -129,7 +128,7 @@ def test_the_model_is_moved_to_the_resolved_device_before_detection(tiny_dir, mo
     """The device a run resolves is where detection finds the model (spied here; a meta model cannot be scored)."""
     import cbpt_guard.detect.run as run
     import cbpt_guard.pipeline as pipeline
-    from cbpt_guard.device import RunDevice
+    from cbpt_guard.device import RunDevice, device_of
 
     seen = []
 
@@ -148,6 +147,8 @@ def test_the_model_is_moved_to_the_resolved_device_before_detection(tiny_dir, mo
 
 
 def test_auto_takes_cuda_only_when_a_gpu_is_there():
+    from cbpt_guard.device import resolve
+
     device = resolve("auto")
     assert device.name == ("cuda:0" if torch.cuda.is_available() else "cpu")
     assert resolve("cpu").name == "cpu" and resolve(None).choice == "auto"
@@ -155,6 +156,8 @@ def test_auto_takes_cuda_only_when_a_gpu_is_there():
 
 @NO_CUDA
 def test_cuda_without_a_gpu_is_a_usage_error():
+    from cbpt_guard.device import resolve
+
     with pytest.raises(UsageError, match="device cuda was asked for, but no CUDA device is available"):
         resolve("cuda")
 
