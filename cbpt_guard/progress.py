@@ -15,8 +15,8 @@ shortens a stage and lets the shortened result count.
 
 A deadline given the run's planned work (in image passes through the encoder)
 also estimates the whole run's time from its first steps, says so once in the
-progress output, and gives up at once when the estimate is past
-:data:`TOO_LARGE_FACTOR` times the limit: a model too large for its budget
+progress output, and gives up at once when the part of it whose cost model is
+sure (the inversions) is past :data:`TOO_LARGE_FACTOR` times the limit: a model too large for its budget
 (a 224-pixel CLIP on a CPU runner, say) ends in seconds, inconclusive with the
 estimate as its reason, instead of running until the limit. The margin keeps
 a run that might still fit from being cut off by a noisy first step.
@@ -98,6 +98,9 @@ class Deadline:
     started: float = field(default_factory=lambda: time.perf_counter())
     planned: float = 0.0
     """The whole run's work in image passes (:data:`FORWARD_ONLY`); 0 makes no estimate."""
+    sure: float | None = None
+    """The part of ``planned`` whose cost model is sure (the inversions); only it can stop a run early, so a
+    stage whose cost is modelled loosely (the per-class search) never cuts off a run that would fit. None: all."""
     done: float = 0.0
     estimate_s: float | None = None
     """The run's estimated seconds in all, once said."""
@@ -110,7 +113,6 @@ class Deadline:
             raise TimeLimitExceeded(
                 f"{self.what} ran past its time limit of {format_seconds(self.limit_s)} during {stage} (step {step} "
                 f"of {total}); a result cut short would depend on the machine's load, so none is given{hint}")
-
 
     def spend(self, work: float, stage_work: float, stage_seconds: float, where: tuple[str, int, int],
               progress: Progress) -> None:
@@ -126,12 +128,15 @@ class Deadline:
             return
         stage, step, total = where
         elapsed = time.perf_counter() - self.started
-        estimate = elapsed + stage_seconds / stage_work * max(0.0, self.planned - self.done)
+        rate = stage_seconds / stage_work  # seconds per image pass
+        estimate = elapsed + rate * max(0.0, self.planned - self.done)
+        at_least = elapsed + rate * max(0.0, (self.planned if self.sure is None else self.sure) - self.done)
         measured = f"from the first {step} step{'s' if step != 1 else ''} of {stage}"
-        if estimate > TOO_LARGE_FACTOR * self.limit_s:
+        if at_least > TOO_LARGE_FACTOR * self.limit_s:
             hint = f"; {self.hint}" if self.hint else ""
             raise TimeLimitExceeded(
-                f"{self.what} would take about {format_seconds(estimate)} ({measured}), more than "
+                f"{self.what} would take {'' if self.sure is None else 'at least '}about {format_seconds(at_least)} "
+                f"({measured}), more than "
                 f"{TOO_LARGE_FACTOR:g} times its time limit of {format_seconds(self.limit_s)}: the model is too large "
                 f"for this budget on this machine, so the run stopped before spending the limit{hint}")
         if step >= min(ESTIMATE_AFTER_STEPS, total):

@@ -166,7 +166,7 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
     started = time.perf_counter()
     deadline = Deadline(budget.time_limit_s, what=label,
                         hint="give it more time (the policy's detection.budget.time_limit_s, or --time-limit)",
-                        planned=planned_work(budget, len(classes)))
+                        planned=planned_work(budget, len(classes)), sure=inversions_work(budget))
     torch.manual_seed(seed)
     classifier = (build_classifier(model, classes, templates) if text_embeddings is None
                   else ZeroShotClassifier(model, text_embeddings))
@@ -206,12 +206,20 @@ def gather_evidence(model: torch.nn.Module, classes: tuple[str, ...], templates:
 def planned_work(budget: DetectBudget, classes: int) -> float:
     """The image passes a detection at ``budget`` makes over ``classes`` classes, for its time estimate.
 
-    Forward and backward count 1, forward only :data:`~cbpt_guard.progress.FORWARD_ONLY`.
+    Forward and backward count 1, forward only :data:`~cbpt_guard.progress.FORWARD_ONLY`; the per-class
+    search's term is its C x N stamped images per step.
     """
+    work = inversions_work(budget)
+    if budget.anomaly_steps > 0:
+        work += (budget.anomaly_steps + FORWARD_ONLY) * classes * budget.anomaly_probes
+    return work
+
+
+def inversions_work(budget: DetectBudget) -> float:
+    """The image passes of the budget's inversions alone (the label-free families and the targeted ones)."""
     probes = budget.probes
     work = len(budget.families) * inversion_work(budget.inversion, probes)
     if budget.anomaly_steps > 0:
-        work += (budget.anomaly_steps + FORWARD_ONLY) * classes * budget.anomaly_probes
         aimed = replace(budget.inversion, steps=max(1, budget.inversion.steps // 2))
         work += budget.targeted_classes * inversion_work(aimed, probes)
     return work
