@@ -11,7 +11,10 @@ knows the flag, through ``cbpt-guard check --json``. The Verdicts are compared
 as JSON with ``timings`` left out: every value that differs is listed by its
 path, and so is every key one side has and the other lacks (the fields a newer
 Verdict adds, which the older schema cannot have). ``--before-json`` and
-``--after-json`` reuse Verdicts a tree already wrote with that command.
+``--after-json`` reuse Verdicts a tree already wrote with that command
+(``--after`` names that tree when it is not this one). Each tree's own root in a
+string (a ready policy's ``policy.source`` is a path inside the tree) reads
+``<tree>`` before the comparison.
 Writes benchmarks/results/device_cpu_identity.json.
 """
 
@@ -65,6 +68,7 @@ def main() -> None:
     """Compare the examples' Verdicts between ``--before`` and this tree; print and write the result."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, type=Path)
+    parser.add_argument("--after", type=Path, default=HERE)
     parser.add_argument("--examples", nargs="+", default=["clean", "backdoored"])
     parser.add_argument("--before-json", nargs="*", default=[], metavar="EXAMPLE=FILE")
     parser.add_argument("--after-json", nargs="*", default=[], metavar="EXAMPLE=FILE")
@@ -77,6 +81,7 @@ def main() -> None:
                   else run_check(args.before, example, device_flag=False))
         after = (json.loads(Path(reused_after[example]).read_text()) if example in reused_after
                  else run_check(HERE, example, device_flag=True))
+        before, after = _untree(before, args.before), _untree(after, args.after)
         before.pop("timings", None)
         after.pop("timings", None)
         changed, removed, added = differences(before, after)
@@ -87,6 +92,12 @@ def main() -> None:
               f"{rows[example]['only_after']}; decision {rows[example]['decision']}, score {rows[example]['score']}")
     RESULTS.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
     print(f"wrote {RESULTS.relative_to(HERE)}")
+
+
+def _untree(verdict: dict, tree: Path) -> dict:
+    """``verdict`` with ``tree``'s absolute path written ``<tree>`` in every string."""
+    root = str(tree.resolve())
+    return json.loads(json.dumps(verdict).replace(json.dumps(root)[1:-1], "<tree>"))
 
 
 def _value(data: dict, path: str):
