@@ -75,13 +75,12 @@ def tiny_dir(tmp_path_factory):
 def _same_evidence(got, expected) -> None:
     """The same findings; floats to 1e-5 (torch's meta-device mode may pick another summation order)."""
     assert got.features == pytest.approx(expected.features, rel=1e-5, abs=1e-6)
-    assert got.anomaly["suspect"] == expected.anomaly["suspect"]
-    assert got.anomaly["costs"] == pytest.approx(expected.anomaly["costs"], rel=1e-5)
+    assert got.anomaly.suspect == expected.anomaly.suspect
+    assert got.anomaly.costs == pytest.approx(expected.anomaly.costs, rel=1e-5)
     for mine, theirs in zip(got.families, expected.families, strict=True):
         exact = ("family", "collapsed", "target", "histogram", "steps_run")
-        assert {k: mine[k] for k in exact} == {k: theirs[k] for k in exact}
-        assert (mine["size"], mine["collapse_cos"]) == pytest.approx((theirs["size"], theirs["collapse_cos"]),
-                                                                     rel=1e-5)
+        assert {k: getattr(mine, k) for k in exact} == {k: getattr(theirs, k) for k in exact}
+        assert (mine.size, mine.collapse_cos) == pytest.approx((theirs.size, theirs.collapse_cos), rel=1e-5)
 
 
 # -- every stage follows the model's device ---------------------------------------------------------------
@@ -92,8 +91,8 @@ def test_every_detection_stage_makes_its_tensors_on_the_models_device(tiny):
     with torch.device("meta"):  # a tensor made without naming the model's device would land here, and break
         followed = gather_evidence(tiny, CLASSES, TEMPLATES, budget=SMALL, seed=1)
     _same_evidence(followed, expected)
-    assert all(f["trigger"].state()[name].device.type == "cpu" for f in followed.families
-               for name in f["trigger"].state())
+    assert all(value.device.type == "cpu" for trigger in followed.triggers.values()
+               for value in trigger.state().values())
 
 
 def test_purification_and_its_verification_make_their_tensors_on_the_models_device(tiny):
@@ -228,4 +227,4 @@ def test_on_cuda_the_whole_check_runs_there_and_the_verdict_names_the_gpu(tiny_d
 def test_on_cuda_detection_keeps_every_tensor_on_the_gpu(tiny):
     model = build_tiny("vit", seed=3)[0].cuda()
     evidence = gather_evidence(model, CLASSES, TEMPLATES, budget=replace(SMALL, probes=16), seed=1)
-    assert all(tensor.is_cuda for f in evidence.families for tensor in f["trigger"].state().values())
+    assert all(value.is_cuda for trigger in evidence.triggers.values() for value in trigger.state().values())

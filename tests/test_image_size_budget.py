@@ -77,5 +77,5 @@ def test_detection_of_a_224_pixel_model_runs_and_says_its_estimate():
                           anomaly_steps=1, anomaly_probes=2, targeted_classes=1)
     heard = []
     evidence = gather_evidence(model, ("a", "b"), ("a photo of a {}.",), budget=budget, progress=heard.append)
-    assert [f["family"] for f in evidence.families] == ["patch", "additive", "warp", "targeted"]
+    assert [f.family for f in evidence.families] == ["patch", "additive", "warp", "targeted"]
     assert any(isinstance(line, str) and line.startswith("detection: estimated ") for line in heard)
