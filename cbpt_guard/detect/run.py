@@ -207,11 +207,15 @@ def planned_work(budget: DetectBudget, classes: int) -> float:
     """The image passes a detection at ``budget`` makes over ``classes`` classes, for its time estimate.
 
     Forward and backward count 1, forward only :data:`~cbpt_guard.progress.FORWARD_ONLY`; the per-class
-    search's term is its C x N stamped images per step.
+    search's term is its searched patches x N stamped images per step: every class up to
+    ``anomaly_classes``, else a screen of ``anomaly_classes // 2`` groups and a search of ``anomaly_classes``
+    (cbpt_guard/detect/anomaly.py).
     """
     work = inversions_work(budget)
     if budget.anomaly_steps > 0:
-        work += (budget.anomaly_steps + FORWARD_ONLY) * classes * budget.anomaly_probes
+        limit = budget.anomaly_classes
+        patches = classes if limit is None or classes <= limit else max(1, limit // 2) + limit
+        work += (budget.anomaly_steps + FORWARD_ONLY) * patches * budget.anomaly_probes
     return work
 
 
