@@ -326,6 +326,7 @@ class RunSettings(_Section):
 
     device: Device = Device.AUTO
 
+
 class SweepSettings(_Section):
     """How ``cbpt-guard sweep`` runs each model's check on Ray: its share of a GPU and its budgets.
 
