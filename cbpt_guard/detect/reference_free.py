@@ -165,11 +165,12 @@ def random_reach(classifier, probes, area: float, *, draws: int = DRAWS, seed: i
     classes = classifier.text.shape[0]
     with torch.no_grad():
         clean = classifier.predict(probes)  # (N,)
-        others = (clean.unsqueeze(1) != torch.arange(classes).unsqueeze(0)).float()  # (N, C)
-        total = torch.zeros(classes)
+        others = (clean.unsqueeze(1) != torch.arange(classes, device=clean.device).unsqueeze(0)).float()  # (N, C)
+        total = torch.zeros(classes, device=clean.device)
         for _ in range(draws):
-            row, col = torch.randint(0, side - patch + 1, (2,), generator=generator).tolist()
-            pattern = (torch.rand(1, 3, patch, patch, generator=generator) > 0.5).to(probes.dtype)
+            row, col = torch.randint(0, side - patch + 1, (2,), generator=generator, device="cpu").tolist()
+            drawn = torch.rand(1, 3, patch, patch, generator=generator, device="cpu")  # on the CPU: same on any device
+            pattern = (drawn > 0.5).to(device=probes.device, dtype=probes.dtype)
             stamped = probes.clone()
             stamped[:, :, row:row + patch, col:col + patch] = pattern
             hit = torch.nn.functional.one_hot(classifier.predict(stamped), classes).float()  # (N, C)
@@ -216,5 +217,5 @@ def measure(classifier, probes, searches, classes: tuple[str, ...], *, draws: in
     patch_area = next((r.area for r in reaches if r.source == "patch"), reaches[0].area if reaches else 0.0)
     # an attractor's basin is broad: it shows at larger random patches too, where a backdoor's narrow one does not
     baseline = (torch.stack([random_at(patch_area * m) for m in BASIN_SCALES]).amax(0) if reaches
-                else torch.zeros(len(classes)))
+                else torch.zeros(len(classes), device="cpu"))
     return score_reaches(reaches, len(classes), {c: float(baseline[i]) for i, c in enumerate(classes)})
