@@ -108,6 +108,23 @@ def test_exit_1_when_a_pickle_would_run_code(tmp_path, model_dir):
     assert not sentinel.exists()
 
 
+def test_a_loose_pickle_without_arch_is_refused_as_unsafe_not_as_a_usage_error(tmp_path, model_dir):
+    sentinel = tmp_path / "pwned"
+    evil = tmp_path / "weights.pt"
+    evil.write_bytes(pickle.dumps({"w": _Payload(sentinel)}, protocol=2))
+    plain = tmp_path / "weights.safetensors"
+    plain.write_bytes((model_dir / "open_clip_model.safetensors").read_bytes())
+
+    refused = _run("inspect", str(evil))
+    asked = _run("inspect", str(plain))
+
+    assert refused.exit_code == ExitCode.BLOCKED, refused.output
+    assert "system" in refused.output and "--arch" not in refused.output
+    assert not sentinel.exists()
+    assert asked.exit_code == ExitCode.USAGE, asked.output
+    assert "needs --arch" in asked.output
+
+
 def test_exit_2_on_an_internal_error(monkeypatch, model_dir):
     import cbpt_guard.intake.loader as loader
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from cbpt_guard.errors import (
+    CbptError,
     MalformedCheckpointError,
     NothingScannableError,
     UnsafeCheckpointError,
@@ -177,9 +178,10 @@ class _Plan:
 
 
 def _plan_single_file(target: Path, arch: str | None) -> _Plan:
-    if arch is None:
-        raise UsageError(f"{target}: a single weights file needs --arch NAME (an open_clip architecture)")
     read = read_file(target)
+    if arch is None:
+        _refuse_unsafe_loose_file(read)
+        raise UsageError(f"{target}: a single weights file needs --arch NAME (an open_clip architecture)")
     model_cfg = architecture.config_for_name(arch)
     return _Plan("weights-file", arch, model_cfg, model_cfg.get("preprocess_cfg", {}), read, [read],
                  {read.path: "weights"}, config_source=f"architecture {arch}")
@@ -233,6 +235,23 @@ def _read_directory(target: Path) -> tuple[list[ReadFile], list[SkippedItem]]:
         raise NothingScannableError(f"{target}: nothing scannable: no files ({_skipped_summary(skipped)})",
                                     tuple((s.path, s.reason) for s in skipped))
     return files, skipped
+
+
+def _refuse_unsafe_loose_file(read: ReadFile) -> None:
+    """Scan a weights file given without ``--arch`` before asking for it.
+
+    A file that would run code when loaded is unsafe whatever else the run
+    lacks: the gate says so (exit 1) rather than only "needs --arch" (exit 4),
+    so a sweep or a pipeline that never names an architecture still records a
+    malicious pickle as malicious. A file the scan cannot read leaves the usage
+    error standing: it is the missing architecture the user can act on.
+    """
+    try:
+        _scan_unloaded(read)
+    except UnsafeCheckpointError:
+        raise
+    except CbptError:
+        return
 
 
 def _scan_unloaded(read: ReadFile) -> str:
