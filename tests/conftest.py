@@ -13,6 +13,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _gpu_visibility_stays_in_its_test():
+    """``github ... --device cpu`` hides the GPUs by setting CUDA_VISIBLE_DEVICES in its own process.
+
+    Under click's runner that process is the test session's: without this, the
+    empty value outlives the test, and a later Ray node that declares a GPU
+    refuses to start ("CUDA_VISIBLE_DEVICES contains []").
+    """
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    yield
+    if before is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
     """A really trained tiny zoo, built once per test session: base, a clean twin, a BadNets variant.
