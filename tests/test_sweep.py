@@ -30,22 +30,12 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # a Ray session and its workers take tens of seconds to start on two cores
 
 from sweep_faults import read_log  # noqa: E402
+from sweep_hub import tiny_hub  # noqa: E402
 
 import cbpt_guard  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-CLASSES = ["circle", "square", "triangle", "star"]
-POLICY = """\
-version: 1
-mode: enforce
-detection:
-  budget: {steps: 20, batch_size: 16, time_limit_s: 600, targeted_classes: 1}
-  families: [patch]
-  calibration: tiny-cal.json
-evidence: {on_backdoor: block, on_required_skipped: inconclusive, on_stage_failure: block}
-export: {enabled: false}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -63,24 +53,8 @@ def ray_faults(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Four tiny clean models (seeds 0-3) and the policy with its calibration fitted on seed 0 at its budget."""
-    import torch
-    from tiny_models import build_tiny, save_open_clip_dir
-
-    from cbpt_guard.detect.api import calibrate_models
-    from cbpt_guard.pipeline import detect_budget
-    from cbpt_guard.policy import load_policy
-
-    torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("tiny")
-    models = {}
-    for seed in range(4):
-        model, config = build_tiny("vit", seed)
-        models[seed] = save_open_clip_dir(model, config, folder / f"vit-s{seed}", "safetensors", CLASSES)
-    policy = folder / "policy.yaml"
-    policy.write_text(POLICY)
-    calibration = calibrate_models([models[0]], budget=detect_budget(load_policy(policy)))
-    (folder / "tiny-cal.json").write_text(calibration.to_json())
-    return models, policy
+    return tiny_hub(folder, folder)
 
 
 def _hub(tiny, root: Path) -> Path:

@@ -17,20 +17,11 @@ import pytest
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # two raylets and their workers take tens of seconds to start on two cores
 
+from sweep_hub import tiny_hub  # noqa: E402
+
 import cbpt_guard  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ["circle", "square", "triangle", "star"]
-POLICY = """\
-version: 1
-mode: enforce
-detection:
-  budget: {steps: 20, batch_size: 16, time_limit_s: 600, targeted_classes: 1}
-  families: [patch]
-  calibration: tiny-cal.json
-evidence: {on_backdoor: block, on_required_skipped: inconclusive, on_stage_failure: block}
-export: {enabled: false}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -51,23 +42,8 @@ def two_nodes():
 
 
 def test_a_sweep_on_two_nodes_runs_checks_on_both(two_nodes, tmp_path):
-    import torch
-    from tiny_models import build_tiny, save_open_clip_dir
-
-    from cbpt_guard.detect.api import calibrate_models
-    from cbpt_guard.pipeline import detect_budget
-    from cbpt_guard.policy import load_policy
-
-    torch.set_num_threads(1)
     hub = tmp_path / "hub"
-    for seed in range(4):
-        model, config = build_tiny("vit", seed)
-        (hub / f"m{seed}").mkdir(parents=True)
-        save_open_clip_dir(model, config, hub / f"m{seed}", "safetensors", CLASSES)
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    calibration = calibrate_models([hub / "m0"], budget=detect_budget(load_policy(policy)))
-    (tmp_path / "tiny-cal.json").write_text(calibration.to_json())
+    _, policy = tiny_hub(hub, tmp_path, name="m{seed}")
     shutil.copytree(hub / "m0", hub / "m0-copy")
 
     result = cbpt_guard.sweep(hub, policy=policy, out_dir=tmp_path / "out")
