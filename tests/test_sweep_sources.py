@@ -115,7 +115,7 @@ def test_the_worst_exit_code_ranks_block_over_error_over_inconclusive_over_pass(
 def tiny_model(tmp_path_factory):
     """A tiny random open_clip ViT and a policy whose calibration is fitted at its cheap budget."""
     import torch
-    from test_sweep import POLICY
+    from sweep_hub import POLICY
     from tiny_models import build_tiny, save_open_clip_dir
 
     from cbpt_guard.detect.api import calibrate_models
@@ -258,7 +258,7 @@ def test_the_kuberay_job_and_the_registry_workflow_call_the_sweep_with_options_i
 
 
 def test_the_policy_sets_each_checks_gpu_share_and_budgets_and_rejects_impossible_ones(tmp_path):
-    from test_sweep import POLICY
+    from sweep_hub import POLICY
 
     from cbpt_guard.policy import load_policy
     from cbpt_guard.policy.schema import PolicyError
